@@ -1,0 +1,103 @@
+# camotrain build. `make` | `make CUDA=0` | `make test [SAN=1|TSAN=1]` | `make demo` | `make bench`
+# Flags verified in ../shared/BUILD-NOTES.md (libconfig 1.5, old stb, OpenBLAS pthread, CUDA 13).
+
+CC       ?= gcc
+CUDA_HOME ?= /usr/local/cuda
+NVCC     ?= $(CUDA_HOME)/bin/nvcc
+# CUDA is built when nvcc is found, unless CUDA=0
+CUDA     ?= $(if $(wildcard $(NVCC)),1,0)
+SAN      ?= 0
+TSAN     ?= 0
+# sm_75 (T4), sm_80 (A100), sm_90 (H100/H200) + PTX for newer chips; narrow with CUDA_ARCH=
+CUDA_ARCH ?= -gencode arch=compute_75,code=sm_75 -gencode arch=compute_80,code=sm_80 \
+             -gencode arch=compute_90,code=[sm_90,compute_90]
+
+PKGS     := libconfig openblas libcjson
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) stb 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+CFLAGS   ?= -O2 -g
+CFLAGS   += -std=gnu11 -Wall -Wextra -Iinclude -Isrc $(PKG_CFLAGS) -MMD -MP
+LDLIBS   += $(PKG_LIBS) -lpthread -lm
+OPENMP   := -fopenmp
+
+ifeq ($(SAN),1)
+  BUILD  := build-san
+  CFLAGS += -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+  LDFLAGS += -fsanitize=address,undefined
+else ifeq ($(TSAN),1)
+  # libgomp is not instrumented: TSan builds run the OpenMP loops single-threaded
+  BUILD  := build-tsan
+  OPENMP :=
+  CFLAGS += -O1 -fno-omit-frame-pointer -fsanitize=thread -Wno-unknown-pragmas
+  LDFLAGS += -fsanitize=thread
+else
+  BUILD  := build
+endif
+CFLAGS  += $(OPENMP)
+LDFLAGS += $(OPENMP)
+
+LIB_SRC  := $(filter-out src/main.c,$(wildcard src/*.c))
+CU_SRC   := $(wildcard cuda/*.cu)
+ifeq ($(CUDA),1)
+  CFLAGS  += -DCAMO_HAVE_CUDA=1 -I$(CUDA_HOME)/include
+  NVCCFLAGS ?= -O2 $(CUDA_ARCH) --threads 0 -Iinclude -Xcompiler -Wall,-Wextra
+  LDLIBS  += -L$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcudart -lnccl -lstdc++
+  CU_OBJ  := $(CU_SRC:cuda/%.cu=$(BUILD)/cuda/%.o)
+endif
+LIB_OBJ  := $(LIB_SRC:src/%.c=$(BUILD)/src/%.o) $(CU_OBJ)
+TEST_SRC := $(wildcard tests/test_*.c)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+BENCH_SRC := $(wildcard tools/bench_*.c)
+BENCH_BIN := $(BENCH_SRC:tools/%.c=$(BUILD)/tools/%)
+BIN      := $(BUILD)/camotrain
+
+.PHONY: all deps test demo bench clean
+all: deps $(BIN) camotrain
+
+deps:
+	@tools/install_deps.sh
+
+# the user-facing binary sits at the root; sanitizer builds keep theirs in their build dir
+camotrain: $(BIN)
+	@if [ "$(BUILD)" = build ]; then cp $(BIN) camotrain; fi
+
+$(BUILD)/libcamo.a: $(LIB_OBJ)
+	@mkdir -p $(@D)
+	$(AR) rcs $@ $^
+
+$(BIN): $(BUILD)/src/main.o $(BUILD)/libcamo.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/src/%.o: src/%.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+# stb's implementation is slow to compile and noisy under stricter warnings: its own unit
+$(BUILD)/src/stb_impl.o: CFLAGS += -Wno-unused-function
+
+$(BUILD)/cuda/%.o: cuda/%.cu
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(BUILD)/tests/%: tests/%.c tests/test_util.h $(BUILD)/libcamo.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -Itests $(LDFLAGS) -o $@ $< $(BUILD)/libcamo.a $(LDLIBS) -lcmocka
+
+$(BUILD)/tools/%: tools/%.c $(BUILD)/libcamo.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libcamo.a $(LDLIBS)
+
+test: deps $(BIN) camotrain $(TEST_BIN)
+	@BUILD=$(BUILD) CAMOTRAIN=$(BIN) tests/run.sh
+
+demo: deps $(BIN) camotrain
+	@tools/demo.sh
+
+bench: deps $(BIN) camotrain $(BENCH_BIN)
+	@for b in $(BENCH_BIN); do $$b || exit 1; done
+
+clean:
+	rm -rf build build-san build-tsan camotrain
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

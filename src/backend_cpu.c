@@ -1,0 +1,81 @@
+/* backend_cpu.c: the CPU backend's memory ops and table assembly. Compute ops live in
+ * cpu_conv.c, cpu_norm.c, cpu_pool.c, cpu_elementwise.c, cpu_loss.c and cpu_optim.c. */
+#include "cpu_internal.h"
+
+#include "camo/common.h"
+
+#include <string.h>
+#include <unistd.h>
+
+static void *cpu_alloc(camo_backend *be, size_t bytes) {
+    (void)be;
+    void *p = NULL;
+    /* 64-byte alignment keeps SIMD loops and OpenBLAS on their fast paths */
+    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) {
+        CAMO_ERR("out of memory: cannot allocate %zu bytes on the CPU", bytes);
+        return NULL;
+    }
+    memset(p, 0, bytes);
+    return p;
+}
+
+static void cpu_free(camo_backend *be, void *p) { (void)be; free(p); }
+
+static void cpu_memcpy(camo_backend *be, void *dst, const void *src, size_t bytes) {
+    (void)be;
+    if (bytes && dst != src) memmove(dst, src, bytes);
+}
+
+static void cpu_zero(camo_backend *be, void *dst, size_t bytes) {
+    (void)be;
+    if (bytes) memset(dst, 0, bytes);
+}
+
+static void cpu_sync(camo_backend *be) { (void)be; }
+
+static void cpu_destroy(camo_backend *be) {
+    if (!be) return;
+    cpu_ctx *ctx = be->ctx;
+    if (ctx) free(ctx->work);
+    free(ctx);
+    free(be);
+}
+
+float *cpu_workspace(camo_backend *be, size_t floats) {
+    cpu_ctx *ctx = be->ctx;
+    if (floats > ctx->work_cap) {
+        free(ctx->work);
+        ctx->work = NULL;
+        if (posix_memalign((void **)&ctx->work, 64, floats * sizeof(float)) != 0)
+            CAMO_DIE("out of memory: CPU workspace of %zu floats", floats);
+        ctx->work_cap = floats;
+    }
+    return ctx->work;
+}
+
+camo_backend *camo_backend_cpu_create(int threads) {
+    camo_backend *be = camo_calloc(1, sizeof *be);
+    cpu_ctx *ctx = camo_calloc(1, sizeof *ctx);
+    if (threads <= 0) threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (threads <= 0) threads = 1;
+    ctx->threads = threads;
+    be->name = "cpu";
+    be->device = -1;
+    be->threads = threads;
+    be->ctx = ctx;
+    be->alloc = cpu_alloc;
+    be->free = cpu_free;
+    be->upload = cpu_memcpy;
+    be->download = cpu_memcpy;
+    be->copy = cpu_memcpy;
+    be->zero = cpu_zero;
+    be->sync = cpu_sync;
+    be->destroy = cpu_destroy;
+    cpu_register_conv(be);
+    cpu_register_norm(be);
+    cpu_register_pool(be);
+    cpu_register_elementwise(be);
+    cpu_register_loss(be);
+    cpu_register_optim(be);
+    return be;
+}

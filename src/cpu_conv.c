@@ -1,0 +1,355 @@
+/* cpu_conv.c: CPU gemm and 2-D convolution (NHWC activations, OHWI weights [K][R][S][C/g]).
+ * General convolutions go through im2col + OpenBLAS sgemm one image and group at a time (the
+ * column buffer stays small); 1x1 stride-1 convolutions use the input as the column matrix
+ * directly; depthwise convolutions (one input channel per group) use direct loops, since
+ * per-group gemms of width 1 would be all overhead. Backward ops accumulate.
+ * Functions whose only use of `be` is an OpenMP pragma start with (void)be: builds without
+ * OpenMP (TSan) ignore the pragmas. */
+#include "cpu_internal.h"
+
+#include <cblas.h>
+#include <string.h>
+
+#include "camo/common.h"
+
+int camo_conv_desc_finish(camo_conv_desc *d) {
+    if (d->H < 1 || d->W < 1 || d->C < 1 || d->K < 1 || d->R < 1 || d->S < 1 ||
+        d->stride_h < 1 || d->stride_w < 1 || d->pad_h < 0 || d->pad_w < 0 || d->dil_h < 1 ||
+        d->dil_w < 1 || d->groups < 1) {
+        CAMO_ERR("conv: invalid geometry (input %dx%dx%d, %d outputs, kernel %dx%d, stride "
+                 "%dx%d, pad %dx%d, dilation %dx%d, groups %d)", d->H, d->W, d->C, d->K, d->R,
+                 d->S, d->stride_h, d->stride_w, d->pad_h, d->pad_w, d->dil_h, d->dil_w,
+                 d->groups);
+        return -1;
+    }
+    if (d->C % d->groups || d->K % d->groups) {
+        CAMO_ERR("conv: %d input and %d output channels must both be divisible by groups=%d",
+                 d->C, d->K, d->groups);
+        return -1;
+    }
+    /* checked before dividing: C's division truncates toward zero, PyTorch floors */
+    int nh = d->H + 2 * d->pad_h - d->dil_h * (d->R - 1) - 1;
+    int nw = d->W + 2 * d->pad_w - d->dil_w * (d->S - 1) - 1;
+    if (nh < 0 || nw < 0) {
+        CAMO_ERR("conv: dilated kernel %dx%d is larger than the padded input %dx%d",
+                 d->dil_h * (d->R - 1) + 1, d->dil_w * (d->S - 1) + 1, d->H + 2 * d->pad_h,
+                 d->W + 2 * d->pad_w);
+        return -1;
+    }
+    d->P = nh / d->stride_h + 1;
+    d->Q = nw / d->stride_w + 1;
+    return 0;
+}
+
+/* ---- gemm ---- */
+
+/* row-major C (M,N) = alpha * op(A) (M,K) op(B) (K,N) + beta * C */
+static void cpu_gemm(camo_backend *be, int trans_a, int trans_b, int M, int N, int K,
+                     float alpha, const float *A, int lda, const float *B, int ldb, float beta,
+                     float *C, int ldc) {
+    (void)be;
+    if (M <= 0 || N <= 0) return;
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C,
+                ldc);
+}
+
+/* ---- helpers ---- */
+
+static int conv_is_depthwise(const camo_conv_desc *d) { return d->groups > 1 && d->C == d->groups; }
+
+/* 1x1, stride 1, no padding: the NHWC input (N*H*W, C) already is the column matrix */
+static int conv_is_pointwise(const camo_conv_desc *d) {
+    return d->R == 1 && d->S == 1 && d->stride_h == 1 && d->stride_w == 1 && d->pad_h == 0 &&
+           d->pad_w == 0;
+}
+
+/* output row p (or column q) and kernel tap r that reach input row h, or -1 if none:
+ * h = p*stride - pad + r*dil */
+static int conv_out_index(int h, int r, int stride, int pad, int dil, int P) {
+    int t = h + pad - r * dil;
+    if (t < 0 || t % stride) return -1;
+    t /= stride;
+    return t < P ? t : -1;
+}
+
+/* out (M, K) += bias (K) on every row */
+static void add_bias(camo_backend *be, size_t M, int K, float *out, const float *bias) {
+    (void)be;
+#pragma omp parallel for num_threads(cpu_threads(be))
+    for (size_t m = 0; m < M; m++) {
+        float *o = out + m * K;
+        for (int k = 0; k < K; k++) o[k] += bias[k];
+    }
+}
+
+/* sum (K) += column sums of x (M, K). Rows are split into a fixed number of chunks summed in
+ * double and then added in chunk order, so the result does not depend on thread timing. */
+static void col_sums_acc(camo_backend *be, size_t M, int K, float *sum, const float *x) {
+    int T = cpu_threads(be);
+    double *part = camo_calloc((size_t)T * K, sizeof(double));
+#pragma omp parallel for num_threads(T)
+    for (int t = 0; t < T; t++) {
+        double *acc = part + (size_t)t * K;
+        for (size_t m = M * t / T; m < M * (t + 1) / T; m++)
+            for (int k = 0; k < K; k++) acc[k] += x[m * K + k];
+    }
+    for (int k = 0; k < K; k++) {
+        double s = 0;
+        for (int t = 0; t < T; t++) s += part[(size_t)t * K + k];
+        sum[k] += (float)s;
+    }
+    free(part);
+}
+
+/* cols (P*Q, R*S*Cg): row (p,q) is the receptive field of output pixel (p,q) in group g of
+ * one image in (H, W, C), ordered (r, s, c) like a weight row; zeros in the padding. */
+static void im2col(camo_backend *be, const camo_conv_desc *d, float *cols, const float *in,
+                   int g) {
+    (void)be;
+    int Cg = d->C / d->groups, RSC = d->R * d->S * Cg;
+#pragma omp parallel for collapse(2) num_threads(cpu_threads(be))
+    for (int p = 0; p < d->P; p++) {
+        for (int q = 0; q < d->Q; q++) {
+            float *row = cols + ((size_t)p * d->Q + q) * RSC;
+            for (int r = 0; r < d->R; r++) {
+                int h = p * d->stride_h - d->pad_h + r * d->dil_h;
+                for (int s = 0; s < d->S; s++) {
+                    int w = q * d->stride_w - d->pad_w + s * d->dil_w;
+                    float *dst = row + (r * d->S + s) * Cg;
+                    if (h < 0 || h >= d->H || w < 0 || w >= d->W)
+                        memset(dst, 0, Cg * sizeof(float));
+                    else
+                        memcpy(dst, in + ((size_t)h * d->W + w) * d->C + g * Cg,
+                               Cg * sizeof(float));
+                }
+            }
+        }
+    }
+}
+
+/* din (H, W, C) of one image, channels of group g, += the columns scattered back. Written as
+ * a gather over input pixels so that threads own disjoint rows of din. */
+static void col2im_acc(camo_backend *be, const camo_conv_desc *d, float *din,
+                       const float *cols, int g) {
+    (void)be;
+    int Cg = d->C / d->groups, RSC = d->R * d->S * Cg;
+#pragma omp parallel for num_threads(cpu_threads(be))
+    for (int h = 0; h < d->H; h++) {
+        for (int w = 0; w < d->W; w++) {
+            float *dst = din + ((size_t)h * d->W + w) * d->C + g * Cg;
+            for (int r = 0; r < d->R; r++) {
+                int p = conv_out_index(h, r, d->stride_h, d->pad_h, d->dil_h, d->P);
+                if (p < 0) continue;
+                for (int s = 0; s < d->S; s++) {
+                    int q = conv_out_index(w, s, d->stride_w, d->pad_w, d->dil_w, d->Q);
+                    if (q < 0) continue;
+                    const float *src = cols + ((size_t)p * d->Q + q) * RSC + (r * d->S + s) * Cg;
+                    for (int c = 0; c < Cg; c++) dst[c] += src[c];
+                }
+            }
+        }
+    }
+}
+
+/* ---- depthwise: C == groups, K = C * mult; output k reads input channel k / mult ---- */
+
+/* wt (R*S, K) = w (K, R*S) transposed, so that the channel loops below are contiguous */
+static float *depthwise_weights_t(camo_backend *be, const camo_conv_desc *d, const float *w) {
+    int RS = d->R * d->S;
+    float *wt = cpu_workspace(be, (size_t)RS * d->K);
+    for (int k = 0; k < d->K; k++)
+        for (int i = 0; i < RS; i++) wt[(size_t)i * d->K + k] = w[(size_t)k * RS + i];
+    return wt;
+}
+
+/* o (K) += x (C) * wk (K) with output k reading channel k / mult */
+static inline void dw_madd(float *o, const float *x, const float *wk, int C, int mult) {
+    if (mult == 1) {
+        for (int c = 0; c < C; c++) o[c] += x[c] * wk[c];
+        return;
+    }
+    for (int c = 0; c < C; c++)
+        for (int j = 0; j < mult; j++) o[c * mult + j] += x[c] * wk[c * mult + j];
+}
+
+static void depthwise_forward(camo_backend *be, const camo_conv_desc *d, float *out,
+                              const float *in, const float *w) {
+    const float *wt = depthwise_weights_t(be, d, w);
+    int C = d->C, K = d->K, mult = K / C;
+#pragma omp parallel for collapse(2) num_threads(cpu_threads(be))
+    for (int n = 0; n < d->N; n++) {
+        for (int p = 0; p < d->P; p++) {
+            for (int q = 0; q < d->Q; q++) {
+                float *o = out + (((size_t)n * d->P + p) * d->Q + q) * K;
+                memset(o, 0, K * sizeof(float));
+                for (int r = 0; r < d->R; r++) {
+                    int h = p * d->stride_h - d->pad_h + r * d->dil_h;
+                    if (h < 0 || h >= d->H) continue;
+                    for (int s = 0; s < d->S; s++) {
+                        int x = q * d->stride_w - d->pad_w + s * d->dil_w;
+                        if (x < 0 || x >= d->W) continue;
+                        dw_madd(o, in + (((size_t)n * d->H + h) * d->W + x) * C,
+                                wt + (size_t)(r * d->S + s) * K, C, mult);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* din += gathered over the outputs each input pixel feeds; threads own rows of din */
+static void depthwise_backward_data(camo_backend *be, const camo_conv_desc *d, float *din,
+                                    const float *dout, const float *w) {
+    const float *wt = depthwise_weights_t(be, d, w);
+    int C = d->C, K = d->K, mult = K / C;
+#pragma omp parallel for collapse(2) num_threads(cpu_threads(be))
+    for (int n = 0; n < d->N; n++) {
+        for (int h = 0; h < d->H; h++) {
+            for (int x = 0; x < d->W; x++) {
+                float *dx = din + (((size_t)n * d->H + h) * d->W + x) * C;
+                for (int r = 0; r < d->R; r++) {
+                    int p = conv_out_index(h, r, d->stride_h, d->pad_h, d->dil_h, d->P);
+                    if (p < 0) continue;
+                    for (int s = 0; s < d->S; s++) {
+                        int q = conv_out_index(x, s, d->stride_w, d->pad_w, d->dil_w, d->Q);
+                        if (q < 0) continue;
+                        const float *dy = dout + (((size_t)n * d->P + p) * d->Q + q) * K;
+                        const float *wk = wt + (size_t)(r * d->S + s) * K;
+                        for (int c = 0; c < C; c++) {
+                            float acc = 0;
+                            for (int j = 0; j < mult; j++)
+                                acc += dy[c * mult + j] * wk[c * mult + j];
+                            dx[c] += acc;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* dw (K, R, S) += sum over pixels of dout * in: output rows are split into a fixed number of
+ * chunks with private double sums, added in chunk order (deterministic). */
+static void depthwise_backward_filter(camo_backend *be, const camo_conv_desc *d, float *dw,
+                                      const float *dout, const float *in) {
+    int C = d->C, K = d->K, mult = K / C, RS = d->R * d->S, T = cpu_threads(be);
+    size_t rows = (size_t)d->N * d->P; /* one (image, output row) per unit of work */
+    double *part = camo_calloc((size_t)T * RS * K, sizeof(double));
+#pragma omp parallel for num_threads(T)
+    for (int t = 0; t < T; t++) {
+        double *acc = part + (size_t)t * RS * K; /* (R*S, K) */
+        for (size_t np = rows * t / T; np < rows * (t + 1) / T; np++) {
+            int n = (int)(np / d->P), p = (int)(np % d->P);
+            for (int q = 0; q < d->Q; q++) {
+                const float *dy = dout + (np * d->Q + q) * K;
+                for (int r = 0; r < d->R; r++) {
+                    int h = p * d->stride_h - d->pad_h + r * d->dil_h;
+                    if (h < 0 || h >= d->H) continue;
+                    for (int s = 0; s < d->S; s++) {
+                        int x = q * d->stride_w - d->pad_w + s * d->dil_w;
+                        if (x < 0 || x >= d->W) continue;
+                        const float *xin = in + (((size_t)n * d->H + h) * d->W + x) * C;
+                        double *a = acc + (size_t)(r * d->S + s) * K;
+                        if (mult == 1)
+                            for (int k = 0; k < K; k++) a[k] += dy[k] * xin[k];
+                        else
+                            for (int k = 0; k < K; k++) a[k] += dy[k] * xin[k / mult];
+                    }
+                }
+            }
+        }
+    }
+    for (int k = 0; k < K; k++) {
+        for (int i = 0; i < RS; i++) {
+            double s = 0;
+            for (int t = 0; t < T; t++) s += part[((size_t)t * RS + i) * K + k];
+            dw[(size_t)k * RS + i] += (float)s;
+        }
+    }
+    free(part);
+}
+
+/* ---- the three convolution ops ---- */
+
+/* out (N,P,Q,K) = conv(in (N,H,W,C), w (K,R,S,C/g)) + bias (K) */
+static void cpu_conv2d_forward(camo_backend *be, const camo_conv_desc *d, float *out,
+                               const float *in, const float *w, const float *bias) {
+    int Cg = d->C / d->groups, Kg = d->K / d->groups, RSC = d->R * d->S * Cg;
+    size_t PQ = (size_t)d->P * d->Q;
+    if (conv_is_depthwise(d)) {
+        depthwise_forward(be, d, out, in, w);
+    } else if (conv_is_pointwise(d)) { /* out[:, g] (M, Kg) = in[:, g] (M, Cg) x w_g^T */
+        for (int g = 0; g < d->groups; g++)
+            cpu_gemm(be, 0, 1, (int)(d->N * PQ), Kg, Cg, 1.0f, in + g * Cg, d->C,
+                     w + (size_t)g * Kg * Cg, Cg, 0.0f, out + g * Kg, d->K);
+    } else {
+        float *cols = cpu_workspace(be, PQ * RSC);
+        for (int n = 0; n < d->N; n++) {
+            for (int g = 0; g < d->groups; g++) {
+                im2col(be, d, cols, in + (size_t)n * d->H * d->W * d->C, g);
+                /* out_n[:, g] (PQ, Kg) = cols (PQ, RSC) x w_g^T (RSC, Kg) */
+                cpu_gemm(be, 0, 1, (int)PQ, Kg, RSC, 1.0f, cols, RSC,
+                         w + (size_t)g * Kg * RSC, RSC, 0.0f, out + n * PQ * d->K + g * Kg,
+                         d->K);
+            }
+        }
+    }
+    if (bias) add_bias(be, d->N * PQ, d->K, out, bias);
+}
+
+/* din (N,H,W,C) += conv_transpose(dout (N,P,Q,K), w) */
+static void cpu_conv2d_backward_data(camo_backend *be, const camo_conv_desc *d, float *din,
+                                     const float *dout, const float *w) {
+    int Cg = d->C / d->groups, Kg = d->K / d->groups, RSC = d->R * d->S * Cg;
+    size_t PQ = (size_t)d->P * d->Q;
+    if (conv_is_depthwise(d)) {
+        depthwise_backward_data(be, d, din, dout, w);
+    } else if (conv_is_pointwise(d)) { /* din[:, g] (M, Cg) += dout[:, g] (M, Kg) x w_g */
+        for (int g = 0; g < d->groups; g++)
+            cpu_gemm(be, 0, 0, (int)(d->N * PQ), Cg, Kg, 1.0f, dout + g * Kg, d->K,
+                     w + (size_t)g * Kg * Cg, Cg, 1.0f, din + g * Cg, d->C);
+    } else {
+        float *cols = cpu_workspace(be, PQ * RSC);
+        for (int n = 0; n < d->N; n++) {
+            for (int g = 0; g < d->groups; g++) {
+                /* cols (PQ, RSC) = dout_n[:, g] (PQ, Kg) x w_g (Kg, RSC) */
+                cpu_gemm(be, 0, 0, (int)PQ, RSC, Kg, 1.0f, dout + n * PQ * d->K + g * Kg,
+                         d->K, w + (size_t)g * Kg * RSC, RSC, 0.0f, cols, RSC);
+                col2im_acc(be, d, din + (size_t)n * d->H * d->W * d->C, cols, g);
+            }
+        }
+    }
+}
+
+/* dw (K,R,S,C/g) += dout^T x cols, dbias (K) += column sums of dout */
+static void cpu_conv2d_backward_filter(camo_backend *be, const camo_conv_desc *d, float *dw,
+                                       float *dbias, const float *dout, const float *in) {
+    int Cg = d->C / d->groups, Kg = d->K / d->groups, RSC = d->R * d->S * Cg;
+    size_t PQ = (size_t)d->P * d->Q;
+    if (dbias) col_sums_acc(be, d->N * PQ, d->K, dbias, dout);
+    if (conv_is_depthwise(d)) {
+        depthwise_backward_filter(be, d, dw, dout, in);
+    } else if (conv_is_pointwise(d)) { /* dw_g (Kg, Cg) += dout[:, g]^T (Kg, M) x in[:, g] */
+        for (int g = 0; g < d->groups; g++)
+            cpu_gemm(be, 1, 0, Kg, Cg, (int)(d->N * PQ), 1.0f, dout + g * Kg, d->K,
+                     in + g * Cg, d->C, 1.0f, dw + (size_t)g * Kg * Cg, Cg);
+    } else {
+        float *cols = cpu_workspace(be, PQ * RSC);
+        for (int n = 0; n < d->N; n++) {
+            for (int g = 0; g < d->groups; g++) {
+                im2col(be, d, cols, in + (size_t)n * d->H * d->W * d->C, g);
+                /* dw_g (Kg, RSC) += dout_n[:, g]^T (Kg, PQ) x cols (PQ, RSC) */
+                cpu_gemm(be, 1, 0, Kg, RSC, (int)PQ, 1.0f, dout + n * PQ * d->K + g * Kg,
+                         d->K, cols, RSC, 1.0f, dw + (size_t)g * Kg * RSC, RSC);
+            }
+        }
+    }
+}
+
+void cpu_register_conv(camo_backend *be) {
+    be->gemm = cpu_gemm;
+    be->conv2d_forward = cpu_conv2d_forward;
+    be->conv2d_backward_data = cpu_conv2d_backward_data;
+    be->conv2d_backward_filter = cpu_conv2d_backward_filter;
+}

@@ -1,0 +1,513 @@
+/* train.c: the training run: set-up, the epoch loop (stages, accumulation, clipping, EMA),
+ * evaluation, checkpoints, logging, SIGINT/SIGTERM handling. One replica for now; the
+ * per-step work is in train_step so replicas can run it side by side. */
+#include "camo/train.h"
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "camo/cfgutil.h"
+#include "camo/checkpoint.h"
+#include "camo/common.h"
+#include "camo/data.h"
+#include "camo/loss.h"
+#include "camo/optim.h"
+#include "layer.h"
+
+static volatile sig_atomic_t stop_signal;
+static void on_signal(int sig) { stop_signal = sig; }
+
+typedef struct trainer {
+    camo_config *c;
+    char *network_text;
+    camo_dataset *train_ds, *val_ds;
+    camo_loader *loader;
+    camo_backend *be;
+    camo_net *net;
+    camo_optim *opt;
+    camo_loss_kind loss;
+    camo_train_state st;
+    float *target, *loss_dev;
+    int32_t *labels;
+    FILE *jsonl;
+    char out[CAMO_PATH_MAX];
+    double t0, elapsed0, last_log_t;
+    int64_t images, last_log_images;
+    double loss_sum;      /* host sum of step losses since the last log line */
+    int loss_count;
+    int max_batch;
+    int64_t signal_at_step; /* CAMO_TEST_SIGNAL_AT_STEP: tests deliver SIGTERM at a step */
+} trainer;
+
+/* ---- networks ---- */
+
+/* The network group of a tree: the root of a network file, or a config's `model` group. */
+static config_setting_t *network_group(config_t *cfg) {
+    config_setting_t *root = config_root_setting(cfg);
+    if (config_setting_get_member(root, "layers")) return root;
+    config_setting_t *m = config_setting_get_member(root, "model");
+    return m && config_setting_is_group(m) ? m : root;
+}
+
+camo_net *camo_build_net_from_text(const char *text, const char *source, camo_backend *be) {
+    config_t cfg;
+    config_init(&cfg);
+    camo_net *net = NULL;
+    if (!config_read_string(&cfg, text))
+        CAMO_ERR("%s: network text, line %d: %s", source, config_error_line(&cfg),
+                 config_error_text(&cfg));
+    else
+        net = camo_net_from_setting(network_group(&cfg), source, be, 0);
+    config_destroy(&cfg);
+    return net;
+}
+
+static char *tree_text(config_t *cfg) {
+    char *text = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&text, &n);
+    if (!f) CAMO_DIE("open_memstream failed");
+    config_write(cfg, f);
+    fclose(f);
+    return text;
+}
+
+/* Builds the network of a config. The text saved in checkpoints is the network tree with
+ * `classes` already set from data.classes, so a checkpoint rebuilds the same network
+ * without the original files. */
+camo_net *camo_build_net(const camo_config *c, camo_backend *be, char **network_text) {
+    config_t cfg;
+    config_init(&cfg);
+    const char *source = c->path;
+    int ok;
+    if (c->model_setting) ok = config_read_string(&cfg, c->text) != 0;
+    else { ok = cfg_read_file(&cfg, c->model_path) == 0; source = c->model_path; }
+    camo_net *net = NULL;
+    if (ok) {
+        config_setting_t *g = network_group(&cfg);
+        if (!c->model_only) { /* data.classes decides the head width */
+            config_setting_t *k = config_setting_get_member(g, "classes");
+            if (!k) k = config_setting_add(g, "classes", CONFIG_TYPE_INT);
+            config_setting_set_int(k, c->data.classes);
+        }
+        net = camo_net_from_setting(g, source, be, 0);
+        if (net && network_text) *network_text = tree_text(&cfg);
+    } else if (c->model_setting) {
+        CAMO_ERR("%s: cannot re-read the config text", c->path);
+    }
+    config_destroy(&cfg);
+    return net;
+}
+
+/* ---- run folder and logging ---- */
+
+static int make_dirs(const char *path) {
+    char buf[CAMO_PATH_MAX];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST) goto fail;
+        *p = '/';
+    }
+    if (mkdir(buf, 0755) != 0 && errno != EEXIST) goto fail;
+    return 0;
+fail:
+    CAMO_ERR("%s: cannot create the run folder: %s", buf, strerror(errno));
+    return -1;
+}
+
+static void out_path(const trainer *T, const char *file, char *buf, size_t n) {
+    snprintf(buf, n, "%s/%s", T->out, file);
+}
+
+static void fmt_duration(double s, char *buf, size_t n) {
+    if (!(s >= 0) || s > 1e7) { snprintf(buf, n, "--"); return; }
+    int h = (int)(s / 3600), m = (int)(s / 60) % 60, sec = (int)s % 60;
+    if (h) snprintf(buf, n, "%dh%02dm", h, m);
+    else snprintf(buf, n, "%dm%02ds", m, sec);
+}
+
+/* ---- stages and freezing ---- */
+
+static int stage_of_epoch(const camo_config *c, int epoch, int *first_epoch) {
+    int e0 = 0;
+    for (int s = 0; s < c->train.n_stages; s++) {
+        if (epoch < e0 + c->train.stages[s].epochs) { *first_epoch = e0; return s; }
+        e0 += c->train.stages[s].epochs;
+    }
+    *first_epoch = e0 - c->train.stages[c->train.n_stages - 1].epochs;
+    return c->train.n_stages - 1;
+}
+
+/* Freezes the stage's `freeze` layers. With progressive unfreezing, the frozen set shrinks
+ * from the deepest frozen layer towards the input over unfreeze_epochs. */
+static void apply_freeze(trainer *T, int stage, double epoch_in_stage) {
+    camo_net *net = T->net;
+    const camo_stage *st = &T->c->train.stages[stage];
+    int n_match = 0;
+    for (int i = 0; i < net->n_layers; i++)
+        if (st->freeze[0] && camo_config_matches(net, st->freeze, net->layers[i].name)) n_match++;
+    int keep_frozen = n_match;
+    if (st->progressive_unfreeze && st->unfreeze_epochs > 0) {
+        double f = epoch_in_stage / st->unfreeze_epochs;
+        keep_frozen = f >= 1 ? 0 : (int)ceil(n_match * (1 - f));
+    }
+    int k = 0;
+    for (int i = 0; i < net->n_layers; i++) {
+        camo_layer *l = &net->layers[i];
+        int frozen = 0;
+        if (st->freeze[0] && camo_config_matches(net, st->freeze, l->name)) frozen = k++ < keep_frozen;
+        for (int j = 0; j < l->n_params; j++) net->params[l->param0 + j].frozen = frozen;
+    }
+}
+
+/* ---- one micro-batch ---- */
+
+/* Forward, loss and backward of one loader batch; gradients accumulate in the net.
+ * norm_images: images of the whole optimizer step (all micro-batches). */
+static void train_micro_batch(trainer *T, const camo_batch *b, double norm_images) {
+    camo_net *net = T->net;
+    camo_backend *be = T->be;
+    size_t plane = (size_t)b->size * b->size;
+    be->upload(be, net->input, b->image, (size_t)b->n * plane * 3 * sizeof(float));
+    double norm_pixels = norm_images * (double)plane;
+    if (T->loss == LOSS_CE) {
+        be->upload(be, T->labels, b->labels, (size_t)b->n * plane * sizeof(int32_t));
+        /* valid pixels of this batch, scaled to the step (accumulation) */
+        size_t valid = 0;
+        for (size_t i = 0; i < (size_t)b->n * plane; i++) valid += b->labels[i] != T->c->data.ignore_index;
+        norm_pixels = (valid ? (double)valid : 1.0) * norm_images / b->n;
+    } else {
+        be->upload(be, T->target, b->mask, (size_t)b->n * plane * sizeof(float));
+    }
+    camo_net_forward(net, b->n, 1);
+    camo_net_zero_act_grads(net);
+    camo_loss_forward_backward(net, T->loss, T->c->train.deep_supervision, b->n, T->target,
+                               T->labels, T->c->data.ignore_index, norm_images, norm_pixels,
+                               T->loss_dev);
+    camo_net_backward(net, b->n);
+}
+
+/* Clipping, learning rate and the update; returns the step's loss (host). */
+static double optimizer_step(trainer *T, double lr, double *grad_norm) {
+    double scale = 1.0;
+    *grad_norm = NAN;
+    if (T->c->train.clip_grad_norm > 0) {
+        *grad_norm = camo_grad_norm(T->net, T->opt);
+        if (*grad_norm > T->c->train.clip_grad_norm)
+            scale = T->c->train.clip_grad_norm / (*grad_norm + 1e-6);
+    }
+    camo_optim_step(T->net, T->opt, lr, scale);
+    camo_net_zero_param_grads(T->net);
+    float loss = 0;
+    T->be->download(T->be, &loss, T->loss_dev, sizeof loss);
+    T->be->zero(T->be, T->loss_dev, sizeof(float));
+    return loss;
+}
+
+/* ---- checkpoints ---- */
+
+static int save_checkpoint(trainer *T, const char *file) {
+    char path[CAMO_PATH_MAX + 32];
+    out_path(T, file, path, sizeof path);
+    T->st.elapsed_s = T->elapsed0 + camo_now() - T->t0;
+    if (camo_ckpt_save(path, T->net, T->opt, &T->st, T->c->text, T->network_text, T->c->seed)) {
+        camo_warn("%s", camo_last_error());
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- logging ---- */
+
+static void log_step(trainer *T, int epoch, int batch, int n_batches, double lr, double loss,
+                     double gnorm, int64_t steps_total) {
+    double now = camo_now();
+    T->loss_sum += loss;
+    T->loss_count++;
+    if (T->jsonl) {
+        fprintf(T->jsonl, "{\"type\":\"step\",\"epoch\":%d,\"step\":%lld,\"loss\":%.6g,\"lr\":%.6g",
+                epoch + 1, (long long)T->st.step, loss, lr);
+        if (!isnan(gnorm)) fprintf(T->jsonl, ",\"grad_norm\":%.6g", gnorm);
+        fprintf(T->jsonl, ",\"images\":%lld,\"time\":%.3f}\n", (long long)T->images, now - T->t0);
+    }
+    if (T->st.step % T->c->log.every != 0 && batch != n_batches) return;
+    double dt = now - T->last_log_t;
+    double ips = dt > 0 ? (T->images - T->last_log_images) / dt : 0;
+    double steps_per_s = dt > 0 ? T->loss_count / dt : 0;
+    char eta[32];
+    fmt_duration(steps_per_s > 0 ? (steps_total - T->st.step) / steps_per_s : -1, eta, sizeof eta);
+    camo_info("epoch %d/%d  batch %d/%d  step %lld  loss %.4f  lr %.2e  %.1f img/s  ETA %s",
+              epoch + 1, T->c->train.epochs, batch, n_batches, (long long)T->st.step,
+              T->loss_sum / T->loss_count, lr, ips, eta);
+    T->loss_sum = 0;
+    T->loss_count = 0;
+    T->last_log_t = now;
+    T->last_log_images = T->images;
+    if (T->jsonl) fflush(T->jsonl);
+}
+
+/* ---- evaluation at the end of an epoch ---- */
+
+static int run_eval(trainer *T, int epoch, int *early_stop) {
+    camo_eval_result r;
+    camo_optim_swap_ema(T->net, T->opt); /* evaluate (and keep as best) the EMA weights */
+    int rc = camo_evaluate(T->net, T->c, T->val_ds, T->c->data.workers, &r);
+    camo_optim_swap_ema(T->net, T->opt);
+    if (rc) return -1;
+    double score = camo_eval_score(&r, T->c->checkpoint.metric);
+    int improved = !(score <= T->st.best_metric); /* NaN best = first eval */
+    if (T->net->classes > 1)
+        camo_info("eval  epoch %d: loss %.4f  mIoU %.4f  pixel acc %.4f  (%d images, %.1f s)%s",
+                  epoch + 1, r.loss, r.miou, r.pixel_acc, r.n_images, r.seconds, improved ? "  *best*" : "");
+    else
+        camo_info("eval  epoch %d: loss %.4f  IoU %.4f  Dice %.4f  MAE %.4f  (%d images, %.1f s)%s",
+                  epoch + 1, r.loss, r.iou, r.dice, r.mae, r.n_images, r.seconds, improved ? "  *best*" : "");
+    if (T->jsonl) {
+        fprintf(T->jsonl, "{\"type\":\"eval\",\"epoch\":%d,\"step\":%lld,\"loss\":%.6g,\"iou\":%.6g,"
+                "\"dice\":%.6g,\"mae\":%.6g,\"miou\":%.6g,\"pixel_acc\":%.6g,\"images\":%d,"
+                "\"seconds\":%.3f}\n", epoch + 1, (long long)T->st.step, r.loss, r.iou, r.dice,
+                r.mae, r.miou, r.pixel_acc, r.n_images, r.seconds);
+        fflush(T->jsonl);
+    }
+    if (improved) {
+        T->st.best_metric = score;
+        T->st.best_epoch = epoch + 1;
+        T->st.bad_epochs = 0;
+        save_checkpoint(T, "best.ckpt");
+    } else if (T->c->train.early_stop_patience > 0 &&
+               ++T->st.bad_epochs >= T->c->train.early_stop_patience) {
+        camo_info("early stop: no %s improvement in %d evaluations (best %.4f at epoch %d)",
+                  T->c->checkpoint.metric, T->st.bad_epochs, fabs(T->st.best_metric), T->st.best_epoch);
+        *early_stop = 1;
+    }
+    return 0;
+}
+
+/* ---- the epoch loop ---- */
+
+static int64_t total_steps(const camo_config *c, int n) {
+    int64_t steps = 0;
+    for (int s = 0; s < c->train.n_stages; s++) {
+        int nb = (n + c->train.stages[s].batch - 1) / c->train.stages[s].batch;
+        steps += (int64_t)c->train.stages[s].epochs * ((nb + c->train.accum_steps - 1) / c->train.accum_steps);
+    }
+    if (c->train.max_steps > 0 && c->train.max_steps < steps) steps = c->train.max_steps;
+    return steps;
+}
+
+/* Runs (the rest of) one epoch. *stop: a signal or max_steps ended it early. */
+static int run_epoch(trainer *T, int epoch, int64_t steps_total, int *stop) {
+    const camo_config *c = T->c;
+    int e0, s = stage_of_epoch(c, epoch, &e0);
+    int B = c->train.stages[s].batch, n = camo_dataset_size(T->train_ds);
+    int nb = (n + B - 1) / B, accum = c->train.accum_steps;
+    apply_freeze(T, s, epoch - e0);
+    int *order = camo_malloc((size_t)n * sizeof(int));
+    camo_epoch_permutation(order, n, c->seed, epoch);
+    int start = epoch == T->st.epoch ? T->st.batch : 0;
+    camo_loader_start(T->loader, order + (size_t)start * B, n - start * B, B, c->seed, epoch);
+    int rc = 0;
+    for (int b = start; b < nb && !rc && !*stop; b++) {
+        camo_batch *bt = camo_loader_next(T->loader);
+        if (!bt) { rc = -1; break; }
+        int g0 = b - b % accum, g1 = CAMO_MIN(g0 + accum, nb);
+        double norm_images = CAMO_MIN((int64_t)g1 * B, n) - (int64_t)g0 * B;
+        train_micro_batch(T, bt, norm_images);
+        T->images += bt->n;
+        camo_loader_release(T->loader, bt);
+        if (b + 1 != g1) continue;
+        double lr = camo_lr_at(c, s, (epoch - e0) + (double)(b + 1) / nb), gnorm;
+        double loss = optimizer_step(T, lr, &gnorm);
+        T->st.step++;
+        T->st.batch = b + 1;
+        if (!isfinite(loss)) {
+            CAMO_ERR("loss is %g at epoch %d, step %lld: training diverged (lower train.lr or "
+                     "set train.clip_grad_norm); the last good checkpoint is kept",
+                     loss, epoch + 1, (long long)T->st.step);
+            rc = -2;
+            break;
+        }
+        log_step(T, epoch, b + 1, nb, lr, loss, gnorm, steps_total);
+        if (c->checkpoint.every_steps > 0 && T->st.step % c->checkpoint.every_steps == 0)
+            save_checkpoint(T, "last.ckpt");
+        if (T->signal_at_step && T->st.step == T->signal_at_step) raise(SIGTERM); /* test hook */
+        if (stop_signal || (c->train.max_steps > 0 && T->st.step >= c->train.max_steps)) *stop = 1;
+    }
+    if (rc == -1 && camo_loader_failed(T->loader))
+        rc = -3; /* bad input data: the message names the file */
+    free(order);
+    if (!rc && T->st.batch >= nb) { T->st.epoch = epoch + 1; T->st.batch = 0; }
+    return rc;
+}
+
+/* ---- set-up and the run ---- */
+
+static int open_data(trainer *T) {
+    const camo_config *c = T->c;
+    if (!c->data.root[0]) {
+        CAMO_ERR("%s: data.root is not set (a data set folder, e.g. data/synth)", c->path);
+        return -1;
+    }
+    T->train_ds = camo_dataset_open(c->data.root, c->data.format, c->data.train_split,
+                                    c->data.classes, c->data.skip_bad);
+    if (!T->train_ds) return -1;
+    if (c->eval.every > 0) {
+        T->val_ds = camo_dataset_open(c->data.root, c->data.format, c->data.val_split,
+                                      c->data.classes, c->data.skip_bad);
+        if (!T->val_ds) return -1;
+    }
+    camo_info("data: %d training images (%s/%s), %d validation images", camo_dataset_size(T->train_ds),
+              c->data.root, c->data.train_split, T->val_ds ? camo_dataset_size(T->val_ds) : 0);
+    return 0;
+}
+
+static int setup_model(trainer *T, const camo_ckpt *ck) {
+    const camo_config *c = T->c;
+    T->be = camo_backend_cpu_create(c->train.threads);
+    if (ck) {
+        T->network_text = camo_strdup(ck->network_text);
+        T->net = camo_build_net_from_text(ck->network_text, ck->path, T->be);
+    } else {
+        T->net = camo_build_net(c, T->be, &T->network_text);
+    }
+    if (!T->net) return -1;
+    for (int s = 0; s < c->train.n_stages; s++) T->max_batch = CAMO_MAX(T->max_batch, c->train.stages[s].batch);
+    int S = c->data.aug.size;
+    if (camo_loss_parse(c->train.loss, &T->loss)) return -1;
+    if (camo_net_set_input_size(T->net, T->max_batch, S, S) ||
+        camo_loss_check(T->net, T->loss, c->train.deep_supervision))
+        return -1;
+    camo_net_init_weights(T->net, c->seed);
+    if (ck && camo_ckpt_load_weights(ck, T->net, 0)) return -1;
+    T->opt = camo_optim_create(T->net, c);
+    if (ck && camo_ckpt_load_optim(ck, T->net, T->opt)) return -1;
+    size_t plane = (size_t)S * S;
+    T->target = T->be->alloc(T->be, (size_t)T->max_batch * plane * sizeof(float));
+    T->labels = T->be->alloc(T->be, (size_t)T->max_batch * plane * sizeof(int32_t));
+    T->loss_dev = T->be->alloc(T->be, sizeof(float));
+    return T->target && T->labels && T->loss_dev ? 0 : -1;
+}
+
+static int setup_run_folder(trainer *T, const char *resume_path) {
+    const camo_config *c = T->c;
+    if (c->out[0]) snprintf(T->out, sizeof T->out, "%s", c->out);
+    else if (resume_path) {
+        snprintf(T->out, sizeof T->out, "%s", resume_path);
+        char *slash = strrchr(T->out, '/');
+        if (slash) *slash = 0; else snprintf(T->out, sizeof T->out, ".");
+    } else {
+        const char *base = strrchr(c->path, '/');
+        base = base ? base + 1 : c->path;
+        snprintf(T->out, sizeof T->out, "runs/%.*s", (int)(strcspn(base, ".")), base);
+    }
+    if (make_dirs(T->out)) return -1;
+    char path[CAMO_PATH_MAX + 32];
+    out_path(T, "config.cfg", path, sizeof path);
+    FILE *f = fopen(path, "w");
+    if (f) { fputs(c->text, f); fclose(f); }
+    out_path(T, "metrics.jsonl", path, sizeof path);
+    T->jsonl = fopen(path, "a");
+    if (!T->jsonl) {
+        CAMO_ERR("%s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static void teardown(trainer *T) {
+    if (T->loader) camo_loader_free(T->loader);
+    if (T->train_ds) camo_dataset_free(T->train_ds);
+    if (T->val_ds) camo_dataset_free(T->val_ds);
+    if (T->be) {
+        if (T->target) T->be->free(T->be, T->target);
+        if (T->labels) T->be->free(T->be, T->labels);
+        if (T->loss_dev) T->be->free(T->be, T->loss_dev);
+        camo_optim_free(T->net, T->opt);
+        camo_net_free(T->net);
+        T->be->destroy(T->be);
+    }
+    if (T->jsonl) fclose(T->jsonl);
+    free(T->network_text);
+}
+
+static void print_summary(trainer *T, const char *why) {
+    double t = camo_now() - T->t0;
+    char dur[32];
+    fmt_duration(t, dur, sizeof dur);
+    const char *m = T->c->checkpoint.metric;
+    double best = T->st.best_metric;
+    if (!strcmp(m, "mae") || !strcmp(m, "loss")) best = -best;
+    printf("%s: %d epochs, %lld steps in %s, %.1f img/s; best %s %.4f at epoch %d; run folder %s\n",
+           why, T->st.epoch, (long long)T->st.step, dur, t > 0 ? T->images / t : 0.0, m,
+           T->st.best_epoch ? best : NAN, T->st.best_epoch, T->out);
+    if (T->jsonl)
+        fprintf(T->jsonl, "{\"type\":\"summary\",\"reason\":\"%s\",\"epochs\":%d,\"steps\":%lld,"
+                "\"seconds\":%.3f,\"img_per_s\":%.3f,\"best_metric\":%.6g,\"best_epoch\":%d}\n",
+                why, T->st.epoch, (long long)T->st.step, t, t > 0 ? T->images / t : 0.0,
+                T->st.best_epoch ? best : 0.0, T->st.best_epoch);
+    fflush(stdout);
+}
+
+static void install_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESETHAND; /* a second signal kills at once */
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+int camo_train_run(camo_config *c, const char *resume_path) {
+    trainer T;
+    memset(&T, 0, sizeof T);
+    T.c = c;
+    T.st.best_metric = NAN;
+    camo_ckpt *ck = NULL;
+    int rc = CAMO_ERR_INPUT;
+    if (resume_path && !(ck = camo_ckpt_open(resume_path))) goto done;
+    if (open_data(&T) || setup_model(&T, ck) || setup_run_folder(&T, resume_path)) goto done;
+    if (ck) {
+        T.st = ck->st;
+        T.elapsed0 = ck->st.elapsed_s;
+        camo_info("resuming %s at epoch %d, batch %d, step %lld", resume_path, T.st.epoch + 1,
+                  T.st.batch, (long long)T.st.step);
+    }
+    T.loader = camo_loader_create(T.train_ds, &c->data.aug, c->data.workers, T.max_batch, 4);
+    install_signals();
+    const char *sig_step = getenv("CAMO_TEST_SIGNAL_AT_STEP");
+    T.signal_at_step = sig_step ? atoll(sig_step) : 0;
+    int64_t steps_total = total_steps(c, camo_dataset_size(T.train_ds));
+    camo_info("training %s: %zu parameters, %d epochs, %lld steps, loss %s, optimizer %s",
+              T.net->name, camo_net_param_count(T.net), c->train.epochs, (long long)steps_total,
+              c->train.loss, c->train.optimizer);
+    T.t0 = T.last_log_t = camo_now();
+    int stop = 0, early = 0;
+    rc = CAMO_OK;
+    while (T.st.epoch < c->train.epochs && !stop && !early) {
+        int epoch = T.st.epoch;
+        int erc = run_epoch(&T, epoch, steps_total, &stop);
+        if (erc) { rc = erc == -3 ? CAMO_ERR_INPUT : CAMO_ERR_RUNTIME; break; }
+        int last_epoch = T.st.epoch == c->train.epochs;
+        if (T.st.epoch == epoch + 1 && T.val_ds &&
+            ((epoch + 1) % c->eval.every == 0 || last_epoch || stop)) {
+            if (run_eval(&T, epoch, &early)) { rc = CAMO_ERR_INPUT; break; }
+        }
+        if (save_checkpoint(&T, "last.ckpt")) { rc = CAMO_ERR_RUNTIME; break; }
+    }
+    if (rc == CAMO_OK) {
+        if (stop_signal) camo_info("stopped by signal %d after step %lld: %s/last.ckpt saved",
+                                   (int)stop_signal, (long long)T.st.step, T.out);
+        print_summary(&T, stop_signal ? "interrupted" : early ? "early stop" :
+                          stop ? "max_steps reached" : "done");
+    }
+done:
+    if (rc != CAMO_OK) fprintf(stderr, "camotrain: error: %s\n", camo_last_error());
+    camo_ckpt_close(ck);
+    teardown(&T);
+    return rc;
+}

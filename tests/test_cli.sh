@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# End-to-end tests of the camotrain binary: usage errors, summaries, a small training run,
+# kill-and-resume bit-identity, checkpoints (inspect, corrupt files, PyTorch loading),
+# eval and predict, and bad data. Prints PASS/FAIL/SKIP lines for tests/run.sh.
+set -u
+cd "$(dirname "$0")/.."
+BIN=${CAMOTRAIN:-./camotrain}
+TMP=${CAMO_TEST_TMP:-$(mktemp -d)}/cli
+mkdir -p "$TMP"
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+
+pass() { echo "PASS $1"; }
+fail() { echo "FAIL $1: $2"; }
+skip() { echo "SKIP $1: $2"; }
+
+# expect NAME RC PATTERN -- command...: exit code RC and PATTERN in stdout+stderr
+expect() {
+    local name=$1 want=$2 pat=$3; shift 4
+    local out rc
+    out=$("$@" 2>&1); rc=$?
+    if [ "$rc" != "$want" ]; then fail "$name" "exit $rc, expected $want; output: $(echo "$out" | tail -3)"
+    elif ! echo "$out" | grep -q -- "$pat"; then fail "$name" "output lacks '$pat': $(echo "$out" | tail -3)"
+    else pass "$name"; fi
+}
+
+# ---- usage and configs ----
+expect help 0 "--conf" -- $BIN --help
+expect no_args 2 "usage" -- $BIN
+expect unknown_option 2 "unknown option '--frobnicate'" -- $BIN --conf conf/demo.cfg --frobnicate
+expect unknown_command 2 "unknown command" -- $BIN frobnicate
+expect summary_unet 0 "parameters:" -- $BIN --conf conf/models/unet_s.cfg --summary
+expect summary_fpn 0 "layer4.1.conv2" -- $BIN --conf conf/models/fpn_r18.cfg --summary
+expect summary_train_cfg 0 "unet_s" -- $BIN --conf conf/demo.cfg --summary
+expect missing_config 2 "nope.cfg" -- $BIN --conf conf/nope.cfg
+expect set_unknown_key 2 "unknown key 'lrr'" -- $BIN --conf conf/demo.cfg --set train.lrr=1
+expect set_bad_value 2 "not a valid integer" -- $BIN --conf conf/demo.cfg --set train.epochs=many
+printf 'name = "bad";\nlayers = (\n  { name = "a"; type = "conv"; filters = 4; size = 3; },\n  { name = "b"; type = "dense"; }\n);\n' > "$TMP/bad_net.cfg"
+expect bad_layer_type 2 "bad_net.cfg:4: layer 'b': unknown type 'dense'" -- $BIN --conf "$TMP/bad_net.cfg" --summary
+printf 'name = "bad";\nlayers = (\n  { name = "p"; type = "maxpool"; size = 2; },\n  { name = "c"; type = "concat"; from = ["p", "input"]; }\n);\n' > "$TMP/bad_shape.cfg"
+expect shape_mismatch 2 "bad_shape.cfg:4: layer 'c': inputs differ in size" -- $BIN --conf "$TMP/bad_shape.cfg" --summary
+expect train_network_file 2 "network file" -- $BIN --conf conf/models/unet_s.cfg
+
+# ---- a small training run ----
+DATA=$TMP/synth
+if ! $BIN synth --out "$DATA" --train 24 --test 8 --size 40 --seed 3 > "$TMP/synth.log" 2>&1; then
+    fail synth "$(tail -3 "$TMP/synth.log")"
+fi
+COMMON="--set data.root=$DATA --set data.img_size=32 --set train.batch=8 --set eval.batch=8 --set train.threads=1 --set data.workers=2 --quiet"
+expect missing_data_root 2 "$TMP/none" -- $BIN --conf conf/demo.cfg $COMMON --set data.root=$TMP/none --out "$TMP/run_none"
+expect train_small 0 "done" -- $BIN --conf conf/demo.cfg $COMMON --set train.epochs=2 --set eval.every=1 --out "$TMP/run1"
+for f in last.ckpt best.ckpt metrics.jsonl config.cfg; do
+    [ -s "$TMP/run1/$f" ] && pass "run_folder_$f" || fail "run_folder_$f" "missing"
+done
+if grep -q '"type":"eval"' "$TMP/run1/metrics.jsonl" && grep -q '"type":"step"' "$TMP/run1/metrics.jsonl"; then
+    pass metrics_jsonl; else fail metrics_jsonl "no step/eval records"; fi
+expect inspect 0 "enc1a.conv.weight" -- $BIN inspect "$TMP/run1/last.ckpt"
+expect inspect_meta 0 "format_version" -- $BIN inspect "$TMP/run1/last.ckpt"
+expect inspect_config 0 "img_size = 32" -- $BIN inspect "$TMP/run1/last.ckpt" --meta config
+expect eval_ckpt 0 "IoU" -- $BIN eval --ckpt "$TMP/run1/best.ckpt" --set data.workers=1
+expect eval_json 0 '"iou":' -- $BIN eval --ckpt "$TMP/run1/best.ckpt" --json
+mkdir -p "$TMP/pred"
+expect predict 0 "8 images" -- $BIN predict --ckpt "$TMP/run1/best.ckpt" --input "$DATA/Test/Image" --output "$TMP/pred"
+first=$(ls "$DATA/Test/Image" | head -1); stem=${first%.*}
+if [ -s "$TMP/pred/$stem.png" ]; then pass predict_png; else fail predict_png "no $stem.png"; fi
+
+# ---- kill and resume: identical weights, bit for bit ----
+hashes() { $BIN inspect --hash "$1" | awk 'NF == 4 && $2 ~ /^(F32|I64)$/ {print $1, $4}'; }
+RUN="$BIN --conf conf/demo.cfg $COMMON --set train.epochs=3 --set eval.every=1 --set train.ema_decay=0.9"
+$RUN --out "$TMP/full" > "$TMP/full.log" 2>&1 || fail resume_reference "$(tail -3 "$TMP/full.log")"
+CAMO_TEST_SIGNAL_AT_STEP=4 $RUN --out "$TMP/cut" > "$TMP/cut.log" 2>&1
+rc=$?
+if [ $rc -eq 0 ] && grep -q interrupted "$TMP/cut.log"; then pass signal_exit_0; else fail signal_exit_0 "exit $rc: $(tail -2 "$TMP/cut.log")"; fi
+$BIN --resume "$TMP/cut/last.ckpt" --quiet > "$TMP/resume.log" 2>&1 || fail resume_run "$(tail -3 "$TMP/resume.log")"
+if [ -n "$(hashes "$TMP/full/last.ckpt")" ] && diff <(hashes "$TMP/full/last.ckpt") <(hashes "$TMP/cut/last.ckpt") > "$TMP/diff.txt"; then
+    pass resume_bitwise_identical
+else fail resume_bitwise_identical "tensors differ: $(head -4 "$TMP/diff.txt")"; fi
+# a real SIGTERM at an arbitrary moment (while loading, mid-step or evaluating)
+$RUN --out "$TMP/killed" > "$TMP/killed.log" 2>&1 &
+pid=$!
+sleep 1.5
+kill -TERM $pid 2>/dev/null
+wait $pid; rc=$?
+if [ $rc -ne 0 ]; then fail sigterm_exit_0 "exit $rc"
+elif [ ! -s "$TMP/killed/last.ckpt" ]; then skip sigterm_resume "the run finished or had no step before the signal"
+else
+    pass sigterm_exit_0
+    $BIN --resume "$TMP/killed/last.ckpt" --quiet > "$TMP/killed_resume.log" 2>&1
+    if diff <(hashes "$TMP/full/last.ckpt") <(hashes "$TMP/killed/last.ckpt") > /dev/null; then
+        pass sigterm_resume_identical; else fail sigterm_resume_identical "tensors differ"; fi
+fi
+
+# ---- bad checkpoints ----
+head -c 1000 "$TMP/run1/last.ckpt" > "$TMP/trunc.ckpt"
+expect truncated_ckpt_inspect 2 "trunc.ckpt" -- $BIN inspect "$TMP/trunc.ckpt"
+expect truncated_ckpt_resume 2 "trunc.ckpt" -- $BIN --resume "$TMP/trunc.ckpt"
+expect truncated_ckpt_eval 2 "trunc.ckpt" -- $BIN eval --ckpt "$TMP/trunc.ckpt"
+head -c 100000 /dev/urandom > "$TMP/random.ckpt"
+expect random_ckpt 2 "random.ckpt" -- $BIN --resume "$TMP/random.ckpt"
+expect missing_ckpt 2 "nothere.ckpt" -- $BIN eval --ckpt "$TMP/nothere.ckpt"
+
+# ---- PyTorch reads our checkpoints (when torch and safetensors are installed) ----
+if python3 -c "import safetensors.torch" > /dev/null 2>&1; then
+    if python3 - "$TMP/run1/best.ckpt" > "$TMP/py.log" 2>&1 <<'PY'
+import sys
+from safetensors.torch import load_file
+from safetensors import safe_open
+sd = load_file(sys.argv[1])
+w = sd["enc1a.conv.weight"]
+assert tuple(w.shape) == (16, 3, 3, 3), w.shape          # [out, in, kh, kw]
+assert tuple(sd["head.weight"].shape) == (1, 16, 1, 1)
+assert sd["enc1a.bn.num_batches_tracked"].dtype.is_floating_point is False
+assert tuple(sd["enc1a.bn.running_var"].shape) == (16,)
+assert any(k.startswith("optim.exp_avg.") for k in sd)
+with safe_open(sys.argv[1], "pt") as f:
+    meta = f.metadata()
+assert meta["format"] == "camotrain-checkpoint" and "img_size" in meta["config"]
+PY
+    then pass pytorch_loads_checkpoint; else fail pytorch_loads_checkpoint "$(tail -3 "$TMP/py.log")"; fi
+else
+    skip pytorch_loads_checkpoint "python3 safetensors not installed"
+fi
+
+# ---- bad data ----
+BAD=$TMP/bad
+mkdir -p "$BAD/Train" "$BAD/Test"
+cp -r "$DATA/Train/Image" "$DATA/Train/GT_Object" "$BAD/Train/"
+cp -r "$DATA/Test/Image" "$DATA/Test/GT_Object" "$BAD/Test/"
+victim=$(ls "$BAD/Train/Image" | sed -n 3p)
+head -c 300 /dev/urandom > "$BAD/Train/Image/$victim"
+expect corrupt_jpeg 2 "$victim" -- $BIN --conf conf/demo.cfg $COMMON --set data.root=$BAD --set train.epochs=1 --out "$TMP/run_bad"
+expect corrupt_jpeg_skip 0 "done" -- $BIN --conf conf/demo.cfg $COMMON --set data.root=$BAD --set train.epochs=1 --set data.skip_bad=true --out "$TMP/run_skip"
+exit 0

@@ -1,0 +1,481 @@
+#!/usr/bin/env python3
+"""PyTorch reference fixtures for tests/test_torch_ref.c (docs/models.md, "Reference tests").
+
+Reads a network file (conf/models/*.cfg, tests/fixtures/layers/*.cfg) with the `libconf`
+package and builds the network in PyTorch INDEPENDENTLY of the C parser: a graph module that
+runs the layer list in order, composite layers expanded as docs/models.md says, modules
+registered at their dotted paths so that state_dict names are exactly the C names
+("layer1.0.conv1.weight", "enc1a.conv.weight", "head.weight", ...).
+
+Parameters and the input get the closed-form values of docs/models.md (computed in float64,
+rounded to float32). The forward pass (train mode, or eval with --eval) and the backward
+pass (upstream gradient of every output from the closed-form rule) run in float64 on those
+float32 values; the results are rounded to float32 and saved, so the reference's own
+rounding error is negligible. A float32 run is made too and its error against the float64
+reference is printed: it shows how much a correct float32 implementation may differ.
+
+Fixture contents (PyTorch layout, F32): `input`, `output.<o>` per output, `dinput`,
+`grad.<param>` (params of at most 4096 values) or `gradsample.<param>` (values at flat
+indices (k*2654435761) mod numel, k = 0..4095) + `gradsumsq.<param>` (shape [1]),
+`buffer.<name>` (BN running_mean / running_var after the forward pass).
+Metadata: config (path relative to the repository root), batch, height, width, training.
+
+Regenerate (from the repository root; CI does not need PyTorch, the fixtures are committed):
+    pip install torch safetensors libconf numpy
+    (or Debian: apt install python3-torch python3-numpy; pip install safetensors libconf)
+    python3 tools/torch_ref.py --all
+One fixture:
+    python3 tools/torch_ref.py --config FILE --batch N --height H --width W [--eval] \\
+        --out tests/fixtures/NAME.safetensors
+"""
+import argparse
+import math
+import os
+import sys
+
+import libconf
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.numpy import save_file
+
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+SAMPLES = 4096
+SAMPLE_MUL = 2654435761
+TOL = 1e-4          # normwise relative error allowed by tests/test_torch_ref.c
+GRAD_FLOOR = 1e-7   # gradient denominators >= GRAD_FLOOR * largest gradient of the fixture
+SAFETY = 10.0       # tol.<name> = SAFETY * float32 PyTorch's own error where that exceeds TOL
+
+# Every fixture the C tests use: (config, batch, height, width, training, output file).
+L = "tests/fixtures/layers/"
+FIXTURES = [
+    (L + "conv.cfg", 2, 9, 7, True, "tests/fixtures/layer_conv.safetensors"),
+    (L + "conv_act.cfg", 2, 9, 7, True, "tests/fixtures/layer_conv_act.safetensors"),
+    (L + "batchnorm.cfg", 2, 9, 7, True, "tests/fixtures/layer_batchnorm.safetensors"),
+    (L + "batchnorm.cfg", 2, 9, 7, False, "tests/fixtures/layer_batchnorm_eval.safetensors"),
+    (L + "layernorm.cfg", 2, 9, 7, True, "tests/fixtures/layer_layernorm.safetensors"),
+    (L + "act.cfg", 2, 9, 7, True, "tests/fixtures/layer_act.safetensors"),
+    (L + "pool.cfg", 2, 12, 10, True, "tests/fixtures/layer_pool.safetensors"),
+    (L + "adaptive_avgpool.cfg", 2, 7, 5, True, "tests/fixtures/layer_adaptive_avgpool.safetensors"),
+    (L + "resize.cfg", 2, 9, 7, True, "tests/fixtures/layer_resize.safetensors"),
+    (L + "concat.cfg", 2, 9, 7, True, "tests/fixtures/layer_concat.safetensors"),
+    (L + "add.cfg", 2, 9, 7, True, "tests/fixtures/layer_add.safetensors"),
+    (L + "mul.cfg", 2, 9, 7, True, "tests/fixtures/layer_mul.safetensors"),
+    (L + "softmax.cfg", 2, 9, 7, True, "tests/fixtures/layer_softmax.safetensors"),
+    (L + "resblock.cfg", 2, 12, 10, True, "tests/fixtures/layer_resblock.safetensors"),
+    ("conf/models/unet_s.cfg", 2, 64, 64, True, "tests/fixtures/unet_s.safetensors"),
+    ("conf/models/unet_s.cfg", 2, 64, 64, False, "tests/fixtures/unet_s_eval.safetensors"),
+    ("conf/models/fpn_r18.cfg", 2, 64, 64, True, "tests/fixtures/fpn_r18.safetensors"),
+]
+
+
+# ---------------------------------------------------------------- closed-form values
+
+def fnv1a32(s):
+    h = 2166136261
+    for b in s.encode("utf-8"):
+        h ^= b
+        h = (h * 16777619) & 0xFFFFFFFF
+    return h
+
+
+def phase(name):
+    return (fnv1a32(name) % 10000) / 10000.0 * 2.0 * math.pi
+
+
+def param_value(name, shape):
+    """Closed-form value of a parameter or buffer (float64 array rounded to float32)."""
+    n = int(np.prod(shape)) if len(shape) else 1
+    i = np.arange(n, dtype=np.float64)
+    s = np.sin(0.37 * i + phase(name))
+    if name.endswith(".running_mean"):
+        v = np.zeros(n)
+    elif name.endswith(".running_var"):
+        v = np.ones(n)
+    elif len(shape) == 4:  # conv weight [out, in/groups, kh, kw]
+        fan_in = shape[1] * shape[2] * shape[3]
+        v = s * math.sqrt(3.0 / fan_in)
+    elif name.endswith(".weight"):
+        v = 1.0 + 0.1 * s
+    elif name.endswith(".bias"):
+        v = 0.1 * s
+    else:
+        raise ValueError("no closed-form rule for " + name)
+    return v.astype(np.float32).reshape(shape)
+
+
+def input_value(shape):
+    i = np.arange(int(np.prod(shape)), dtype=np.float64)
+    return (np.sin(0.11 * i) + 0.5 * np.cos(0.037 * i)).astype(np.float32).reshape(shape)
+
+
+def output_grad_value(oname, shape):
+    i = np.arange(int(np.prod(shape)), dtype=np.float64)
+    return np.cos(0.23 * i + phase(oname)).astype(np.float32).reshape(shape)
+
+
+# ---------------------------------------------------------------- network modules
+
+class LayerNorm2d(nn.Module):
+    """ConvNeXt's LayerNorm2d: LayerNorm over channels at every pixel."""
+
+    def __init__(self, c, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(c))
+        self.bias = nn.Parameter(torch.zeros(c))
+        self.eps = eps
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class BasicBlock(nn.Module):
+    """torchvision.models.resnet.BasicBlock (names included)."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                            nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        idt = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + idt)
+
+
+class ConvBlock(nn.Module):
+    """conv with bn or an activation: children conv, bn, act."""
+
+    def __init__(self, conv, bn, act):
+        super().__init__()
+        self.conv = conv
+        if bn is not None:
+            self.bn = bn
+        self.act = act
+
+    def forward(self, x):
+        x = self.conv(x)
+        if hasattr(self, "bn"):
+            x = self.bn(x)
+        return self.act(x)
+
+
+class Identity(nn.Module):
+    def forward(self, x):
+        return x
+
+
+def make_act(name, slope=0.01):
+    if name == "linear":
+        return Identity()
+    if name == "relu":
+        return nn.ReLU()
+    if name == "leaky_relu":
+        return nn.LeakyReLU(slope)
+    if name == "silu":
+        return nn.SiLU()
+    if name == "gelu":
+        return nn.GELU(approximate="none")
+    if name == "sigmoid":
+        return nn.Sigmoid()
+    if name == "tanh":
+        return nn.Tanh()
+    raise ValueError("unknown activation " + repr(name))
+
+
+ACT_TYPES = ("relu", "silu", "gelu", "sigmoid", "tanh", "leaky_relu")
+
+
+def as_list(v):
+    if isinstance(v, (list, tuple)):
+        return list(v)
+    return [v]
+
+
+def pair(v):
+    if isinstance(v, (list, tuple)):
+        assert len(v) == 2
+        return int(v[0]), int(v[1])
+    return int(v), int(v)
+
+
+class GraphNet(nn.Module):
+    """Runs the layer list in order; each layer reads the previous layer's output or `from`."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.in_ch = int(cfg.get("input_channels", 3))
+        self.classes = int(cfg.get("classes", 1))
+        self.specs = []  # (name, type, inputs, fn) ; fn(list of tensors, outs dict) -> tensor
+        chans = {"input": self.in_ch}
+        prev = "input"
+        for ls in cfg["layers"]:
+            name, typ = ls["name"], ls["type"]
+            assert name not in chans, "layer name used twice: " + name
+            ins = as_list(ls["from"]) if "from" in ls else [prev]
+            for s in ins:
+                assert s in chans, "unknown layer %r in %r" % (s, name)
+            cin = [chans[s] for s in ins]
+            cout, fn = self._build(name, typ, ls, cin)
+            chans[name] = cout
+            self.specs.append((name, typ, ins, fn))
+            prev = name
+        outs = cfg.get("outputs")
+        if outs is None:
+            outs = [{"name": "main", "layer": prev}]
+        self.outputs = [(o["name"], o["layer"]) for o in outs]
+        for _, lay in self.outputs:
+            assert lay in chans, "unknown output layer " + lay
+
+    def _register(self, path, module):
+        """Registers module at a dotted path, creating plain containers on the way."""
+        parts = path.split(".")
+        parent = self
+        for p in parts[:-1]:
+            child = parent._modules.get(p)
+            if child is None:
+                child = nn.Module()
+                parent.add_module(p, child)
+            parent = child
+        assert parts[-1] not in parent._modules, "module registered twice: " + path
+        parent.add_module(parts[-1], module)
+        return module
+
+    def _build(self, name, typ, ls, cin):
+        if typ == "conv":
+            f = ls["filters"]
+            filters = self.classes if f == "classes" else int(f)
+            size = int(ls["size"])
+            stride = int(ls.get("stride", 1))
+            dil = int(ls.get("dilation", 1))
+            pad = int(ls.get("pad", dil * (size - 1) // 2))
+            groups = int(ls.get("groups", 1))
+            bn = bool(ls.get("bn", False))
+            bias = bool(ls.get("bias", not bn))
+            act = ls.get("act", "linear")
+            conv = nn.Conv2d(cin[0], filters, size, stride, pad, dil, groups, bias=bias)
+            if not bn and act == "linear":
+                m = self._register(name, conv)
+            else:
+                m = self._register(name, ConvBlock(conv, nn.BatchNorm2d(filters) if bn else None,
+                                                   make_act(act)))
+            return filters, lambda xs, o: m(xs[0])
+        if typ == "batchnorm":
+            m = self._register(name, nn.BatchNorm2d(cin[0], eps=float(ls.get("eps", 1e-5)),
+                                                    momentum=float(ls.get("momentum", 0.1))))
+            return cin[0], lambda xs, o: m(xs[0])
+        if typ == "layernorm":
+            m = self._register(name, LayerNorm2d(cin[0], float(ls.get("eps", 1e-6))))
+            return cin[0], lambda xs, o: m(xs[0])
+        if typ in ACT_TYPES:
+            a = make_act(typ, float(ls.get("slope", 0.01)))
+            return cin[0], lambda xs, o: a(xs[0])
+        if typ == "maxpool":
+            size = int(ls["size"])
+            m = nn.MaxPool2d(size, int(ls.get("stride", size)), int(ls.get("pad", 0)))
+            return cin[0], lambda xs, o: m(xs[0])
+        if typ == "avgpool":
+            size = int(ls["size"])
+            m = nn.AvgPool2d(size, int(ls.get("stride", size)), int(ls.get("pad", 0)),
+                             count_include_pad=bool(ls.get("count_include_pad", True)))
+            return cin[0], lambda xs, o: m(xs[0])
+        if typ == "adaptive_avgpool":
+            m = nn.AdaptiveAvgPool2d(pair(ls["size"]))
+            return cin[0], lambda xs, o: m(xs[0])
+        if typ == "resize":
+            ac = bool(ls.get("align_corners", False))
+            if "scale" in ls:
+                s = float(ls["scale"])
+                return cin[0], lambda xs, o: F.interpolate(xs[0], scale_factor=s, mode="bilinear",
+                                                           align_corners=ac)
+            if "size" in ls:
+                hw = pair(ls["size"])
+                return cin[0], lambda xs, o: F.interpolate(xs[0], size=hw, mode="bilinear",
+                                                           align_corners=ac)
+            like = ls["like"]
+            return cin[0], lambda xs, o: F.interpolate(xs[0], size=tuple(o[like].shape[2:]),
+                                                       mode="bilinear", align_corners=ac)
+        if typ == "concat":
+            assert len(cin) >= 2
+            return sum(cin), lambda xs, o: torch.cat(xs, dim=1)
+        if typ == "add":
+            assert len(cin) >= 2 and all(c == cin[0] for c in cin)
+            return cin[0], lambda xs, o: sum(xs[1:], xs[0])
+        if typ == "mul":
+            assert len(cin) == 2 and cin[1] in (cin[0], 1)
+
+            def mul(xs, o):
+                a, b = xs
+                assert b.shape[2:] == a.shape[2:] or b.shape[2:] == (1, 1)
+                assert b.shape[2:] != (1, 1) or b.shape[1] == a.shape[1]
+                return a * b
+            return cin[0], mul
+        if typ == "softmax":
+            return cin[0], lambda xs, o: torch.softmax(xs[0], dim=1)
+        if typ == "resblock":
+            filters = int(ls["filters"])
+            m = self._register(name, BasicBlock(cin[0], filters, int(ls.get("stride", 1))))
+            return filters, lambda xs, o: m(xs[0])
+        raise ValueError("unknown layer type %r (layer %r)" % (typ, name))
+
+    def forward(self, x):
+        o = {"input": x}
+        for name, _, ins, fn in self.specs:
+            o[name] = fn([o[s] for s in ins], o)
+        return [o[lay] for _, lay in self.outputs]
+
+
+def load_config(path):
+    with open(path) as f:
+        return libconf.load(f, includedir=os.path.dirname(os.path.abspath(path)))
+
+
+# ---------------------------------------------------------------- fixture generation
+
+def run(model, dtype, x, grads, training):
+    model = model.to(dtype)
+    model.train(training)
+    xi = torch.tensor(x, dtype=dtype, requires_grad=True)
+    outs = model(xi)
+    total = sum((y * torch.tensor(g, dtype=dtype)).sum() for y, g in zip(outs, grads))
+    model.zero_grad(set_to_none=True)
+    total.backward()
+    res = {"out": [y.detach().float().numpy() for y in outs], "dinput": xi.grad.float().numpy()}
+    res["grad"] = {n: (p.grad.float().numpy() if p.grad is not None else np.zeros(p.shape, np.float32))
+                   for n, p in model.named_parameters()}
+    res["buffer"] = {n: b.detach().float().numpy() for n, b in model.named_buffers()
+                     if n.endswith(".running_mean") or n.endswith(".running_var")}
+    return res
+
+
+def normwise(a, b, floor=0.0):
+    """max|a-b| / max(max|b|, floor): the measure of tests/test_torch_ref.c."""
+    m = max(float(np.max(np.abs(b))) if b.size else 0.0, floor)
+    d = float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))) if b.size else 0.0
+    return d / m if m > 0 else d
+
+
+def sample_idx(numel):
+    return (np.arange(SAMPLES, dtype=np.uint64) * np.uint64(SAMPLE_MUL)) % np.uint64(numel)
+
+
+def make_fixture(config, batch, height, width, training, out, quiet=False):
+    cfg = load_config(config)
+    model = GraphNet(cfg)
+    sd = model.state_dict()
+    with torch.no_grad():
+        for n, t in sd.items():
+            if n.endswith(".num_batches_tracked"):
+                continue
+            t.copy_(torch.from_numpy(param_value(n, tuple(t.shape))))
+    x = input_value((batch, model.in_ch, height, width))
+
+    # output shapes: one no-grad eval-free pass on a throwaway copy
+    probe = GraphNet(cfg)
+    probe.load_state_dict(model.state_dict())
+    probe.train(training)
+    with torch.no_grad():
+        shapes = [tuple(y.shape) for y in probe(torch.from_numpy(x))]
+    grads = [output_grad_value(oname, s) for (oname, _), s in zip(model.outputs, shapes)]
+
+    m64 = GraphNet(cfg)
+    m64.load_state_dict(model.state_dict())
+    m32 = GraphNet(cfg)
+    m32.load_state_dict(model.state_dict())
+    ref = run(m64, torch.float64, x, grads, training)
+    f32 = run(m32, torch.float32, x, grads, training)
+
+    tensors = {"input": x}
+    pairs = {}  # fixture tensor name -> (float32 torch value, reference)
+
+    def track(name, a, b):
+        pairs[name] = (a, b)
+
+    for (oname, _), y, y32 in zip(model.outputs, ref["out"], f32["out"]):
+        tensors["output." + oname] = y
+        track("output." + oname, y32, y)
+    tensors["dinput"] = ref["dinput"]
+    track("dinput", f32["dinput"], ref["dinput"])
+    for n, g in ref["grad"].items():
+        g32 = f32["grad"][n]
+        if g.size <= SAMPLES:
+            tensors["grad." + n] = g
+            track("grad." + n, g32, g)
+        else:
+            idx = sample_idx(g.size)
+            tensors["gradsample." + n] = g.reshape(-1)[idx].copy()
+            d = g.astype(np.float64).reshape(-1)
+            tensors["gradsumsq." + n] = np.array([np.dot(d, d)], dtype=np.float32)
+            track("gradsample." + n, g32.reshape(-1)[idx], g.reshape(-1)[idx])
+    for n, b in ref["buffer"].items():
+        tensors["buffer." + n] = b
+        track("buffer." + n, f32["buffer"][n], b)
+
+    # Error of PyTorch's own float32 run against the reference, with the C test's measure:
+    # gradients get a floor of GRAD_FLOOR * (largest gradient of the fixture) so that
+    # gradients that are zero in exact arithmetic (a conv bias right before a train-mode
+    # BN) are measured against the scale of the others. Where float32 PyTorch itself is
+    # off by more than TOL / SAFETY, the tensor gets `tol.<name>` = SAFETY * its error in
+    # the metadata (ill-conditioned: a ReLU decided by rounding, a long chain of train-mode
+    # BNs); the C test uses that instead of TOL.
+    gmax = max([float(np.max(np.abs(b))) for k, (a, b) in pairs.items() if k.startswith("grad")]
+               + [0.0])
+    meta = {}
+    worst = ("", 0.0)
+    for k, (a, b) in pairs.items():
+        e = normwise(a, b, GRAD_FLOOR * gmax if k.startswith("grad") else 0.0)
+        if e > worst[1]:
+            worst = (k, e)
+        if e * SAFETY > TOL:
+            meta["tol." + k] = "%.3g" % (e * SAFETY)
+    rel = os.path.relpath(os.path.abspath(config), ROOT)
+    meta.update({"config": rel, "batch": str(batch), "height": str(height), "width": str(width),
+                 "training": "1" if training else "0"})
+    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    save_file(tensors, out, metadata=meta)
+    if not quiet:
+        ntol = sum(1 for k in meta if k.startswith("tol."))
+        print("%s: %s %dx%dx%d %s, %d tensors, %d bytes; float32 torch vs reference: worst %s "
+              "%.2e; %d tensors with a looser tol" % (out, rel, batch, height, width,
+                                                        "train" if training else "eval",
+                                                        len(tensors), os.path.getsize(out),
+                                                        worst[0], worst[1], ntol))
+    return model
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config")
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--height", type=int)
+    ap.add_argument("--width", type=int)
+    ap.add_argument("--eval", action="store_true")
+    ap.add_argument("--out")
+    ap.add_argument("--all", action="store_true", help="regenerate every fixture of the C tests")
+    a = ap.parse_args()
+    torch.set_num_threads(max(1, min(8, os.cpu_count() or 1)))
+    if a.all:
+        os.chdir(ROOT)
+        for cfgp, n, h, w, tr, out in FIXTURES:
+            make_fixture(cfgp, n, h, w, tr, out)
+        return 0
+    if not (a.config and a.height and a.width and a.out):
+        ap.error("--config, --height, --width and --out are required (or --all)")
+    make_fixture(a.config, a.batch, a.height, a.width, not a.eval, a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
