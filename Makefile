@@ -12,6 +12,17 @@ TSAN     ?= 0
 CUDA_ARCH ?= -gencode arch=compute_75,code=sm_75 -gencode arch=compute_80,code=sm_80 \
              -gencode arch=compute_90,code=[sm_90,compute_90]
 
+# Targets a user types first install missing Debian packages, then re-run make, so that
+# pkg-config below is evaluated with the packages present (a fresh machine has none).
+USER_GOALS := all test demo bench
+DEPS_GOALS := $(if $(CAMO_DEPS_OK),,$(if $(MAKECMDGOALS),$(filter $(USER_GOALS),$(MAKECMDGOALS)),all))
+ifneq ($(DEPS_GOALS),)
+.PHONY: $(DEPS_GOALS)
+$(DEPS_GOALS):
+	@tools/install_deps.sh
+	@$(MAKE) --no-print-directory CAMO_DEPS_OK=1 $@
+else
+
 PKGS     := libconfig openblas libcjson
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) stb 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
@@ -22,17 +33,17 @@ LDLIBS   += $(PKG_LIBS) -lpthread -lm
 OPENMP   := -fopenmp
 
 ifeq ($(SAN),1)
-  BUILD  := build-san
+  BUILD  ?= build-san
   CFLAGS += -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
   LDFLAGS += -fsanitize=address,undefined
 else ifeq ($(TSAN),1)
   # libgomp is not instrumented: TSan builds run the OpenMP loops single-threaded
-  BUILD  := build-tsan
+  BUILD  ?= build-tsan
   OPENMP :=
   CFLAGS += -O1 -fno-omit-frame-pointer -fsanitize=thread -Wno-unknown-pragmas
   LDFLAGS += -fsanitize=thread
 else
-  BUILD  := build
+  BUILD  ?= build
 endif
 CFLAGS  += $(OPENMP)
 LDFLAGS += $(OPENMP)
@@ -52,11 +63,8 @@ BENCH_SRC := $(wildcard tools/bench_*.c)
 BENCH_BIN := $(BENCH_SRC:tools/%.c=$(BUILD)/tools/%)
 BIN      := $(BUILD)/camotrain
 
-.PHONY: all deps test demo bench clean
-all: deps $(BIN) camotrain
-
-deps:
-	@tools/install_deps.sh
+.PHONY: all test demo bench clean
+all: $(BIN) camotrain
 
 # the user-facing binary sits at the root; sanitizer builds keep theirs in their build dir
 camotrain: $(BIN)
@@ -88,16 +96,17 @@ $(BUILD)/tools/%: tools/%.c $(BUILD)/libcamo.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libcamo.a $(LDLIBS)
 
-test: deps $(BIN) camotrain $(TEST_BIN)
+test: $(BIN) camotrain $(TEST_BIN)
 	@BUILD=$(BUILD) CAMOTRAIN=$(BIN) tests/run.sh
 
-demo: deps $(BIN) camotrain
+demo: $(BIN) camotrain
 	@tools/demo.sh
 
-bench: deps $(BIN) camotrain $(BENCH_BIN)
+bench: $(BIN) camotrain $(BENCH_BIN)
 	@for b in $(BENCH_BIN); do $$b || exit 1; done
 
 clean:
 	rm -rf build build-san build-tsan camotrain
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+endif

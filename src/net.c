@@ -274,6 +274,8 @@ void camo_net_backward(camo_net *net, int n) {
     for (int i = net->n_layers - 1; i >= 0; i--) {
         camo_layer *l = &net->layers[i];
         if (l->requires_grad) camo_layer_table[l->type]->backward(net, l, n);
+        /* every parameter belongs to one layer: its gradient is final from here on */
+        if (net->on_layer_grads && l->n_params) net->on_layer_grads(net->on_layer_grads_ctx, i);
     }
 }
 

@@ -204,4 +204,13 @@ struct camo_backend {
  * (0 = all cores). */
 camo_backend *camo_backend_cpu_create(int threads);
 
+/* The CUDA backend on GPU `device`: its own stream, cuDNN and cuBLAS handles, caching
+ * allocator. NULL + error when camotrain was built without CUDA or the GPU is unusable.
+ * Declared in every build so that callers never #ifdef (src/backend_cuda_stub.c). */
+camo_backend *camo_backend_cuda_create(int device);
+/* Usable GPUs (honours CUDA_VISIBLE_DEVICES); 0 without CUDA or without a driver. */
+int camo_cuda_device_count(void);
+/* The backend's cudaStream_t as void*, NULL for the CPU backend. */
+void *camo_backend_stream(camo_backend *be);
+
 #endif

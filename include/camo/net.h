@@ -85,6 +85,12 @@ typedef struct camo_net {
      * count != NULL, the row count too. NULL = each replica its own statistics. */
     void (*bn_sync)(void *ctx, float *data, size_t n, double *count);
     void *bn_sync_ctx;
+
+    /* Called by camo_net_backward after layer `layer` (which owns parameters) is done:
+     * the gradients of its parameters, and of every later layer's, are final. DDP uses it
+     * to launch bucket all-reduces while backward goes on. NULL = no hook. */
+    void (*on_layer_grads)(void *ctx, int layer);
+    void *on_layer_grads_ctx;
 } camo_net;
 
 /* Parse a network file. NULL on error; camo_last_error() names the file, line and layer.
