@@ -53,14 +53,13 @@ struct camo_comm {
  * (<= 0: no timeout). Returns 0 or -1 with an error. */
 int camo_comm_cpu_create(int n, double timeout_s, camo_comm **comms);
 
-#ifdef CAMO_HAVE_CUDA
 /* NCCL over distinct GPUs devices[0..n) (ncclCommInitAll), and the `local` comm for
  * replicas that share one GPU (devices may repeat). streams[i]: the replica's compute
- * stream (cudaStream_t) the collectives must follow. */
+ * stream (cudaStream_t, from camo_backend_stream) the collectives must follow. Declared in
+ * every build; without CUDA they fail with a clear error (src/backend_cuda_stub.c). */
 int camo_comm_nccl_create(int n, const int *devices, void *const *streams, double timeout_s,
                           camo_comm **comms);
 int camo_comm_local_create(int n, const int *devices, void *const *streams, double timeout_s,
                            camo_comm **comms);
-#endif
 
 #endif
