@@ -52,7 +52,8 @@ LIB_SRC  := $(filter-out src/main.c,$(wildcard src/*.c))
 CU_SRC   := $(wildcard cuda/*.cu)
 ifeq ($(CUDA),1)
   CFLAGS  += -DCAMO_HAVE_CUDA=1 -I$(CUDA_HOME)/include
-  NVCCFLAGS ?= -O2 $(CUDA_ARCH) --threads 0 -Iinclude -Xcompiler -Wall,-Wextra
+  NVCCFLAGS ?= -O2 $(CUDA_ARCH) --threads 0 --extended-lambda -MMD -MP -Iinclude \
+               -Xcompiler -Wall,-Wextra
   LDLIBS  += -L$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcudart -lnccl -lstdc++
   CU_OBJ  := $(CU_SRC:cuda/%.cu=$(BUILD)/cuda/%.o)
 endif
@@ -100,10 +101,21 @@ test: $(BIN) camotrain $(TEST_BIN)
 	@BUILD=$(BUILD) CAMOTRAIN=$(BIN) tests/run.sh
 
 demo: $(BIN) camotrain
-	@tools/demo.sh
+	@CAMOTRAIN=$(BIN) tools/demo.sh
 
 bench: $(BIN) camotrain $(BENCH_BIN)
 	@for b in $(BENCH_BIN); do $$b || exit 1; done
+
+# GPU tools (docs/cuda.md): tools/test_multi_gpu is built by `make` in every build (without
+# CUDA it says so and exits 2); `make bench-gpu` trains unet_s and fpn_r18 at 320x320 with
+# camotrain and with PyTorch in the same run (tools/bench_gpu.sh).
+MGPU_BIN := $(BUILD)/tools/test_multi_gpu
+all: $(MGPU_BIN) tools/test_multi_gpu
+tools/test_multi_gpu: $(MGPU_BIN)
+	@if [ "$(BUILD)" = build ]; then cp $(MGPU_BIN) tools/test_multi_gpu; fi
+.PHONY: bench-gpu
+bench-gpu: $(BIN) camotrain
+	@CAMOTRAIN=$(BIN) tools/bench_gpu.sh
 
 clean:
 	rm -rf build build-san build-tsan camotrain

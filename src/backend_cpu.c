@@ -4,7 +4,10 @@
 
 #include "camo/common.h"
 
+#include <cblas.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 static void *cpu_alloc(camo_backend *be, size_t bytes) {
@@ -59,6 +62,9 @@ camo_backend *camo_backend_cpu_create(int threads) {
     if (threads <= 0) threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (threads <= 0) threads = 1;
     ctx->threads = threads;
+    /* every sgemm runs inside the backend's own OpenMP team (cpu_conv.c): OpenBLAS's pool
+     * would only compete with it for the same cores */
+    openblas_set_num_threads(1);
     be->name = "cpu";
     be->device = -1;
     be->threads = threads;
@@ -78,4 +84,27 @@ camo_backend *camo_backend_cpu_create(int threads) {
     cpu_register_loss(be);
     cpu_register_optim(be);
     return be;
+}
+
+void camo_cpu_env_reexec(char **argv) {
+    if (getenv("CAMO_NO_REEXEC")) return;
+    int change = 0;
+    if (!getenv("OMP_WAIT_POLICY")) {
+        setenv("OMP_WAIT_POLICY", "passive", 1);
+        change = 1;
+    }
+    const char *core = openblas_get_corename();
+    if (!getenv("OPENBLAS_CORETYPE") && core && !strcasecmp(core, "prescott")) {
+        __builtin_cpu_init();
+        const char *better = __builtin_cpu_supports("avx512f") ? "SkylakeX" :
+                             __builtin_cpu_supports("avx2") ? "Haswell" : NULL;
+        if (better) {
+            setenv("OPENBLAS_CORETYPE", better, 1);
+            change = 1;
+        }
+    }
+    if (!change) return;
+    setenv("CAMO_NO_REEXEC", "1", 1); /* once: the new image must not loop */
+    execv("/proc/self/exe", argv);
+    unsetenv("CAMO_NO_REEXEC");       /* exec failed: go on with the defaults */
 }

@@ -1,8 +1,32 @@
-/* backend_cuda_stub.c: the CUDA entry points of backend.h for builds without CUDA, so
- * callers never #ifdef. (The CUDA build's versions live in cuda/.) */
+/* backend_cuda_stub.c: the CUDA entry points of backend.h, comm.h and cuda.h for builds
+ * without CUDA, so callers never #ifdef (the CUDA build's versions live in cuda/), plus the
+ * parts of cuda.h that need no GPU in any build. */
 #include "camo/backend.h"
 #include "camo/comm.h"
 #include "camo/common.h"
+#include "camo/cuda.h"
+
+#include <string.h>
+
+int camo_cuda_amp_parse(const char *s, camo_cuda_amp *out) {
+    if (!strcmp(s, "off")) *out = CAMO_AMP_OFF;
+    else if (!strcmp(s, "bf16")) *out = CAMO_AMP_BF16;
+    else if (!strcmp(s, "fp16")) *out = CAMO_AMP_FP16;
+    else return -1;
+    return 0;
+}
+
+void *camo_cuda_loader_alloc(size_t bytes, void *ctx) {
+    (void)ctx;
+    return camo_cuda_host_alloc(bytes);
+}
+
+void camo_cuda_loader_free(void *p, void *ctx) {
+    (void)ctx;
+    camo_cuda_host_free(p);
+}
+
+#ifndef CAMO_HAVE_CUDA
 
 camo_backend *camo_backend_cuda_create(int device) {
     CAMO_ERR("GPU %d requested, but camotrain was built without CUDA (nvcc not found or "
@@ -35,3 +59,26 @@ int camo_comm_local_create(int n, const int *devices, void *const *streams, doub
     (void)streams, (void)timeout_s;
     return no_cuda_comm(n, devices, comms);
 }
+
+camo_cuda_amp camo_cuda_set_amp(camo_backend *be, camo_cuda_amp mode) {
+    (void)be, (void)mode;
+    return CAMO_AMP_OFF;
+}
+
+int camo_cuda_backend_status(camo_backend *be) {
+    (void)be;
+    return 0;
+}
+
+void *camo_cuda_host_alloc(size_t bytes) { return camo_malloc(bytes ? bytes : 1); }
+
+void camo_cuda_host_free(void *p) { free(p); }
+
+void camo_cuda_mem_stats(camo_backend *be, size_t *reserved, size_t *peak, size_t *mallocs) {
+    (void)be;
+    if (reserved) *reserved = 0;
+    if (peak) *peak = 0;
+    if (mallocs) *mallocs = 0;
+}
+
+#endif /* !CAMO_HAVE_CUDA */

@@ -8,10 +8,35 @@
 
 #include "camo/common.h"
 
+static _Thread_local const char *default_source;
+
+void cfg_set_default_source(const char *name) { default_source = name; }
+
+/* "a.b.c" of a setting, for settings that came from --set rather than from a file */
+static void dotted_path(const config_setting_t *s, char *buf, size_t n) {
+    const char *parts[32];
+    int k = 0;
+    for (; s && k < 32; s = config_setting_parent(s))
+        if (config_setting_name(s)) parts[k++] = config_setting_name(s);
+    buf[0] = 0;
+    for (int i = k - 1; i >= 0; i--) {
+        size_t len = strlen(buf);
+        snprintf(buf + len, n - len, "%s%s", i == k - 1 ? "" : ".", parts[i]);
+    }
+}
+
 const char *cfg_where(const config_setting_t *s) {
     static _Thread_local char buf[512];
     const char *f = s ? config_setting_source_file(s) : NULL;
-    snprintf(buf, sizeof buf, "%s:%d", f ? f : "<config>", s ? (int)config_setting_source_line(s) : 0);
+    int line = s ? (int)config_setting_source_line(s) : 0;
+    if (!f) f = default_source ? default_source : "<config>";
+    if (s && line == 0 && config_setting_name(s)) { /* added by an override */
+        char path[256];
+        dotted_path(s, path, sizeof path);
+        snprintf(buf, sizeof buf, "%s: --set %s", f, path);
+    } else {
+        snprintf(buf, sizeof buf, "%s:%d", f, line);
+    }
     return buf;
 }
 

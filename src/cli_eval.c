@@ -13,11 +13,12 @@
 #include "camo/common.h"
 #include "camo/config.h"
 #include "camo/data.h"
+#include "camo/evaluate.h"
 #include "camo/metrics.h"
 #include "camo/train.h"
 
 typedef struct {
-    const char *ckpt, *data, *split, *pred, *gt, *input, *output;
+    const char *ckpt, *data, *split, *pred, *gt, *input, *output, *classes, *ignore, *format;
     int json, overlay, no_ema;
     char *sets[64];
     int n_sets;
@@ -29,7 +30,10 @@ static int parse(int argc, char **argv, eval_args *a, const char *cmd) {
         const char **dst = !strcmp(f, "--ckpt") ? &a->ckpt : !strcmp(f, "--data") ? &a->data :
                            !strcmp(f, "--split") ? &a->split : !strcmp(f, "--pred") ? &a->pred :
                            !strcmp(f, "--gt") ? &a->gt : !strcmp(f, "--input") ? &a->input :
-                           !strcmp(f, "--output") ? &a->output : NULL;
+                           !strcmp(f, "--output") ? &a->output :
+                           !strcmp(f, "--classes") ? &a->classes :
+                           !strcmp(f, "--ignore-index") ? &a->ignore :
+                           !strcmp(f, "--format") ? &a->format : NULL;
         if (dst || !strcmp(f, "--set")) {
             if (!v) { fprintf(stderr, "camotrain %s: %s needs a value\n", cmd, f); return -1; }
             if (dst) *dst = v;
@@ -62,19 +66,6 @@ static camo_net *load_model(const eval_args *a, camo_config *c, camo_backend *be
     return net;
 }
 
-static void print_result(const camo_eval_result *r, int classes, int json) {
-    if (json) {
-        printf("{\"images\":%d,\"loss\":%.6g,\"iou\":%.6g,\"dice\":%.6g,\"mae\":%.6g", r->n_images,
-               r->loss, r->iou, r->dice, r->mae);
-        if (classes > 1) printf(",\"miou\":%.6g,\"pixel_acc\":%.6g", r->miou, r->pixel_acc);
-        printf(",\"seconds\":%.3f}\n", r->seconds);
-        return;
-    }
-    printf("images  %d\nloss    %.4f\n", r->n_images, r->loss);
-    if (classes > 1) printf("mIoU    %.4f\npixacc  %.4f\n", r->miou, r->pixel_acc);
-    else printf("IoU     %.4f\nDice    %.4f\nMAE     %.4f\n", r->iou, r->dice, r->mae);
-}
-
 static int eval_checkpoint(const eval_args *a) {
     camo_backend *be = camo_backend_cpu_create(0);
     camo_config c;
@@ -84,10 +75,12 @@ static int eval_checkpoint(const eval_args *a) {
     if (net) {
         const char *split = a->split ? a->split : c.data.val_split;
         ds = camo_dataset_open(c.data.root, c.data.format, split, c.data.classes, c.data.skip_bad);
+        if (ds) camo_dataset_set_ignore_index(ds, c.data.ignore_index);
     }
-    camo_eval_result r;
-    if (ds && camo_evaluate(net, &c, ds, c.data.workers, &r) == 0) {
-        print_result(&r, net->classes, a->json);
+    camo_eval_full e;
+    if (ds && camo_evaluate_full(net, &c, ds, c.data.workers, &e) == 0) {
+        camo_eval_full_print(&e, stdout, a->json);
+        camo_eval_full_free(&e);
         rc = CAMO_OK;
     }
     if (rc) fprintf(stderr, "camotrain: error: %s\n", camo_last_error());
@@ -107,11 +100,29 @@ int cli_eval(int argc, char **argv) {
             fprintf(stderr, "camotrain eval: --pred and --gt go together\n");
             return CAMO_ERR_INPUT;
         }
-        return camo_eval_pred_dirs(a.pred, a.gt, a.json, stdout);
+        if (!a.classes) {
+            int rc = camo_eval_pred_dirs(a.pred, a.gt, a.json, stdout);
+            if (rc) fprintf(stderr, "camotrain: error: %s\n", camo_last_error());
+            return rc;
+        }
+        char *end1, *end2;
+        long K = strtol(a.classes, &end1, 10), ig = a.ignore ? strtol(a.ignore, &end2, 10) : 255;
+        if (*end1 || K < 2 || K > 256 || (a.ignore && *end2) ||
+            (a.format && strcmp(a.format, "ade20k"))) {
+            fprintf(stderr, "camotrain eval: --classes needs an integer in [2, 256], "
+                            "--ignore-index an integer, --format only ade20k\n");
+            return CAMO_ERR_INPUT;
+        }
+        int rc = camo_eval_pred_dirs_cls(a.pred, a.gt, (int)K, (int)ig, a.format != NULL,
+                                         a.json, stdout);
+        if (rc) fprintf(stderr, "camotrain: error: %s\n", camo_last_error());
+        return rc;
     }
     if (!a.ckpt) {
         fprintf(stderr, "usage: camotrain eval --ckpt C [--data DIR] [--split S] [--json] [--no-ema]\n"
-                        "       camotrain eval --pred DIR --gt DIR [--json]\n");
+                        "       camotrain eval --pred DIR --gt DIR [--json]\n"
+                        "       camotrain eval --pred DIR --gt DIR --classes K "
+                        "[--ignore-index I] [--format ade20k] [--json]\n");
         return CAMO_ERR_INPUT;
     }
     return eval_checkpoint(&a);
@@ -166,32 +177,77 @@ static char **list_images(const char *dir, int *n) {
     return names;
 }
 
-/* One image: preprocess like validation, forward, map back to the original size. */
-static int predict_one(camo_net *net, const camo_config *c, const char *in_path, const char *out_path) {
+/* Colour of class k in overlays: the PASCAL VOC palette (bits of k spread over r, g, b). */
+static void class_colour(int k, uint8_t rgb[3]) {
+    rgb[0] = rgb[1] = rgb[2] = 0;
+    for (int bit = 7; k; bit--, k >>= 3)
+        for (int c = 0; c < 3; c++) rgb[c] |= (uint8_t)(((k >> c) & 1) << bit);
+}
+
+/* Blends the prediction over the image in place: classes (K > 1, class 0 left as is) in
+ * their palette colour at half strength; binary: red, as strong as the probability / 2. */
+static void overlay(uint8_t *rgb, const uint8_t *pred, size_t n, int K) {
+    for (size_t i = 0; i < n; i++) {
+        uint8_t col[3] = {255, 0, 0};
+        float a = K > 1 ? (pred[i] ? 0.5f : 0) : pred[i] / 510.0f;
+        if (K > 1) class_colour(pred[i], col);
+        for (int c = 0; c < 3; c++)
+            rgb[3 * i + c] = (uint8_t)lrintf(rgb[3 * i + c] * (1 - a) + col[c] * a);
+    }
+}
+
+/* One image: preprocess like validation, forward, logits resized to the original size, then
+ * sigmoid (binary: probability PNG) or argmax (class-index PNG); the overlay when asked. */
+static int predict_one(camo_net *net, const char *in_path, const char *out_path,
+                       const char *overlay_path) {
     int w, h, S = net->H, K = net->classes;
     uint8_t *px = camo_image_read(in_path, 3, &w, &h);
     if (!px) return -1;
-    static const float mean[3] = {0.485f, 0.456f, 0.406f}, std[3] = {0.229f, 0.224f, 0.225f};
-    float *img = camo_malloc((size_t)w * h * 3 * sizeof(float));
-    for (size_t i = 0; i < (size_t)w * h * 3; i++) img[i] = (px[i] / 255.0f - mean[i % 3]) / std[i % 3];
     float *in = camo_malloc((size_t)S * S * 3 * sizeof(float));
-    resize_bilinear(img, h, w, 3, in, S, S);
+    camo_image_preprocess(px, w, h, S, in);
     net->be->upload(net->be, net->input, in, (size_t)S * S * 3 * sizeof(float));
     camo_net_forward(net, 1, 0);
     float *logits = camo_malloc((size_t)S * S * K * sizeof(float));
-    net->be->download(net->be, logits, camo_net_output(net, 0, NULL, NULL, NULL), (size_t)S * S * K * sizeof(float));
+    net->be->download(net->be, logits, camo_net_output(net, 0, NULL, NULL, NULL),
+                      (size_t)S * S * K * sizeof(float));
     float *big = camo_malloc((size_t)w * h * K * sizeof(float));
     resize_bilinear(logits, S, S, K, big, h, w); /* logits, then sigmoid/argmax at full size */
+    uint8_t *pred = camo_malloc((size_t)w * h);
     for (size_t i = 0; i < (size_t)w * h; i++) {
-        if (K == 1) { px[i] = (uint8_t)lrintf(255.0f / (1.0f + expf(-big[i]))); continue; }
+        if (K == 1) { pred[i] = (uint8_t)lrintf(255.0f / (1.0f + expf(-big[i]))); continue; }
         int best = 0;
         for (int k = 1; k < K; k++) if (big[i * K + k] > big[i * K + best]) best = k;
-        px[i] = (uint8_t)best;
+        pred[i] = (uint8_t)best;
     }
-    (void)c;
-    int rc = camo_png_write_gray(out_path, px, w, h);
-    free(px); free(img); free(in); free(logits); free(big);
+    int rc = camo_png_write_gray(out_path, pred, w, h);
+    if (!rc && overlay_path) {
+        overlay(px, pred, (size_t)w * h, K);
+        rc = camo_png_write_rgb(overlay_path, px, w, h);
+    }
+    free(px); free(in); free(logits); free(big); free(pred);
     return rc;
+}
+
+/* OUTPUT/STEM.png and, with --overlay, OUTPUT/overlay/STEM.png for each input image. */
+static int predict_all(camo_net *net, const eval_args *a, char **names, int n) {
+    char ov_dir[CAMO_PATH_MAX + 16];
+    snprintf(ov_dir, sizeof ov_dir, "%s/overlay", a->output);
+    if (a->overlay && mkdir(ov_dir, 0755) != 0 && errno != EEXIST) {
+        CAMO_ERR("%s: cannot create: %s", ov_dir, strerror(errno));
+        return CAMO_ERR_INPUT;
+    }
+    for (int i = 0; i < n; i++) {
+        char in_path[CAMO_PATH_MAX * 2], out_path[CAMO_PATH_MAX * 2], ov_path[CAMO_PATH_MAX * 3];
+        int stem = (int)(strrchr(names[i], '.') - names[i]);
+        snprintf(in_path, sizeof in_path, "%s/%s", a->input, names[i]);
+        snprintf(out_path, sizeof out_path, "%s/%.*s.png", a->output, stem, names[i]);
+        snprintf(ov_path, sizeof ov_path, "%s/%.*s.png", ov_dir, stem, names[i]);
+        if (predict_one(net, in_path, out_path, a->overlay ? ov_path : NULL))
+            return CAMO_ERR_INPUT;
+    }
+    printf("predict: %d images -> %s%s\n", n, a->output,
+           a->overlay ? " (overlays in overlay/)" : "");
+    return CAMO_OK;
 }
 
 int cli_predict(int argc, char **argv) {
@@ -199,7 +255,9 @@ int cli_predict(int argc, char **argv) {
     memset(&a, 0, sizeof a);
     if (parse(argc, argv, &a, "predict")) return CAMO_ERR_INPUT;
     if (!a.ckpt || !a.input || !a.output) {
-        fprintf(stderr, "usage: camotrain predict --ckpt C --input DIR --output DIR [--no-ema]\n");
+        fprintf(stderr, "usage: camotrain predict --ckpt C --input DIR --output DIR [--overlay] [--no-ema]\n"
+                        "  writes OUTPUT/NAME.png: foreground probability 0..255 (binary) or class\n"
+                        "  index (multi-class); --overlay also OUTPUT/overlay/NAME.png\n");
         return CAMO_ERR_INPUT;
     }
     camo_backend *be = camo_backend_cpu_create(0);
@@ -209,17 +267,8 @@ int cli_predict(int argc, char **argv) {
     char **names = net ? list_images(a.input, &n) : NULL;
     if (names && mkdir(a.output, 0755) != 0 && errno != EEXIST)
         CAMO_ERR("%s: cannot create: %s", a.output, strerror(errno));
-    else if (names && camo_net_set_input_size(net, 1, c.data.aug.size, c.data.aug.size) == 0) {
-        rc = CAMO_OK;
-        for (int i = 0; i < n && rc == CAMO_OK; i++) {
-            char in_path[CAMO_PATH_MAX * 2], out_path[CAMO_PATH_MAX * 2];
-            snprintf(in_path, sizeof in_path, "%s/%s", a.input, names[i]);
-            snprintf(out_path, sizeof out_path, "%s/%.*s.png", a.output,
-                     (int)(strrchr(names[i], '.') - names[i]), names[i]);
-            if (predict_one(net, &c, in_path, out_path)) rc = CAMO_ERR_INPUT;
-        }
-        if (rc == CAMO_OK) printf("predict: %d images -> %s\n", n, a.output);
-    }
+    else if (names && camo_net_set_input_size(net, 1, c.data.aug.size, c.data.aug.size) == 0)
+        rc = predict_all(net, &a, names, n);
     if (rc) fprintf(stderr, "camotrain: error: %s\n", camo_last_error());
     for (int i = 0; i < n; i++) free(names[i]);
     free(names);

@@ -75,19 +75,6 @@ static int summary(camo_config *c) {
     return rc;
 }
 
-/* Devices: the CPU backend runs one replica; the other forms come with the parallel and
- * CUDA backends. */
-static int check_devices(const camo_config *c) {
-    const char *d = c->parallel.devices;
-    if (!strcmp(d, "cpu") || !strcmp(d, "cpu:1")) return 0;
-    if (!strcmp(d, "auto")) {
-        camo_info("devices: auto -> cpu (this build has no GPU backend)");
-        return 0;
-    }
-    CAMO_ERR("parallel.devices = \"%s\": this build runs one CPU replica (\"cpu\" or \"auto\")", d);
-    return -1;
-}
-
 int cli_train(int argc, char **argv) {
     train_args a;
     memset(&a, 0, sizeof a);
@@ -96,6 +83,13 @@ int cli_train(int argc, char **argv) {
     camo_config c;
     int rc;
     if (a.resume) {
+        for (int i = 0; i < a.n_sets; i++) /* the network is the checkpoint's own */
+            if (!strncmp(a.sets[i], "model", 5) || !strncmp(a.sets[i], "data.classes", 12)) {
+                fprintf(stderr, "camotrain: error: --set %s: --resume continues the network "
+                        "saved in %s; start a new run (--conf) for another one\n", a.sets[i],
+                        a.resume);
+                return CAMO_ERR_INPUT;
+            }
         camo_ckpt *ck = camo_ckpt_open(a.resume);
         if (!ck) {
             fprintf(stderr, "camotrain: error: %s\n", camo_last_error());
@@ -116,10 +110,7 @@ int cli_train(int argc, char **argv) {
         fprintf(stderr, "camotrain: error: %s is a network file: train with a training config "
                 "(conf/demo.cfg shows one) or use --summary\n", c.path);
         rc = CAMO_ERR_INPUT;
-    } else if (check_devices(&c)) {
-        fprintf(stderr, "camotrain: error: %s\n", camo_last_error());
-        rc = CAMO_ERR_INPUT;
-    } else {
+    } else { /* parallel.devices is parsed by the run (a bad spec: exit 2) */
         rc = camo_train_run(&c, a.resume);
     }
     camo_config_free(&c);

@@ -201,8 +201,10 @@ static const config_setting_t *section(const config_t *cfg, const char *name, in
 static int load_data(camo_config *c, const config_setting_t *d) {
     static const char *const keys[] = {"root", "format", "train_split", "val_split", "img_size",
                                        "classes", "workers", "skip_bad", "ignore_index",
-                                       "augment", NULL};
-    static const char *const aug_keys[] = {"hflip", "scale_min", "scale_max", "jitter", NULL};
+                                       "augment", "cache", NULL};
+    static const char *const aug_keys[] = {"hflip", "scale_min", "scale_max", "jitter",
+                                           "rotate", NULL};
+    char cache[16] = "none";
     snprintf(c->data.format, sizeof c->data.format, "auto");
     snprintf(c->data.train_split, sizeof c->data.train_split, "Train");
     snprintf(c->data.val_split, sizeof c->data.val_split, "Test");
@@ -218,13 +220,16 @@ static int load_data(camo_config *c, const config_setting_t *d) {
     double smin = a->scale_min, smax = a->scale_max, jit = a->jitter;
     if (get_str(d, "root", c->data.root, sizeof c->data.root) ||
         get_str(d, "format", c->data.format, sizeof c->data.format) ||
-        one_of(d, "format", c->data.format, "auto|cod10k|folders") ||
+        one_of(d, "format", c->data.format, "auto|cod10k|camo|carla|ade20k|folders") ||
+        get_str(d, "cache", cache, sizeof cache) || one_of(d, "cache", cache, "none|decoded") ||
         get_str(d, "train_split", c->data.train_split, sizeof c->data.train_split) ||
         get_str(d, "val_split", c->data.val_split, sizeof c->data.val_split) ||
         get_int(d, "img_size", &a->size, 16, 8192) || get_int(d, "classes", &c->data.classes, 1, 65535) ||
         get_int(d, "workers", &c->data.workers, 0, 256) || get_flag(d, "skip_bad", &c->data.skip_bad) ||
         get_int(d, "ignore_index", &c->data.ignore_index, -1, 65535))
         return -1;
+    c->data.cache = !strcmp(cache, "decoded");
+    double rot = 0;
     const config_setting_t *ag = config_setting_get_member(d, "augment");
     if (ag) {
         if (!config_setting_is_group(ag)) {
@@ -233,7 +238,7 @@ static int load_data(camo_config *c, const config_setting_t *d) {
         }
         if (cfg_check_keys(ag, aug_keys, "data.augment") || get_flag(ag, "hflip", &a->hflip) ||
             get_num(ag, "scale_min", &smin, 0.1, 10) || get_num(ag, "scale_max", &smax, 0.1, 10) ||
-            get_num(ag, "jitter", &jit, 0, 1))
+            get_num(ag, "jitter", &jit, 0, 1) || get_num(ag, "rotate", &rot, 0, 180))
             return -1;
         if (smin > smax) {
             CAMO_ERR("%s: scale_min %g is larger than scale_max %g", cfg_where(ag), smin, smax);
@@ -241,6 +246,7 @@ static int load_data(camo_config *c, const config_setting_t *d) {
         }
     }
     a->scale_min = (float)smin; a->scale_max = (float)smax; a->jitter = (float)jit;
+    a->rotate = (float)rot;
     return 0;
 }
 

@@ -1,14 +1,24 @@
 /* cpu_conv.c: CPU gemm and 2-D convolution (NHWC activations, OHWI weights [K][R][S][C/g]).
- * General convolutions go through im2col + OpenBLAS sgemm one image and group at a time (the
- * column buffer stays small); 1x1 stride-1 convolutions use the input as the column matrix
- * directly; depthwise convolutions (one input channel per group) use direct loops, since
- * per-group gemms of width 1 would be all overhead. Backward ops accumulate.
+ * General convolutions go through im2col + sgemm; 1x1 stride-1 convolutions use the input
+ * as the column matrix directly; depthwise convolutions (one input channel per group) use
+ * direct loops, since per-group gemms of width 1 would be all overhead. Backward ops
+ * accumulate.
+ * Threads: OpenBLAS runs single-threaded (backend_cpu.c) and the OpenMP team splits the work
+ * into units of (image, band of output rows), each thread with its own column buffer. One
+ * team instead of OpenMP loops interleaved with OpenBLAS's own pool: on 2 cores the two pools
+ * wake and spin against each other, which cost 2-3x here. Reductions over units (weight
+ * gradients) use one private buffer per thread, added in thread order, so results depend
+ * on the thread count only, never on timing.
  * Functions whose only use of `be` is an OpenMP pragma start with (void)be: builds without
  * OpenMP (TSan) ignore the pragmas. */
 #include "cpu_internal.h"
 
 #include <cblas.h>
+#include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "camo/common.h"
 
@@ -43,15 +53,36 @@ int camo_conv_desc_finish(camo_conv_desc *d) {
 
 /* ---- gemm ---- */
 
-/* row-major C (M,N) = alpha * op(A) (M,K) op(B) (K,N) + beta * C */
-static void cpu_gemm(camo_backend *be, int trans_a, int trans_b, int M, int N, int K,
-                     float alpha, const float *A, int lda, const float *B, int ldb, float beta,
-                     float *C, int ldc) {
-    (void)be;
+static inline int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+static void sgemm1(int trans_a, int trans_b, int M, int N, int K, float alpha, const float *A,
+                   int lda, const float *B, int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
                 trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda, B, ldb, beta, C,
                 ldc);
+}
+
+/* row-major C (M,N) = alpha * op(A) (M,K) op(B) (K,N) + beta * C, rows of C split across
+ * the team (each block is an independent single-threaded sgemm) */
+static void cpu_gemm(camo_backend *be, int trans_a, int trans_b, int M, int N, int K,
+                     float alpha, const float *A, int lda, const float *B, int ldb, float beta,
+                     float *C, int ldc) {
+    int T = cpu_threads(be);
+    if ((double)M * N * K < 1e6 || M < 2 * T) T = 1; /* too small to share */
+#pragma omp parallel for num_threads(T) schedule(static)
+    for (int t = 0; t < T; t++) {
+        int m0 = (int)((long)M * t / T), m1 = (int)((long)M * (t + 1) / T);
+        const float *a = trans_a ? A + m0 : A + (size_t)m0 * lda;
+        sgemm1(trans_a, trans_b, m1 - m0, N, K, alpha, a, lda, B, ldb, beta,
+               C + (size_t)m0 * ldc, ldc);
+    }
 }
 
 /* ---- helpers ---- */
@@ -102,16 +133,15 @@ static void col_sums_acc(camo_backend *be, size_t M, int K, float *sum, const fl
     free(part);
 }
 
-/* cols (P*Q, R*S*Cg): row (p,q) is the receptive field of output pixel (p,q) in group g of
- * one image in (H, W, C), ordered (r, s, c) like a weight row; zeros in the padding. */
-static void im2col(camo_backend *be, const camo_conv_desc *d, float *cols, const float *in,
-                   int g) {
-    (void)be;
+/* cols (rows p0..p1-1 times Q, R*S*Cg): row (p,q) is the receptive field of output pixel
+ * (p,q) in group g of one image in (H, W, C), ordered (r, s, c) like a weight row; zeros in
+ * the padding */
+static void im2col_band(const camo_conv_desc *d, float *cols, const float *in, int g, int p0,
+                        int p1) {
     int Cg = d->C / d->groups, RSC = d->R * d->S * Cg;
-#pragma omp parallel for collapse(2) num_threads(cpu_threads(be))
-    for (int p = 0; p < d->P; p++) {
+    for (int p = p0; p < p1; p++) {
         for (int q = 0; q < d->Q; q++) {
-            float *row = cols + ((size_t)p * d->Q + q) * RSC;
+            float *row = cols + ((size_t)(p - p0) * d->Q + q) * RSC;
             for (int r = 0; r < d->R; r++) {
                 int h = p * d->stride_h - d->pad_h + r * d->dil_h;
                 for (int s = 0; s < d->S; s++) {
@@ -128,27 +158,62 @@ static void im2col(camo_backend *be, const camo_conv_desc *d, float *cols, const
     }
 }
 
-/* din (H, W, C) of one image, channels of group g, += the columns scattered back. Written as
- * a gather over input pixels so that threads own disjoint rows of din. */
-static void col2im_acc(camo_backend *be, const camo_conv_desc *d, float *din,
-                       const float *cols, int g) {
-    (void)be;
+/* din (H, W, C) of one image, channels of group g, += the band's columns scattered back */
+static void col2im_band_acc(const camo_conv_desc *d, float *din, const float *cols, int g,
+                            int p0, int p1) {
     int Cg = d->C / d->groups, RSC = d->R * d->S * Cg;
-#pragma omp parallel for num_threads(cpu_threads(be))
-    for (int h = 0; h < d->H; h++) {
-        for (int w = 0; w < d->W; w++) {
-            float *dst = din + ((size_t)h * d->W + w) * d->C + g * Cg;
+    for (int p = p0; p < p1; p++) {
+        for (int q = 0; q < d->Q; q++) {
+            const float *row = cols + ((size_t)(p - p0) * d->Q + q) * RSC;
             for (int r = 0; r < d->R; r++) {
-                int p = conv_out_index(h, r, d->stride_h, d->pad_h, d->dil_h, d->P);
-                if (p < 0) continue;
+                int h = p * d->stride_h - d->pad_h + r * d->dil_h;
+                if (h < 0 || h >= d->H) continue;
                 for (int s = 0; s < d->S; s++) {
-                    int q = conv_out_index(w, s, d->stride_w, d->pad_w, d->dil_w, d->Q);
-                    if (q < 0) continue;
-                    const float *src = cols + ((size_t)p * d->Q + q) * RSC + (r * d->S + s) * Cg;
+                    int w = q * d->stride_w - d->pad_w + s * d->dil_w;
+                    if (w < 0 || w >= d->W) continue;
+                    float *dst = din + ((size_t)h * d->W + w) * d->C + g * Cg;
+                    const float *src = row + (r * d->S + s) * Cg;
                     for (int c = 0; c < Cg; c++) dst[c] += src[c];
                 }
             }
         }
+    }
+}
+
+/* How an im2col convolution is split: each image into `bands` bands of `rows` output rows;
+ * a unit (image, band) is one thread's im2col + sgemm. Bands fill the team when there are
+ * fewer images than threads (twice over: backward data runs even and odd bands in two
+ * passes), and keep one thread's columns under CONV_COLS_CAP floats. A band is at least as
+ * tall as the kernel's reach, so bands two apart never touch the same input rows. */
+#define CONV_COLS_CAP ((size_t)(getenv("CAP") ? atol(getenv("CAP")) : 4 << 20))
+
+typedef struct { int T, bands, rows, units; size_t cols; } conv_plan;
+
+static conv_plan conv_plan_make(camo_backend *be, const camo_conv_desc *d) {
+    conv_plan pl;
+    size_t RSC = (size_t)d->R * d->S * (d->C / d->groups);
+    size_t by_mem = ((size_t)d->P * d->Q * RSC + CONV_COLS_CAP - 1) / CONV_COLS_CAP;
+    int T = cpu_threads(be), bands = d->N < T ? 2 * ((T + d->N - 1) / d->N) : 1;
+    if ((size_t)bands < by_mem) bands = (int)by_mem;
+    int reach = ((d->R - 1) * d->dil_h + d->stride_h) / d->stride_h; /* ceil((R-1)dil+1)/s */
+    pl.rows = (d->P + bands - 1) / bands;
+    if (pl.rows < reach) pl.rows = reach;
+    if (pl.rows > d->P) pl.rows = d->P;
+    pl.bands = (d->P + pl.rows - 1) / pl.rows;
+    pl.units = d->N * pl.bands;
+    pl.T = T < pl.units ? T : pl.units;
+    pl.cols = (size_t)pl.rows * d->Q * RSC;
+    return pl;
+}
+
+/* dst (n) += the T private buffers src (T, n), added in thread order */
+static void reduce_private(camo_backend *be, float *dst, const float *src, int T, size_t n) {
+    (void)be;
+#pragma omp parallel for if (n >= 16384) num_threads(cpu_threads(be))
+    for (size_t i = 0; i < n; i++) {
+        float acc = dst[i];
+        for (int t = 0; t < T; t++) acc += src[(size_t)t * n + i];
+        dst[i] = acc;
     }
 }
 
@@ -284,14 +349,20 @@ static void cpu_conv2d_forward(camo_backend *be, const camo_conv_desc *d, float 
             cpu_gemm(be, 0, 1, (int)(d->N * PQ), Kg, Cg, 1.0f, in + g * Cg, d->C,
                      w + (size_t)g * Kg * Cg, Cg, 0.0f, out + g * Kg, d->K);
     } else {
-        float *cols = cpu_workspace(be, PQ * RSC);
-        for (int n = 0; n < d->N; n++) {
+        conv_plan pl = conv_plan_make(be, d);
+        float *ws = cpu_workspace(be, (size_t)pl.T * pl.cols);
+#pragma omp parallel for num_threads(pl.T) schedule(static)
+        for (int u = 0; u < pl.units; u++) {
+            int n = u / pl.bands, p0 = u % pl.bands * pl.rows;
+            int p1 = CAMO_MIN(d->P, p0 + pl.rows);
+            float *cols = ws + (size_t)thread_id() * pl.cols;
+            const float *in_n = in + (size_t)n * d->H * d->W * d->C;
+            float *out_b = out + ((size_t)n * PQ + (size_t)p0 * d->Q) * d->K;
             for (int g = 0; g < d->groups; g++) {
-                im2col(be, d, cols, in + (size_t)n * d->H * d->W * d->C, g);
-                /* out_n[:, g] (PQ, Kg) = cols (PQ, RSC) x w_g^T (RSC, Kg) */
-                cpu_gemm(be, 0, 1, (int)PQ, Kg, RSC, 1.0f, cols, RSC,
-                         w + (size_t)g * Kg * RSC, RSC, 0.0f, out + n * PQ * d->K + g * Kg,
-                         d->K);
+                im2col_band(d, cols, in_n, g, p0, p1);
+                /* out_b[:, g] (rows*Q, Kg) = cols (rows*Q, RSC) x w_g^T (RSC, Kg) */
+                sgemm1(0, 1, (p1 - p0) * d->Q, Kg, RSC, 1.0f, cols, RSC,
+                       w + (size_t)g * Kg * RSC, RSC, 0.0f, out_b + g * Kg, d->K);
             }
         }
     }
@@ -305,18 +376,29 @@ static void cpu_conv2d_backward_data(camo_backend *be, const camo_conv_desc *d, 
     size_t PQ = (size_t)d->P * d->Q;
     if (conv_is_depthwise(d)) {
         depthwise_backward_data(be, d, din, dout, w);
-    } else if (conv_is_pointwise(d)) { /* din[:, g] (M, Cg) += dout[:, g] (M, Kg) x w_g */
+        return;
+    }
+    if (conv_is_pointwise(d)) { /* din[:, g] (M, Cg) += dout[:, g] (M, Kg) x w_g */
         for (int g = 0; g < d->groups; g++)
             cpu_gemm(be, 0, 0, (int)(d->N * PQ), Cg, Kg, 1.0f, dout + g * Kg, d->K,
                      w + (size_t)g * Kg * Cg, Cg, 1.0f, din + g * Cg, d->C);
-    } else {
-        float *cols = cpu_workspace(be, PQ * RSC);
-        for (int n = 0; n < d->N; n++) {
+        return;
+    }
+    conv_plan pl = conv_plan_make(be, d);
+    float *ws = cpu_workspace(be, (size_t)pl.T * pl.cols);
+    for (int parity = 0; parity < 2; parity++) { /* bands of one parity never overlap */
+        int nb = (pl.bands + 1 - parity) / 2, units = d->N * nb;
+#pragma omp parallel for num_threads(pl.T) schedule(static)
+        for (int u = 0; u < units; u++) {
+            int n = u / nb, p0 = (2 * (u % nb) + parity) * pl.rows;
+            int p1 = CAMO_MIN(d->P, p0 + pl.rows);
+            float *cols = ws + (size_t)thread_id() * pl.cols;
+            const float *dout_b = dout + ((size_t)n * PQ + (size_t)p0 * d->Q) * d->K;
             for (int g = 0; g < d->groups; g++) {
-                /* cols (PQ, RSC) = dout_n[:, g] (PQ, Kg) x w_g (Kg, RSC) */
-                cpu_gemm(be, 0, 0, (int)PQ, RSC, Kg, 1.0f, dout + n * PQ * d->K + g * Kg,
-                         d->K, w + (size_t)g * Kg * RSC, RSC, 0.0f, cols, RSC);
-                col2im_acc(be, d, din + (size_t)n * d->H * d->W * d->C, cols, g);
+                /* cols (rows*Q, RSC) = dout_b[:, g] (rows*Q, Kg) x w_g (Kg, RSC) */
+                sgemm1(0, 0, (p1 - p0) * d->Q, RSC, Kg, 1.0f, dout_b + g * Kg, d->K,
+                       w + (size_t)g * Kg * RSC, RSC, 0.0f, cols, RSC);
+                col2im_band_acc(d, din + (size_t)n * d->H * d->W * d->C, cols, g, p0, p1);
             }
         }
     }
@@ -326,25 +408,47 @@ static void cpu_conv2d_backward_data(camo_backend *be, const camo_conv_desc *d, 
 static void cpu_conv2d_backward_filter(camo_backend *be, const camo_conv_desc *d, float *dw,
                                        float *dbias, const float *dout, const float *in) {
     int Cg = d->C / d->groups, Kg = d->K / d->groups, RSC = d->R * d->S * Cg;
-    size_t PQ = (size_t)d->P * d->Q;
+    size_t PQ = (size_t)d->P * d->Q, nw = (size_t)d->K * RSC;
     if (dbias) col_sums_acc(be, d->N * PQ, d->K, dbias, dout);
     if (conv_is_depthwise(d)) {
         depthwise_backward_filter(be, d, dw, dout, in);
-    } else if (conv_is_pointwise(d)) { /* dw_g (Kg, Cg) += dout[:, g]^T (Kg, M) x in[:, g] */
-        for (int g = 0; g < d->groups; g++)
-            cpu_gemm(be, 1, 0, Kg, Cg, (int)(d->N * PQ), 1.0f, dout + g * Kg, d->K,
-                     in + g * Cg, d->C, 1.0f, dw + (size_t)g * Kg * Cg, Cg);
-    } else {
-        float *cols = cpu_workspace(be, PQ * RSC);
-        for (int n = 0; n < d->N; n++) {
-            for (int g = 0; g < d->groups; g++) {
-                im2col(be, d, cols, in + (size_t)n * d->H * d->W * d->C, g);
-                /* dw_g (Kg, RSC) += dout_n[:, g]^T (Kg, PQ) x cols (PQ, RSC) */
-                cpu_gemm(be, 1, 0, Kg, RSC, (int)PQ, 1.0f, dout + n * PQ * d->K + g * Kg,
-                         d->K, cols, RSC, 1.0f, dw + (size_t)g * Kg * RSC, RSC);
-            }
+        return;
+    }
+    if (conv_is_pointwise(d)) { /* dw_g (Kg, Cg) += dout[:, g]^T (Kg, M) x in[:, g] */
+        int M = (int)(d->N * PQ), T = cpu_threads(be);
+        if ((double)M * d->K * Cg < 1e6 || M < 2 * T) T = 1;
+        float *priv = cpu_workspace(be, (size_t)T * nw);
+        memset(priv, 0, (size_t)T * nw * sizeof(float));
+#pragma omp parallel for num_threads(T) schedule(static)
+        for (int t = 0; t < T; t++) {
+            int m0 = (int)((long)M * t / T), m1 = (int)((long)M * (t + 1) / T);
+            for (int g = 0; g < d->groups; g++)
+                sgemm1(1, 0, Kg, Cg, m1 - m0, 1.0f, dout + (size_t)m0 * d->K + g * Kg, d->K,
+                       in + (size_t)m0 * d->C + g * Cg, d->C, 1.0f,
+                       priv + (size_t)t * nw + (size_t)g * Kg * Cg, Cg);
+        }
+        reduce_private(be, dw, priv, T, nw);
+        return;
+    }
+    conv_plan pl = conv_plan_make(be, d);
+    float *ws = cpu_workspace(be, (size_t)pl.T * (pl.cols + nw));
+    float *priv = ws + (size_t)pl.T * pl.cols; /* (T, K*RSC) private weight gradients */
+    memset(priv, 0, (size_t)pl.T * nw * sizeof(float));
+#pragma omp parallel for num_threads(pl.T) schedule(static)
+    for (int u = 0; u < pl.units; u++) {
+        int n = u / pl.bands, p0 = u % pl.bands * pl.rows;
+        int p1 = CAMO_MIN(d->P, p0 + pl.rows), t = thread_id();
+        float *cols = ws + (size_t)t * pl.cols;
+        const float *in_n = in + (size_t)n * d->H * d->W * d->C;
+        const float *dout_b = dout + ((size_t)n * PQ + (size_t)p0 * d->Q) * d->K;
+        for (int g = 0; g < d->groups; g++) {
+            im2col_band(d, cols, in_n, g, p0, p1);
+            /* dw_g (Kg, RSC) += dout_b[:, g]^T (Kg, rows*Q) x cols (rows*Q, RSC) */
+            sgemm1(1, 0, Kg, RSC, (p1 - p0) * d->Q, 1.0f, dout_b + g * Kg, d->K, cols, RSC,
+                   1.0f, priv + (size_t)t * nw + (size_t)g * Kg * RSC, RSC);
         }
     }
+    reduce_private(be, dw, priv, pl.T, nw);
 }
 
 void cpu_register_conv(camo_backend *be) {

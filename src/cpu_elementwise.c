@@ -67,24 +67,45 @@ static inline float act_df(camo_act act, float alpha, float x, const float *y) {
     return 1.0f;
 }
 
+/* The loops are written once per activation (the switch is outside): with the switch inside,
+ * gcc -O2 neither hoists it nor vectorises, and ReLU ran at ~10 ns a value. */
+#define ACT_EACH(X) X(CAMO_ACT_RELU) X(CAMO_ACT_LEAKY_RELU) X(CAMO_ACT_SILU) \
+    X(CAMO_ACT_GELU) X(CAMO_ACT_SIGMOID) X(CAMO_ACT_TANH)
+
 /* y (n) = act(x); y may equal x (in place) */
 static void cpu_act_forward(camo_backend *be, camo_act act, float alpha, size_t n, float *y,
                             const float *x) {
     (void)be;
-    if (act == CAMO_ACT_IDENTITY) {
+    int T = n >= CPU_EW_PAR_MIN ? cpu_threads(be) : 1;
+    switch (act) {
+    case CAMO_ACT_IDENTITY:
         if (y != x) memcpy(y, x, n * sizeof(float));
-        return;
+        break;
+#define FWD(A)                                                    \
+    case A:                                                       \
+        _Pragma("omp parallel for num_threads(T)")                \
+        for (size_t i = 0; i < n; i++) y[i] = act_f(A, alpha, x[i]); \
+        break;
+    ACT_EACH(FWD)
+#undef FWD
     }
-#pragma omp parallel for if (n >= CPU_EW_PAR_MIN) num_threads(cpu_threads(be))
-    for (size_t i = 0; i < n; i++) y[i] = act_f(act, alpha, x[i]);
 }
 
 /* dx (n) += dy * act'(x); y (n) = act(x) may be NULL */
 static void cpu_act_backward(camo_backend *be, camo_act act, float alpha, size_t n, float *dx,
                              const float *dy, const float *x, const float *y) {
     (void)be;
-#pragma omp parallel for if (n >= CPU_EW_PAR_MIN) num_threads(cpu_threads(be))
-    for (size_t i = 0; i < n; i++) dx[i] += dy[i] * act_df(act, alpha, x[i], y ? y + i : NULL);
+    int T = n >= CPU_EW_PAR_MIN ? cpu_threads(be) : 1;
+    switch (act) {
+#define BWD(A)                                                             \
+    case A:                                                                \
+        _Pragma("omp parallel for num_threads(T)")                         \
+        for (size_t i = 0; i < n; i++)                                     \
+            dx[i] += dy[i] * act_df(A, alpha, x[i], y ? y + i : NULL);     \
+        break;
+    ACT_EACH(BWD) BWD(CAMO_ACT_IDENTITY)
+#undef BWD
+    }
 }
 
 /* ---- add, axpy, scale ---- */

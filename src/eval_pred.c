@@ -167,6 +167,53 @@ static int score_pair(camo_sod_acc *acc, const char *pred_dir, const char *pred_
     return rc;
 }
 
+/* Class-index maps: nearest resize (interpolating would invent classes). */
+static void resize_nearest(const uint8_t *src, int sw, int sh, uint8_t *dst, int dw, int dh) {
+    for (int y = 0; y < dh; y++) {
+        const uint8_t *row = src + (size_t)((2 * y + 1) * (int64_t)sh / (2 * dh)) * sw;
+        for (int x = 0; x < dw; x++) dst[(size_t)y * dw + x] = row[(2 * x + 1) * (int64_t)sw / (2 * dw)];
+    }
+}
+
+/* What a multi-class scoring needs: the accumulator and the GT value -> class map. */
+typedef struct {
+    camo_cls_acc *acc;
+    int K, ignore, ade; /* ade: GT 0 = ignore, v = class v - 1 (ADE20K annotations) */
+    int32_t *p, *g;
+    size_t cap;
+} cls_job;
+
+static int score_pair_cls(cls_job *J, const char *pred_dir, const char *pred_name,
+                          const char *gt_dir, const char *gt_name) {
+    int gw, gh, pw, ph;
+    uint8_t *gt = read_gray(gt_dir, gt_name, "ground truth", &gw, &gh);
+    if (!gt) return CAMO_ERR_INPUT;
+    uint8_t *pred = read_gray(pred_dir, pred_name, "prediction", &pw, &ph);
+    if (!pred) { stbi_image_free(gt); return CAMO_ERR_INPUT; }
+    size_t n = (size_t)gw * gh;
+    uint8_t *use = pred, *resized = NULL;
+    if (pw != gw || ph != gh) {
+        resized = camo_malloc(n);
+        resize_nearest(pred, pw, ph, resized, gw, gh);
+        use = resized;
+    }
+    if (n > J->cap) {
+        J->p = camo_realloc(J->p, n * sizeof *J->p);
+        J->g = camo_realloc(J->g, n * sizeof *J->g);
+        J->cap = n;
+    }
+    for (size_t i = 0; i < n; i++) {
+        J->p[i] = use[i];
+        J->g[i] = J->ade ? (gt[i] == 0 ? J->ignore : gt[i] - 1) : gt[i];
+    }
+    int rc = camo_cls_acc_add(J->acc, J->p, J->g, n);
+    if (rc) CAMO_ERR("%s/%s vs %s/%s: %s", pred_dir, pred_name, gt_dir, gt_name, camo_last_error());
+    free(resized);
+    stbi_image_free(pred);
+    stbi_image_free(gt);
+    return rc;
+}
+
 /* Every GT needs a prediction: checked before decoding anything, so a missing one fails
  * fast; the error names the first and counts the rest. */
 static int check_all_paired(pred_file *p, int np, char **gts, int ng, const char *pred_dir,
@@ -198,7 +245,33 @@ static void warn_unpaired(const pred_file *p, int n, const char *pred_dir) {
     if (extra > 5) camo_warn("... %d predictions without ground truth in all", extra);
 }
 
-int camo_eval_pred_dirs(const char *pred_dir, const char *gt_dir, int json, FILE *out) {
+/* Scores every pair, binary (J == NULL) or multi-class, and prints the result. */
+static int score_all(pred_file *p, int np, char **gts, int ng, const char *pred_dir,
+                     const char *gt_dir, cls_job *J, int json, FILE *out) {
+    int rc = 0;
+    camo_sod_acc *acc = J ? NULL : camo_sod_acc_new();
+    for (int i = 0; i < ng && !rc; i++) {
+        const char *pn = find_pred(p, np, gts[i])->name;
+        rc = J ? score_pair_cls(J, pred_dir, pn, gt_dir, gts[i])
+               : score_pair(acc, pred_dir, pn, gt_dir, gts[i]);
+    }
+    if (!rc && J) {
+        camo_cls_metrics m;
+        double *iou = camo_calloc((size_t)J->K, sizeof(double));
+        camo_cls_acc_result(J->acc, &m, iou);
+        if (json) { fprintf(out, "{\"images\": %d, ", ng); camo_cls_print_fields(&m, out); fputs("}\n", out); }
+        else { fprintf(out, "images            %d\n", ng); camo_cls_print(&m, out, 0); }
+        free(iou);
+    } else if (!rc) {
+        camo_sod_metrics m;
+        camo_sod_acc_result(acc, &m);
+        camo_sod_print(&m, out, json);
+    }
+    camo_sod_acc_free(acc);
+    return rc;
+}
+
+static int eval_dirs(const char *pred_dir, const char *gt_dir, cls_job *J, int json, FILE *out) {
     char **gts = NULL, **preds = NULL;
     int ng = 0, np = 0, rc;
     pred_file *p = NULL;
@@ -207,20 +280,32 @@ int camo_eval_pred_dirs(const char *pred_dir, const char *gt_dir, int json, FILE
     if ((rc = index_preds(pred_dir, preds, np, &p))) goto done;
     if ((rc = check_all_paired(p, np, gts, ng, pred_dir, gt_dir))) goto done;
     warn_unpaired(p, np, pred_dir);
-    camo_sod_acc *acc = camo_sod_acc_new();
-    for (int i = 0; i < ng && !rc; i++)
-        rc = score_pair(acc, pred_dir, find_pred(p, np, gts[i])->name, gt_dir, gts[i]);
-    if (!rc) {
-        camo_sod_metrics m;
-        camo_sod_acc_result(acc, &m);
-        camo_sod_print(&m, out, json);
-    }
-    camo_sod_acc_free(acc);
+    rc = score_all(p, np, gts, ng, pred_dir, gt_dir, J, json, out);
 done:
     if (p)
         for (int i = 0; i < np; i++) free(p[i].stem);
     free(p);
     free_names(preds, np);
     free_names(gts, ng);
+    return rc;
+}
+
+int camo_eval_pred_dirs(const char *pred_dir, const char *gt_dir, int json, FILE *out) {
+    return eval_dirs(pred_dir, gt_dir, NULL, json, out);
+}
+
+int camo_eval_pred_dirs_cls(const char *pred_dir, const char *gt_dir, int classes,
+                            int ignore_index, int ade20k, int json, FILE *out) {
+    if (classes < 2) {
+        CAMO_ERR("--classes must be >= 2 for class-index predictions (got %d)", classes);
+        return CAMO_ERR_INPUT;
+    }
+    cls_job J = {.acc = camo_cls_acc_new(classes, ignore_index), .K = classes,
+                 .ignore = ignore_index,
+                 .ade = ade20k};
+    int rc = eval_dirs(pred_dir, gt_dir, &J, json, out);
+    camo_cls_acc_free(J.acc);
+    free(J.p);
+    free(J.g);
     return rc;
 }

@@ -1,75 +1,142 @@
-/* evaluate.c: validation of a network on a data set (training-time eval and `eval`). */
+/* evaluate.c: validation of a network on a data set (training-time eval and `eval --ckpt`).
+ * The loader keeps each sample's mask at its original size; the network's output is resized
+ * to it (bilinear on logits, align_corners = false) and scored there: the binary metrics of
+ * metrics.c (PySODMetrics-compatible) or a confusion matrix for multi-class. */
+#include "camo/evaluate.h"
+
 #include <math.h>
 #include <string.h>
 
 #include "camo/common.h"
 #include "camo/data.h"
 #include "camo/loss.h"
-#include "camo/train.h"
+
+/* Bilinear taps of one axis, PyTorch's F.interpolate(align_corners=False) rule. */
+typedef struct { int i0, i1; float w; } tap;
+
+static void make_taps(tap *t, int out, int in) {
+    double scale = (double)in / out;
+    for (int o = 0; o < out; o++) {
+        double src = (o + 0.5) * scale - 0.5;
+        if (src < 0) src = 0;
+        int i0 = (int)src;
+        t[o].i0 = i0;
+        t[o].i1 = i0 + (i0 < in - 1);
+        t[o].w = (float)(src - i0);
+    }
+}
+
+/* Growing per-image buffers (the largest ground truth so far). */
+typedef struct {
+    size_t cap, tap_cap;
+    float *prob;
+    int32_t *pred, *gt;
+    tap *taps;
+} eval_bufs;
+
+static void bufs_reserve(eval_bufs *b, int w, int h) {
+    size_t n = (size_t)w * h, t = (size_t)w + h;
+    if (n > b->cap) {
+        b->prob = camo_realloc(b->prob, n * sizeof *b->prob);
+        b->pred = camo_realloc(b->pred, n * sizeof *b->pred);
+        b->gt = camo_realloc(b->gt, n * sizeof *b->gt);
+        b->cap = n;
+    }
+    if (t > b->tap_cap) {
+        b->taps = camo_realloc(b->taps, t * sizeof *b->taps);
+        b->tap_cap = t;
+    }
+}
+
+static float lerp4(const float *x, int S, int C, const tap *tx, const tap *ty) {
+    float a = x[((size_t)ty->i0 * S + tx->i0) * C], b = x[((size_t)ty->i0 * S + tx->i1) * C];
+    float c = x[((size_t)ty->i1 * S + tx->i0) * C], d = x[((size_t)ty->i1 * S + tx->i1) * C];
+    float top = a + (b - a) * tx->w, bot = c + (d - c) * tx->w;
+    return top + (bot - top) * ty->w;
+}
+
+/* logits (S, S, 1) -> foreground probability at (h, w), scored against the raw mask. */
+static int score_binary(camo_sod_acc *acc, eval_bufs *b, const float *logits, int S,
+                        const uint8_t *gt, int w, int h) {
+    bufs_reserve(b, w, h);
+    tap *tx = b->taps, *ty = b->taps + w;
+    make_taps(tx, w, S);
+    make_taps(ty, h, S);
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++)
+            b->prob[(size_t)y * w + x] = 1.0f / (1.0f + expf(-lerp4(logits, S, 1, &tx[x], &ty[y])));
+    return camo_sod_acc_add_f32(acc, b->prob, gt, w, h);
+}
+
+/* logits (S, S, K) -> argmax of the resized logits at (h, w), against the mapped mask. */
+static int score_classes(camo_cls_acc *acc, eval_bufs *b, const camo_dataset *ds,
+                         const float *logits, int S, int K, const uint8_t *gt, int w, int h) {
+    bufs_reserve(b, w, h);
+    tap *tx = b->taps, *ty = b->taps + w;
+    make_taps(tx, w, S);
+    make_taps(ty, h, S);
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++) {
+            size_t i = (size_t)y * w + x;
+            int best = 0;
+            float bv = -INFINITY;
+            for (int k = 0; k < K; k++) {
+                float v = lerp4(logits + k, S, K, &tx[x], &ty[y]);
+                if (v > bv) { bv = v; best = k; }
+            }
+            b->pred[i] = best;
+            b->gt[i] = camo_dataset_label(ds, gt[i]);
+        }
+    return camo_cls_acc_add(acc, b->pred, b->gt, (size_t)w * h);
+}
 
 typedef struct {
-    double loss, iou, dice, mae;
-    int64_t *conf;        /* classes x classes confusion matrix (multi-class) */
-    int classes;
-} eval_acc;
+    camo_sod_acc *sod;
+    camo_cls_acc *cls;
+    eval_bufs bufs;
+    float *logits;
+} eval_state;
 
-static float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
-
-/* per-image IoU, Dice (threshold thr on the probability) and MAE */
-static void add_binary(eval_acc *a, const float *logits, const float *mask, size_t npix, double thr) {
-    double inter = 0, pred = 0, gt = 0, err = 0;
-    for (size_t i = 0; i < npix; i++) {
-        float p = sigmoidf(logits[i]);
-        int pb = p >= thr, gb = mask[i] >= 0.5f;
-        inter += pb && gb;
-        pred += pb;
-        gt += gb;
-        err += fabs(p - mask[i]);
+static int score_batch(eval_state *E, const camo_dataset *ds, const camo_batch *b, int K) {
+    size_t per = (size_t)b->size * b->size * K;
+    for (int i = 0; i < b->n; i++) {
+        const float *lg = E->logits + i * per;
+        int rc = K > 1 ? score_classes(E->cls, &E->bufs, ds, lg, b->size, K, b->gt[i],
+                                       b->orig_w[i], b->orig_h[i])
+                       : score_binary(E->sod, &E->bufs, lg, b->size, b->gt[i], b->orig_w[i],
+                                      b->orig_h[i]);
+        if (rc) return -1;
     }
-    double uni = pred + gt - inter;
-    a->iou += uni > 0 ? inter / uni : 1.0; /* empty prediction of an empty mask is perfect */
-    a->dice += pred + gt > 0 ? 2 * inter / (pred + gt) : 1.0;
-    a->mae += err / (double)npix;
+    return 0;
 }
 
-static void add_multiclass(eval_acc *a, const float *logits, const int32_t *labels, size_t npix,
-                           int C, int ignore) {
-    for (size_t i = 0; i < npix; i++) {
-        if (labels[i] == ignore || labels[i] < 0 || labels[i] >= C) continue;
-        const float *x = logits + i * C;
-        int best = 0;
-        for (int c = 1; c < C; c++) if (x[c] > x[best]) best = c;
-        a->conf[(size_t)labels[i] * C + best]++;
+static void finish(eval_state *E, camo_eval_full *out) {
+    camo_eval_result *r = &out->r;
+    if (out->classes > 1) {
+        out->class_iou = camo_calloc((size_t)out->classes, sizeof(double));
+        camo_cls_acc_result(E->cls, &out->cls, out->class_iou);
+        r->miou = isnan(out->cls.miou) ? 0 : out->cls.miou;
+        r->pixel_acc = isnan(out->cls.pixel_acc) ? 0 : out->cls.pixel_acc;
+    } else {
+        camo_sod_acc_result(E->sod, &out->sod);
+        r->iou = out->sod.iou;
+        r->dice = out->sod.dice;
+        r->mae = out->sod.mae;
     }
 }
 
-static void finish_multiclass(const eval_acc *a, camo_eval_result *r) {
-    int C = a->classes, present = 0;
-    double iou_sum = 0, correct = 0, total = 0;
-    for (int c = 0; c < C; c++) {
-        double tp = a->conf[(size_t)c * C + c], row = 0, col = 0;
-        for (int k = 0; k < C; k++) { row += a->conf[(size_t)c * C + k]; col += a->conf[(size_t)k * C + c]; }
-        correct += tp;
-        total += row;
-        if (row + col - tp > 0) { iou_sum += tp / (row + col - tp); present++; }
-    }
-    r->miou = present ? iou_sum / present : 0;
-    r->pixel_acc = total > 0 ? correct / total : 0;
-}
-
-int camo_evaluate(camo_net *net, const camo_config *c, camo_dataset *ds, int workers,
-                  camo_eval_result *r) {
-    memset(r, 0, sizeof *r);
+int camo_evaluate_full(camo_net *net, const camo_config *c, camo_dataset *ds, int workers,
+                       camo_eval_full *out) {
+    memset(out, 0, sizeof *out);
     double t0 = camo_now();
     camo_backend *be = net->be;
-    int S = c->data.aug.size, B = c->eval.batch, n = camo_dataset_size(ds);
-    int classes = net->classes, multi = classes > 1;
+    int S = c->data.aug.size, B = c->eval.batch, n = camo_dataset_size(ds), K = net->classes;
+    out->classes = K;
     camo_augment aug = c->data.aug;
     aug.train = 0;
-    if (B > net->N || S != net->H) {
-        if (camo_net_set_input_size(net, B, S, S)) return -1;
-    }
-    camo_loader *L = camo_loader_create(ds, &aug, workers, B, 2);
+    if ((B > net->N || S != net->H) && camo_net_set_input_size(net, B, S, S)) return -1;
+    camo_loader *L = camo_loader_create_ex(ds, &aug, workers, B, 2,
+                                           &(camo_loader_opts){.keep_gt = 1});
     int *order = camo_malloc((size_t)n * sizeof(int));
     for (int i = 0; i < n; i++) order[i] = i;
     camo_loader_start(L, order, n, B, c->seed, 0);
@@ -77,46 +144,74 @@ int camo_evaluate(camo_net *net, const camo_config *c, camo_dataset *ds, int wor
     float *target = be->alloc(be, (size_t)B * plane * sizeof(float));
     int32_t *labels = be->alloc(be, (size_t)B * plane * sizeof(int32_t));
     float *loss_dev = be->alloc(be, sizeof(float));
-    float *logits = camo_malloc((size_t)B * plane * classes * sizeof(float));
-    eval_acc acc = {.classes = classes};
-    if (multi) acc.conf = camo_calloc((size_t)classes * classes, sizeof(int64_t));
-    camo_loss_kind kind = multi ? LOSS_CE : LOSS_BCE;
+    eval_state E = {0};
+    E.logits = camo_malloc((size_t)B * plane * K * sizeof(float));
+    if (K > 1) E.cls = camo_cls_acc_new(K, camo_dataset_ignore_index(ds));
+    else E.sod = camo_sod_acc_new();
+    camo_loss_kind kind = K > 1 ? LOSS_CE : LOSS_BCE;
     camo_loss_parse(c->train.loss, &kind);
     int rc = 0;
     camo_batch *b;
-    while ((b = camo_loader_next(L)) != NULL) {
+    while (!rc && (b = camo_loader_next(L)) != NULL) {
         be->upload(be, net->input, b->image, (size_t)b->n * plane * 3 * sizeof(float));
         camo_net_forward(net, b->n, 0);
-        be->download(be, logits, camo_net_output(net, 0, NULL, NULL, NULL),
-                     (size_t)b->n * plane * classes * sizeof(float));
-        if (multi) be->upload(be, labels, b->labels, (size_t)b->n * plane * sizeof(int32_t));
+        be->download(be, E.logits, camo_net_output(net, 0, NULL, NULL, NULL),
+                     (size_t)b->n * plane * K * sizeof(float));
+        if (K > 1) be->upload(be, labels, b->labels, (size_t)b->n * plane * sizeof(int32_t));
         else be->upload(be, target, b->mask, (size_t)b->n * plane * sizeof(float));
         /* the loss as a mean over this data set: norms are the totals */
         camo_loss_forward_backward(net, kind, 0, b->n, target, labels, c->data.ignore_index,
                                    n, (double)n * plane, loss_dev);
-        for (int i = 0; i < b->n; i++) {
-            if (multi) add_multiclass(&acc, logits + i * plane * classes, b->labels + i * plane,
-                                      plane, classes, c->data.ignore_index);
-            else add_binary(&acc, logits + i * plane, b->mask + i * plane, plane, c->eval.threshold);
-        }
-        r->n_images += b->n;
+        rc = score_batch(&E, ds, b, K);
+        out->r.n_images += b->n;
         camo_loader_release(L, b);
     }
     if (camo_loader_failed(L)) rc = -1;
     float loss = 0;
     be->download(be, &loss, loss_dev, sizeof loss);
-    r->loss = loss;
-    if (r->n_images) { r->iou = acc.iou / r->n_images; r->dice = acc.dice / r->n_images; r->mae = acc.mae / r->n_images; }
-    if (multi) finish_multiclass(&acc, r);
-    r->seconds = camo_now() - t0;
+    out->r.loss = loss;
+    finish(&E, out);
+    out->r.seconds = camo_now() - t0;
     camo_loader_free(L);
     free(order);
-    free(logits);
-    free(acc.conf);
+    free(E.logits);
+    free(E.bufs.prob); free(E.bufs.pred); free(E.bufs.gt); free(E.bufs.taps);
+    camo_sod_acc_free(E.sod);
+    camo_cls_acc_free(E.cls);
     be->free(be, target);
     be->free(be, labels);
     be->free(be, loss_dev);
     return rc;
+}
+
+void camo_eval_full_free(camo_eval_full *e) {
+    free(e->class_iou);
+    e->class_iou = NULL;
+}
+
+int camo_evaluate(camo_net *net, const camo_config *c, camo_dataset *ds, int workers,
+                  camo_eval_result *r) {
+    camo_eval_full e;
+    int rc = camo_evaluate_full(net, c, ds, workers, &e);
+    *r = e.r;
+    camo_eval_full_free(&e);
+    return rc;
+}
+
+void camo_eval_full_print(const camo_eval_full *e, FILE *out, int json) {
+    if (json) {
+        fprintf(out, "{\"images\": %d, \"loss\": %.6g, \"seconds\": %.3f, ", e->r.n_images,
+                e->r.loss, e->r.seconds);
+        if (e->classes > 1) camo_cls_print_fields(&e->cls, out);
+        else camo_sod_print_fields(&e->sod, out);
+        fputs("}\n", out);
+        return;
+    }
+    fprintf(out, "loss              %.4f\n", e->r.loss);
+    if (e->classes > 1) camo_cls_print(&e->cls, out, 0);
+    else camo_sod_print(&e->sod, out, 0);
+    fprintf(out, "(%d images, %.1f s; metrics at each ground truth's original size)\n",
+            e->r.n_images, e->r.seconds);
 }
 
 double camo_eval_score(const camo_eval_result *r, const char *metric) {

@@ -20,6 +20,7 @@ typedef struct {
     int filled;   /* samples finished (loaded or skipped) */
     int nbad;     /* samples skipped (skip_bad) */
     uint8_t *bad; /* (max_batch) */
+    size_t *gt_cap; /* keep_gt: capacity of each b.gt[i] (grown, never shrunk) */
 } slot;
 
 typedef struct {
@@ -31,6 +32,8 @@ typedef struct {
 struct camo_loader {
     const camo_dataset *ds;
     camo_augment aug;
+    camo_loader_opts opts;
+    double wait_s;       /* caller's time blocked in camo_loader_next */
     int classes, skip_bad, nworkers, max_batch, depth;
     slot *slots;
     worker *workers;
@@ -45,12 +48,30 @@ struct camo_loader {
     char err[1024];
 };
 
-static void slot_alloc(slot *s, int max_batch, int S, int labels) {
+/* A batch buffer from the caller's allocator (pinned host memory), else malloc. */
+static void *host_alloc(const camo_loader_opts *o, size_t n) {
+    if (!o->alloc) return camo_malloc(n);
+    void *p = o->alloc(n, o->ctx);
+    if (!p) CAMO_DIE("data loader: the host allocator failed for %zu bytes", n);
+    return p;
+}
+
+static void host_free(const camo_loader_opts *o, void *p) {
+    if (!p) return;
+    if (o->free) o->free(p, o->ctx);
+    else free(p);
+}
+
+static void slot_alloc(slot *s, const camo_loader_opts *o, int max_batch, int S, int labels) {
     size_t plane = (size_t)S * S;
     s->b.size = S;
-    s->b.image = camo_malloc((size_t)max_batch * plane * 3 * sizeof(float));
-    s->b.mask = camo_malloc((size_t)max_batch * plane * sizeof(float));
-    s->b.labels = labels ? camo_malloc((size_t)max_batch * plane * sizeof(int32_t)) : NULL;
+    s->b.image = host_alloc(o, (size_t)max_batch * plane * 3 * sizeof(float));
+    s->b.mask = host_alloc(o, (size_t)max_batch * plane * sizeof(float));
+    s->b.labels = labels ? host_alloc(o, (size_t)max_batch * plane * sizeof(int32_t)) : NULL;
+    if (o->keep_gt) {
+        s->b.gt = camo_calloc((size_t)max_batch, sizeof *s->b.gt);
+        s->gt_cap = camo_calloc((size_t)max_batch, sizeof *s->gt_cap);
+    }
     s->b.index = camo_malloc((size_t)max_batch * sizeof(int));
     s->b.orig_h = camo_malloc((size_t)max_batch * sizeof(int));
     s->b.orig_w = camo_malloc((size_t)max_batch * sizeof(int));
@@ -58,10 +79,13 @@ static void slot_alloc(slot *s, int max_batch, int S, int labels) {
     s->state = SLOT_FREE;
 }
 
-static void slot_free(slot *s) {
-    free(s->b.image);
-    free(s->b.mask);
-    free(s->b.labels);
+static void slot_free(slot *s, const camo_loader_opts *o, int max_batch) {
+    host_free(o, s->b.image);
+    host_free(o, s->b.mask);
+    host_free(o, s->b.labels);
+    for (int i = 0; s->b.gt && i < max_batch; i++) free(s->b.gt[i]);
+    free(s->b.gt);
+    free(s->gt_cap);
     free(s->b.index);
     free(s->b.orig_h);
     free(s->b.orig_w);
@@ -82,9 +106,22 @@ static int load_one(camo_loader *L, camo_sample_scratch *sc, slot *s, int p) {
     size_t plane = (size_t)L->aug.size * L->aug.size;
     s->b.index[i] = idx;
     uint64_t key = camo_sample_key(L->seed, L->epoch, idx);
-    return camo_sample_load_ex(L->ds, idx, &L->aug, key, sc, s->b.image + i * plane * 3,
-                               s->b.mask + i * plane, s->b.labels ? s->b.labels + i * plane : NULL,
-                               &s->b.orig_h[i], &s->b.orig_w[i]);
+    int rc = camo_sample_load_ex(L->ds, idx, &L->aug, key, sc, s->b.image + i * plane * 3,
+                                 s->b.mask + i * plane,
+                                 s->b.labels ? s->b.labels + i * plane : NULL,
+                                 &s->b.orig_h[i], &s->b.orig_w[i]);
+    int w, h;
+    const uint8_t *gt = rc || !s->b.gt ? NULL : camo_sample_scratch_gt(sc, &w, &h);
+    if (gt) { /* grows to the largest mask seen in this place, then stays */
+        size_t n = (size_t)w * h;
+        if (n > s->gt_cap[i]) {
+            free(s->b.gt[i]);
+            s->b.gt[i] = camo_malloc(n);
+            s->gt_cap[i] = n;
+        }
+        memcpy(s->b.gt[i], gt, n);
+    }
+    return rc;
 }
 
 /* A sample failed: skip it (skip_bad) or stop the loader with the worker's message. */
@@ -134,10 +171,16 @@ static void *worker_main(void *arg) {
 
 camo_loader *camo_loader_create(const camo_dataset *ds, const camo_augment *aug, int workers,
                                 int max_batch, int depth) {
+    return camo_loader_create_ex(ds, aug, workers, max_batch, depth, NULL);
+}
+
+camo_loader *camo_loader_create_ex(const camo_dataset *ds, const camo_augment *aug, int workers,
+                                   int max_batch, int depth, const camo_loader_opts *opts) {
     CAMO_ASSERT(max_batch >= 1 && aug->size >= 1);
     camo_loader *L = camo_calloc(1, sizeof *L);
     L->ds = ds;
     L->aug = *aug;
+    if (opts) L->opts = *opts;
     L->classes = camo_dataset_classes(ds);
     L->skip_bad = camo_dataset_skip_bad(ds);
     L->nworkers = workers > 0 ? workers : 0;
@@ -146,16 +189,21 @@ camo_loader *camo_loader_create(const camo_dataset *ds, const camo_augment *aug,
     if (!L->nworkers) L->depth = 1;
     L->slots = camo_calloc((size_t)L->depth, sizeof *L->slots);
     for (int i = 0; i < L->depth; i++)
-        slot_alloc(&L->slots[i], max_batch, aug->size, L->classes > 1);
+        slot_alloc(&L->slots[i], &L->opts, max_batch, aug->size, L->classes > 1);
     pthread_mutex_init(&L->mu, NULL);
     pthread_cond_init(&L->work, NULL);
     pthread_cond_init(&L->done, NULL);
-    if (!L->nworkers) { L->sync_sc = camo_sample_scratch_create(); return L; }
+    if (!L->nworkers) {
+        L->sync_sc = camo_sample_scratch_create();
+        camo_sample_scratch_keep_gt(L->sync_sc, L->opts.keep_gt);
+        return L;
+    }
     L->workers = camo_calloc((size_t)L->nworkers, sizeof *L->workers);
     for (int i = 0; i < L->nworkers; i++) {
         worker *w = &L->workers[i];
         w->L = L;
         w->sc = camo_sample_scratch_create();
+        camo_sample_scratch_keep_gt(w->sc, L->opts.keep_gt);
         if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
             CAMO_DIE("cannot start data loader thread %d of %d", i + 1, L->nworkers);
     }
@@ -201,6 +249,12 @@ static void compact(camo_loader *L, slot *s) {
             if (b->labels)
                 memcpy(b->labels + j * plane, b->labels + i * plane, plane * sizeof(int32_t));
             b->index[j] = b->index[i];
+            if (b->gt) { /* swap, so every buffer stays owned exactly once */
+                uint8_t *g = b->gt[j];
+                size_t c = s->gt_cap[j];
+                b->gt[j] = b->gt[i]; s->gt_cap[j] = s->gt_cap[i];
+                b->gt[i] = g; s->gt_cap[i] = c;
+            }
             b->orig_h[j] = b->orig_h[i];
             b->orig_w[j] = b->orig_w[i];
         }
@@ -230,7 +284,12 @@ static camo_batch *next_sync(camo_loader *L) {
 }
 
 camo_batch *camo_loader_next(camo_loader *L) {
-    if (!L->nworkers) return next_sync(L);
+    double t0 = camo_now();
+    if (!L->nworkers) {
+        camo_batch *b = next_sync(L);
+        L->wait_s += camo_now() - t0; /* decoding on the caller's thread is all waiting */
+        return b;
+    }
     pthread_mutex_lock(&L->mu);
     slot *s = NULL;
     while (!L->failed && L->active && L->next_seq < L->nbatches) {
@@ -238,6 +297,7 @@ camo_batch *camo_loader_next(camo_loader *L) {
         if (c->state == SLOT_READY && c->b.seq == L->next_seq) { s = c; break; }
         pthread_cond_wait(&L->done, &L->mu);
     }
+    L->wait_s += camo_now() - t0;
     if (s) {
         s->state = SLOT_OUT;
         L->next_seq++;
@@ -258,6 +318,13 @@ void camo_loader_release(camo_loader *L, camo_batch *b) {
     pthread_mutex_unlock(&L->mu);
 }
 
+double camo_loader_wait_seconds(const camo_loader *L) {
+    pthread_mutex_lock((pthread_mutex_t *)&L->mu);
+    double w = L->wait_s;
+    pthread_mutex_unlock((pthread_mutex_t *)&L->mu);
+    return w;
+}
+
 int camo_loader_failed(const camo_loader *L) {
     pthread_mutex_lock((pthread_mutex_t *)&L->mu);
     int f = L->failed;
@@ -275,7 +342,7 @@ void camo_loader_free(camo_loader *L) {
         pthread_join(L->workers[i].thread, NULL);
         camo_sample_scratch_free(L->workers[i].sc);
     }
-    for (int i = 0; i < L->depth; i++) slot_free(&L->slots[i]);
+    for (int i = 0; i < L->depth; i++) slot_free(&L->slots[i], &L->opts, L->max_batch);
     camo_sample_scratch_free(L->sync_sc);
     pthread_mutex_destroy(&L->mu);
     pthread_cond_destroy(&L->work);

@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "camo/backend.h"
 #include "camo/cli.h"
 #include "camo/common.h"
 
@@ -34,6 +35,7 @@ static void usage(FILE *out) {
 }
 
 int main(int argc, char **argv) {
+    camo_cpu_env_reexec(argv); /* OpenMP/OpenBLAS settings that must precede their loading */
     if (argc < 2) { usage(stderr); return CAMO_ERR_INPUT; }
     const char *cmd = argv[1];
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {

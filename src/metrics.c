@@ -469,13 +469,19 @@ void camo_sod_acc_result(const camo_sod_acc *a, camo_sod_metrics *out) {
     curve_stats(a->fm_curve, n, &out->fm_mean, &out->fm_max);
 }
 
+void camo_sod_print_fields(const camo_sod_metrics *m, FILE *out) {
+    fprintf(out, "\"n_images\": %lld, \"sm\": %.6f, \"em_mean\": %.6f, \"em_max\": %.6f, "
+            "\"em_adp\": %.6f, \"wfm\": %.6f, \"fm_mean\": %.6f, \"fm_max\": %.6f, "
+            "\"fm_adp\": %.6f, \"mae\": %.6f, \"iou\": %.6f, \"dice\": %.6f",
+            (long long)m->n_images, m->sm, m->em_mean, m->em_max, m->em_adp, m->wfm,
+            m->fm_mean, m->fm_max, m->fm_adp, m->mae, m->iou, m->dice);
+}
+
 void camo_sod_print(const camo_sod_metrics *m, FILE *out, int json) {
     if (json) {
-        fprintf(out, "{\"n_images\": %lld, \"sm\": %.6f, \"em_mean\": %.6f, \"em_max\": %.6f, "
-                "\"em_adp\": %.6f, \"wfm\": %.6f, \"fm_mean\": %.6f, \"fm_max\": %.6f, "
-                "\"fm_adp\": %.6f, \"mae\": %.6f, \"iou\": %.6f, \"dice\": %.6f}\n",
-                (long long)m->n_images, m->sm, m->em_mean, m->em_max, m->em_adp, m->wfm,
-                m->fm_mean, m->fm_max, m->fm_adp, m->mae, m->iou, m->dice);
+        fputc('{', out);
+        camo_sod_print_fields(m, out);
+        fputs("}\n", out);
         return;
     }
     fprintf(out, "images            %lld\n", (long long)m->n_images);
@@ -569,20 +575,26 @@ static void json_num(FILE *out, double v) {
     else fprintf(out, "%.6f", v);
 }
 
+void camo_cls_print_fields(const camo_cls_metrics *m, FILE *out) {
+    fprintf(out, "\"n_pixels\": %lld, \"miou\": ", (long long)m->n_pixels);
+    json_num(out, m->miou);
+    fputs(", \"pixel_acc\": ", out);
+    json_num(out, m->pixel_acc);
+    fputs(", \"mean_acc\": ", out);
+    json_num(out, m->mean_acc);
+    fputs(", \"iou\": [", out);
+    for (int k = 0; k < m->K; k++) {
+        if (k) fputs(", ", out);
+        json_num(out, m->iou[k]);
+    }
+    fputc(']', out);
+}
+
 void camo_cls_print(const camo_cls_metrics *m, FILE *out, int json) {
     if (json) {
-        fprintf(out, "{\"n_pixels\": %lld, \"miou\": ", (long long)m->n_pixels);
-        json_num(out, m->miou);
-        fputs(", \"pixel_acc\": ", out);
-        json_num(out, m->pixel_acc);
-        fputs(", \"mean_acc\": ", out);
-        json_num(out, m->mean_acc);
-        fputs(", \"iou\": [", out);
-        for (int k = 0; k < m->K; k++) {
-            if (k) fputs(", ", out);
-            json_num(out, m->iou[k]);
-        }
-        fputs("]}\n", out);
+        fputc('{', out);
+        camo_cls_print_fields(m, out);
+        fputs("}\n", out);
         return;
     }
     fprintf(out, "pixels            %lld\n", (long long)m->n_pixels);

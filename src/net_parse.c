@@ -600,7 +600,9 @@ camo_net *camo_net_from_setting(const config_setting_t *root, const char *source
     net->be = be;
     net->source = camo_strdup(source);
     parser P = {.net = net};
+    cfg_set_default_source(net->source); /* settings read from a string name the source */
     int rc = parse_root(&P, root, classes_override);
+    cfg_set_default_source(NULL);
     free(P.names);
     if (rc != 0) {
         camo_net_free(net);

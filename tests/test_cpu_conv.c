@@ -2,6 +2,8 @@
  * convolution), and the backward ops against central differences of f = sum(y * dy).
  * fp32 tolerances: forward 1e-5 relative (floor 1); gradients 5e-3 relative (floor 1), the
  * convolution being linear so the differences carry only rounding error. */
+#include <float.h>
+
 #include "camo/backend.h"
 #include "camo/common.h"
 
@@ -193,9 +195,15 @@ static void check_conv(camo_conv_desc d, int with_bias, int twice, size_t max_ch
         for (size_t i = 0; i < c.nw; i++) w1[i] = 2 * c.dw[i];
         for (int k = 0; k < d.K; k++) b1[k] = with_bias ? 2 * c.dbias[k] : 0;
         conv_backward(&c);
-        TU_ASSERT_CLOSE(c.din, g1, c.nin, 1.0, 1e-6, "conv dx accumulates");
-        TU_ASSERT_CLOSE(c.dw, w1, c.nw, 1.0, 1e-6, "conv dw accumulates");
-        if (with_bias) TU_ASSERT_CLOSE(c.dbias, b1, d.K, 1.0, 1e-6, "conv dbias accumulates");
+        /* Not bitwise: the second call adds its R*S partial sums (each a sum of K/g
+         * products of values in [-1, 1], so up to ~sqrt(K/g) in size) one by one onto the
+         * first result, so the rounding differs from 2 * (first result). fp32 bound:
+         * (R*S + 1) * FLT_EPSILON * sqrt(K/g) ~ 10 * 1.2e-7 * 6 = 7e-6 for 3x3, K/g = 32;
+         * an accumulation bug (overwrite, double count) is an O(1) error. */
+        double acc_tol = (d.R * d.S + 1) * FLT_EPSILON * fmax(1.0, sqrt((double)d.K / d.groups));
+        TU_ASSERT_CLOSE(c.din, g1, c.nin, 1.0, acc_tol, "conv dx accumulates");
+        TU_ASSERT_CLOSE(c.dw, w1, c.nw, 1.0, acc_tol, "conv dw accumulates");
+        if (with_bias) TU_ASSERT_CLOSE(c.dbias, b1, d.K, 1.0, acc_tol, "conv dbias accumulates");
         free(g1);
         free(w1);
         free(b1);
@@ -264,6 +272,44 @@ static void test_conv_larger(void **state) {
     check_conv(mkdesc(2, 17, 13, 24, 24, 3, 3, 2, 2, 1, 1, 1, 1, 24), 1, 0, 150);
 }
 
+/* Images taller than one thread's column buffer (4M floats) are split into bands of output
+ * rows; stride 2 and dilation 2 change how far a band's receptive field reaches */
+static void test_conv_banded(void **state) {
+    (void)state;
+    check_conv(mkdesc(3, 130, 130, 32, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1), 1, 1, 20);
+    check_conv(mkdesc(1, 181, 150, 24, 6, 3, 3, 2, 2, 2, 2, 2, 2, 1), 0, 0, 20);
+}
+
+/* Same thread count: bitwise the same gradients (per-thread sums added in thread order);
+ * another thread count: the same up to rounding */
+static void test_conv_deterministic(void **state) {
+    (void)state;
+    camo_conv_desc d = mkdesc(3, 21, 17, 8, 12, 3, 3, 1, 1, 1, 1, 1, 1, 1);
+    assert_int_equal(camo_conv_desc_finish(&d), 0);
+    size_t nin = (size_t)d.N * d.H * d.W * d.C, nw = (size_t)d.K * 9 * d.C;
+    size_t nout = (size_t)d.N * d.P * d.Q * d.K;
+    float *in = malloc(nin * 4), *dy = malloc(nout * 4), *w = malloc(nw * 4);
+    float *dw[3], *dx[3];
+    tu_fill(in, nin, 1, -1, 1);
+    tu_fill(dy, nout, 2, -1, 1);
+    tu_fill(w, nw, 3, -1, 1);
+    camo_backend *b3 = camo_backend_cpu_create(3);
+    for (int i = 0; i < 3; i++) {
+        camo_backend *b = i == 2 ? b3 : be;
+        dw[i] = calloc(nw, 4);
+        dx[i] = calloc(nin, 4);
+        b->conv2d_backward_filter(b, &d, dw[i], NULL, dy, in);
+        b->conv2d_backward_data(b, &d, dx[i], dy, w);
+    }
+    assert_memory_equal(dw[0], dw[1], nw * 4);
+    assert_memory_equal(dx[0], dx[1], nin * 4);
+    TU_ASSERT_CLOSE(dw[2], dw[0], nw, 1.0, 1e-5, "conv dw, 3 threads vs 2");
+    TU_ASSERT_CLOSE(dx[2], dx[0], nin, 1.0, 1e-5, "conv dx, 3 threads vs 2");
+    b3->destroy(b3);
+    for (int i = 0; i < 3; i++) free(dw[i]), free(dx[i]);
+    free(in), free(dy), free(w);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gemm),
@@ -276,6 +322,8 @@ int main(void) {
         cmocka_unit_test(test_conv_1x1),
         cmocka_unit_test(test_conv_rectangular),
         cmocka_unit_test(test_conv_larger),
+        cmocka_unit_test(test_conv_banded),
+        cmocka_unit_test(test_conv_deterministic),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -10,6 +10,7 @@
 #include "camo/backend.h"
 #include "camo/common.h"
 #include "camo/net.h"
+#include "layer.h"
 
 typedef struct { const char *name; int N, H, W; const char *layers; } gc_case;
 
@@ -87,21 +88,65 @@ static double objective(camo_net *net, int n, const float *dy) {
     return f;
 }
 
-/* Compares d f / d x[i] at `count` spread indices; returns the worst relative error. */
+/* A hash of which side of every kink the last forward was on: the sign of each ReLU /
+ * leaky-ReLU input and each max-pool argmax. A central difference whose two points differ
+ * here straddles a kink, where f is not differentiable and the quotient is meaningless
+ * (a 10-20% error on resblocks with eps = 1e-2, where one BN-normalised value sat 1e-3 from
+ * ReLU's kink). */
+static uint64_t kink_state(camo_net *net, int n) {
+    uint64_t h = 1469598103934665603ull;
+    for (int i = 0; i < net->n_layers; i++) {
+        camo_layer *l = &net->layers[i];
+        size_t m = (size_t)n * l->H * l->W * l->C;
+        if (l->type == CAMO_LAYER_ACTIVATION &&
+            (l->u.act.act == CAMO_ACT_RELU || l->u.act.act == CAMO_ACT_LEAKY_RELU)) {
+            const float *x = layer_input(net, l, 0);
+            for (size_t j = 0; j < m; j++) h = (h ^ (x[j] > 0)) * 1099511628211ull;
+        } else if (l->type == CAMO_LAYER_POOL && l->u.pool.d.type == CAMO_POOL_MAX) {
+            for (size_t j = 0; j < m; j++)
+                h = (h ^ (uint32_t)l->u.pool.argmax[j]) * 1099511628211ull;
+        }
+    }
+    return h;
+}
+
+/* Central difference of f at x[i]. The step starts at 1e-2 (relative for |x| > 1) and is
+ * divided by 4 while the two points fall on different sides of a kink; returns 0 and
+ * leaves *num unset when no step down to ~1e-4 avoids it (the sample is skipped). */
+static int numeric_grad(camo_net *net, int n, const float *dy, float *x, size_t i,
+                        double *num) {
+    float keep = x[i];
+    objective(net, n, dy);
+    uint64_t base = kink_state(net, n);
+    for (double eps = 1e-2 * fmax(1.0, fabs(keep)); eps > 1e-4; eps /= 4) {
+        float xp = keep + (float)eps, xm = keep - (float)eps;
+        x[i] = xp;
+        double fp = objective(net, n, dy);
+        uint64_t kp = kink_state(net, n);
+        x[i] = xm;
+        double fm = objective(net, n, dy);
+        uint64_t km = kink_state(net, n);
+        x[i] = keep;
+        if (kp == base && km == base) {
+            *num = (fp - fm) / ((double)xp - (double)xm);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Compares d f / d x[i] at `count` spread indices; returns the worst relative error.
+ * *checked counts the samples compared (kink straddles are skipped). */
 static double check_tensor(camo_net *net, int n, const float *dy, float *x, const float *grad,
-                           size_t numel, const char *what) {
+                           size_t numel, const char *what, int *checked) {
     double worst = 0;
     size_t count = numel < 12 ? numel : 12;
     for (size_t k = 0; k < count; k++) {
         size_t i = (k * 7919 + 3) % numel;
-        float keep = x[i];
-        double eps = 1e-2 * fmax(1.0, fabs(keep));
-        x[i] = keep + (float)eps;
-        double fp = objective(net, n, dy);
-        x[i] = keep - (float)eps;
-        double fm = objective(net, n, dy);
-        x[i] = keep;
-        double num = (fp - fm) / (2 * eps), ana = grad[i];
+        double num;
+        if (!numeric_grad(net, n, dy, x, i, &num)) continue;
+        (*checked)++;
+        double ana = grad[i];
         double err = fabs(num - ana) / fmax(fmax(fabs(num), fabs(ana)), 5e-2);
         if (err > worst) worst = err;
         if (err > 3e-2) fprintf(stderr, "  %s[%zu]: numeric %.6g analytic %.6g\n", what, i, num, ana);
@@ -135,17 +180,25 @@ static void run_case(const gc_case *gc) {
     camo_net_backward(net, gc->N);
     float *din = malloc(nin * sizeof(float));
     memcpy(din, camo_net_input_grad(net), nin * sizeof(float));
-    double worst = check_tensor(net, gc->N, dy, net->input, din, nin, "input");
+    int checked = 0, total = (int)(nin < 12 ? nin : 12);
+    double worst = check_tensor(net, gc->N, dy, net->input, din, nin, "input", &checked);
     for (int i = 0; i < net->n_params; i++) {
         camo_param *p = &net->params[i];
         if (p->kind != CAMO_PARAM_WEIGHT) continue;
         float *g = malloc(p->numel * sizeof(float));
         memcpy(g, p->grad, p->numel * sizeof(float));
-        worst = fmax(worst, check_tensor(net, gc->N, dy, p->data, g, p->numel, p->name));
+        worst = fmax(worst, check_tensor(net, gc->N, dy, p->data, g, p->numel, p->name,
+                                         &checked));
+        total += (int)(p->numel < 12 ? p->numel : 12);
         free(g);
     }
     if (worst > 3e-2) fprintf(stderr, "  case %s: worst relative error %.3g\n", gc->name, worst);
     assert_true(worst <= 3e-2);
+    /* skips are rare: a check that skipped most samples would prove little */
+    if (checked < total * 9 / 10)
+        fprintf(stderr, "  case %s: only %d of %d samples away from kinks\n", gc->name,
+                checked, total);
+    assert_true(checked >= total * 9 / 10);
     free(dy);
     free(din);
     camo_net_free(net);

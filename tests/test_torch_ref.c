@@ -32,24 +32,32 @@
 
 /* ---- closed-form values (docs/models.md; same as tools/torch_ref.py) ---- */
 
-static double phase_of(const char *name) {
-    return (double)(camo_fnv1a(name) % 10000u) / 10000.0 * 2.0 * M_PI;
+/* n values in [-1, 1): murmur3's fmix32 of (seed + i * 0x9E3779B9) mod 2^32 (integer
+ * arithmetic, so bit-identical to tools/torch_ref.py's hash_uniform) */
+static double hash_uniform(uint32_t seed, size_t i) {
+    uint32_t x = seed + (uint32_t)i * 0x9E3779B9u;
+    x ^= x >> 16;
+    x *= 0x85EBCA6Bu;
+    x ^= x >> 13;
+    x *= 0xC2B2AE35u;
+    x ^= x >> 16;
+    return (double)x / 2147483648.0 - 1.0;
 }
 
 static void fill_param(const camo_param *p, float *host) {
-    double ph = phase_of(p->name);
+    uint32_t seed = camo_fnv1a(p->name);
     size_t n = p->numel;
     const char *dot = strrchr(p->name, '.');
     const char *leaf = dot ? dot + 1 : p->name;
     for (size_t i = 0; i < n; i++) {
-        double s = sin(0.37 * (double)i + ph), v;
+        double r = hash_uniform(seed, i), v;
         if (!strcmp(leaf, "running_mean")) v = 0.0;
         else if (!strcmp(leaf, "running_var")) v = 1.0;
         else if (p->ndim == 4) {
             double fan_in = (double)(p->shape[1] * p->shape[2] * p->shape[3]);
-            v = s * sqrt(3.0 / fan_in);
-        } else if (!strcmp(leaf, "weight")) v = 1.0 + 0.1 * s;
-        else v = 0.1 * s; /* bias */
+            v = r * sqrt(3.0 / fan_in);
+        } else if (!strcmp(leaf, "weight")) v = 1.0 + 0.1 * r;
+        else v = 0.1 * r; /* bias */
         host[i] = (float)v;
     }
 }
@@ -247,8 +255,10 @@ static void run_fixture(void **state) {
         int oh = out_shape[o][0], ow = out_shape[o][1], oc = out_shape[o][2];
         float *g = malloc(n * sizeof(float)), *gh = malloc(n * sizeof(float));
         assert_true(g && gh);
-        double ph = phase_of(net->outputs[o].name);
-        for (size_t i = 0; i < n; i++) g[i] = (float)cos(0.23 * (double)i + ph);
+        char key[CAMO_NAME_MAX + 8];
+        snprintf(key, sizeof key, "grad.%s", net->outputs[o].name);
+        uint32_t seed = camo_fnv1a(key);
+        for (size_t i = 0; i < n; i++) g[i] = (float)hash_uniform(seed, i);
         nchw_to_nhwc(gh, g, N, oh, ow, oc);
         be->upload(be, camo_net_output_grad(net, o), gh, n * sizeof(float));
         free(g);

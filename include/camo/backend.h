@@ -204,6 +204,16 @@ struct camo_backend {
  * (0 = all cores). */
 camo_backend *camo_backend_cpu_create(int threads);
 
+/* OpenMP and OpenBLAS read their settings when they load, before main, and two defaults
+ * hurt on small machines: OpenMP threads spin while they wait (2-4x slower when the cores
+ * are shared with OpenBLAS or another process), and OpenBLAS 0.3.21 does not know recent
+ * Xeons and falls back to SSE3 kernels. When OMP_WAIT_POLICY is unset, or OpenBLAS chose
+ * its Prescott kernels and OPENBLAS_CORETYPE is unset, this sets them (passive; SkylakeX or
+ * Haswell from the CPU's flags) and re-executes the program with the same arguments; call
+ * it first thing in main. Returns only when nothing needed changing, when CAMO_NO_REEXEC is
+ * set, or when the exec failed (the program then runs with the defaults). */
+void camo_cpu_env_reexec(char **argv);
+
 /* The CUDA backend on GPU `device`: its own stream, cuDNN and cuBLAS handles, caching
  * allocator. NULL + error when camotrain was built without CUDA or the GPU is unusable.
  * Declared in every build so that callers never #ifdef (src/backend_cuda_stub.c). */

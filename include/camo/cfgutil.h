@@ -7,6 +7,8 @@
 
 /* "file:line" of a setting (static buffer per thread). */
 const char *cfg_where(const config_setting_t *s);
+/* File name cfg_where gives settings read from a string (NULL: "<config>"); per thread. */
+void cfg_set_default_source(const char *name);
 
 /* Each getter: 0 = found and valid, 1 = absent (value left as is), -1 = error (set). */
 int cfg_int(const config_setting_t *g, const char *key, int *out);

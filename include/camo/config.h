@@ -37,6 +37,7 @@ typedef struct camo_config {
     struct {
         char root[CAMO_PATH_MAX], format[16], train_split[128], val_split[128];
         int classes, workers, skip_bad, ignore_index;
+        int cache;               /* data.cache: 0 none, 1 decoded */
         camo_augment aug;        /* aug.size = img_size */
     } data;
 

@@ -6,16 +6,23 @@
 #ifndef CAMO_DATA_H
 #define CAMO_DATA_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct camo_dataset camo_dataset;
 
-/* Opens a split of a data set.
- *   format: "cod10k"  (ROOT/Train/Image/NAME.jpg + ROOT/Train/GT_Object/NAME.png; split "Train"/"Test")
- *           "folders" (ROOT/SPLIT/images/F + ROOT/SPLIT/masks/F, pairs matched by file stem;
- *                      SPLIT may be "" for ROOT/images + ROOT/masks)
- *           "auto"    (detects one of the above and logs which)
- *   classes: 1 = binary masks (pixel > 127 is foreground); K > 1 = class-index PNGs.
+/* Opens a split of a data set (docs/data.md). Pairs are matched by file stem.
+ *   format: "cod10k"  ROOT/SPLIT/Image + ROOT/SPLIT/GT_Object; images without a mask (COD10K-v3's
+ *                     -NonCAM-/-BG- pictures) are skipped and counted once
+ *           "camo"    ROOT/Images/SPLIT + ROOT/GT
+ *           "carla"   ROOT/SPLIT + ROOT/SPLIT_label (mask NAME.png or NAME_label.png)
+ *           "ade20k"  ROOT/images/SPLIT + ROOT/annotations/SPLIT; mask value 0 = ignore,
+ *                     values 1..K = classes 0..K-1
+ *           "folders" ROOT/SPLIT/images + ROOT/SPLIT/masks (SPLIT "" = ROOT/images + masks)
+ *           "auto"    the first of the above present, logged
+ *   split: a folder name; "Train" also finds train/training and "Test" test/val/validation.
+ *   classes: 1 = binary masks (pixel > 127 is foreground); K > 1 = class-index PNGs (values
+ *            0..K-1 or the ignore index, 255 unless camo_dataset_set_ignore_index).
  *   skip_bad: unreadable pairs are skipped with a warning instead of an error.
  * Files are listed and sorted by name (deterministic order); decoding happens later.
  * NULL + error naming the folder/file on: missing folder, no images, an image without mask. */
@@ -25,6 +32,12 @@ int camo_dataset_size(const camo_dataset *ds);
 const char *camo_dataset_image_path(const camo_dataset *ds, int i);
 const char *camo_dataset_mask_path(const camo_dataset *ds, int i);
 void camo_dataset_free(camo_dataset *ds);
+/* The layout opened ("cod10k", ...; "auto" resolved). */
+const char *camo_dataset_format(const camo_dataset *ds);
+void camo_dataset_set_ignore_index(camo_dataset *ds, int ignore_index);
+int camo_dataset_ignore_index(const camo_dataset *ds);
+/* Class id of a raw mask value (multi-class): 0..K-1, the ignore index, or -2 (invalid). */
+int camo_dataset_label(const camo_dataset *ds, int raw);
 
 typedef struct camo_augment {
     int size;            /* output is size x size */
@@ -33,12 +46,27 @@ typedef struct camo_augment {
     float scale_min, scale_max; /* random scale-crop: crop side = side / s, s in [min, max];
                                    1, 1 = off */
     float jitter;        /* colour jitter strength: brightness/contrast/saturation +- jitter */
+    float rotate;        /* random rotation, uniform in [-rotate, rotate] degrees; 0 = off */
 } camo_augment;
+
+/* The side B of the square base a sample is resized to before augmentation:
+ * size * max(1, scale_max) when training, else size. */
+int camo_augment_base_size(const camo_augment *aug);
+
+/* data.cache = decoded: keeps every sample's decoded B x B base (image + mask) in memory
+ * once loaded, so later epochs skip decoding; batches are identical with and without it.
+ * Error (naming the sizes) when it would need more than 80% of the available memory. */
+int camo_dataset_enable_cache(camo_dataset *ds, const camo_augment *aug);
+size_t camo_dataset_cache_bytes(const camo_dataset *ds, const camo_augment *aug);
+/* What a trainer does after opening a split: ignore index, and the cache when `cache`. */
+int camo_dataset_configure(camo_dataset *ds, int ignore_index, int cache,
+                           const camo_augment *aug);
 
 /* One decoded, augmented, normalised sample.
  *   image: (size, size, 3) float, ImageNet mean/std normalised, NHWC
  *   mask:  (size, size) float in {0, 1} (binary; bilinear-resized masks re-thresholded at 0.5)
- *   labels: (size, size) int32 class indices for classes > 1 (nearest resize), else unused
+ *   labels: (size, size) int32 class indices for classes > 1 (nearest resize), else unused;
+ *           pixels outside the image (crop padding, rotation corners) get the ignore index
  * Returns 0, or non-zero with an error naming the file (corrupt/truncated image, size
  * mismatch between image and mask). */
 int camo_sample_load(const camo_dataset *ds, int index, const camo_augment *aug, uint64_t key,
@@ -50,6 +78,10 @@ int camo_sample_load(const camo_dataset *ds, int index, const camo_augment *aug,
 typedef struct camo_sample_scratch camo_sample_scratch;
 camo_sample_scratch *camo_sample_scratch_create(void);
 void camo_sample_scratch_free(camo_sample_scratch *sc);
+/* keep != 0: each load also keeps the raw mask at its original size (evaluation at the
+ * ground truth's size), read with camo_sample_scratch_gt until the next load. */
+void camo_sample_scratch_keep_gt(camo_sample_scratch *sc, int keep);
+const uint8_t *camo_sample_scratch_gt(const camo_sample_scratch *sc, int *w, int *h);
 /* camo_sample_load with caller-owned scratch; camo_sample_load uses a temporary one. */
 int camo_sample_load_ex(const camo_dataset *ds, int index, const camo_augment *aug,
                         uint64_t key, camo_sample_scratch *sc, float *image, float *mask,
@@ -70,6 +102,7 @@ typedef struct camo_batch {
     int *index;             /* data-set index of each sample */
     int *orig_h, *orig_w;   /* original image size of each sample */
     int seq;                /* position of the batch in its epoch: 0, 1, ... */
+    uint8_t **gt;           /* keep_gt loaders: raw mask of each sample (orig_h, orig_w) */
 } camo_batch;
 
 typedef struct camo_loader camo_loader;
@@ -78,6 +111,19 @@ typedef struct camo_loader camo_loader;
  * prepared ahead (bounded queue). */
 camo_loader *camo_loader_create(const camo_dataset *ds, const camo_augment *aug, int workers,
                                 int max_batch, int depth);
+/* Batch buffers come from alloc/free (e.g. cudaHostAlloc'd pinned memory for the CUDA
+ * backend; NULL = malloc). keep_gt: batches carry each sample's mask at its original size. */
+typedef struct camo_loader_opts {
+    void *(*alloc)(size_t bytes, void *ctx); /* NULL on failure */
+    void (*free)(void *p, void *ctx);
+    void *ctx;
+    int keep_gt;
+} camo_loader_opts;
+camo_loader *camo_loader_create_ex(const camo_dataset *ds, const camo_augment *aug, int workers,
+                                   int max_batch, int depth, const camo_loader_opts *opts);
+/* Seconds camo_loader_next spent waiting for a batch since the loader was made. */
+double camo_loader_wait_seconds(const camo_loader *L);
+
 /* Queue an epoch: the samples `order[0..n)` in batches of `batch` (the last one may be
  * smaller); keys from (seed, epoch, index). Any earlier epoch must have been drained. */
 void camo_loader_start(camo_loader *L, const int *order, int n, int batch, uint64_t seed,
@@ -93,8 +139,12 @@ void camo_loader_free(camo_loader *L);
 void camo_epoch_permutation(int *order, int n, uint64_t seed, int epoch);
 
 /* Image files (stb_image + stb_image_write). */
-/* 8-bit grayscale PNG write; atomic (temp + rename). */
+/* 8-bit grayscale / RGB PNG write; atomic (temp + rename). */
 int camo_png_write_gray(const char *path, const uint8_t *pixels, int w, int h);
+int camo_png_write_rgb(const char *path, const uint8_t *pixels, int w, int h);
+/* Inference input like validation: rgb (h, w, 3) resized to (S, S, 3) (triangle filter),
+ * ImageNet-normalised into out. */
+int camo_image_preprocess(const uint8_t *rgb, int w, int h, int S, float *out);
 /* Decode an image to 8-bit with `channels` channels (1 or 3); caller frees with free(). */
 uint8_t *camo_image_read(const char *path, int channels, int *w, int *h);
 

@@ -48,6 +48,8 @@ void camo_sod_acc_result(const camo_sod_acc *a, camo_sod_metrics *out);
 
 /* A table (json = 0) or one JSON object on one line (json = 1). */
 void camo_sod_print(const camo_sod_metrics *m, FILE *out, int json);
+/* The JSON members alone ("sm": ..., ...), to embed in a larger object. */
+void camo_sod_print_fields(const camo_sod_metrics *m, FILE *out);
 
 /* ---- multi-class: a K x K confusion matrix (rows = GT, columns = prediction) ---- */
 
@@ -79,6 +81,7 @@ void camo_cls_acc_result(const camo_cls_acc *a, camo_cls_metrics *out, double *i
 
 /* A table with per-class IoU (json = 0) or one JSON object on one line. */
 void camo_cls_print(const camo_cls_metrics *m, FILE *out, int json);
+void camo_cls_print_fields(const camo_cls_metrics *m, FILE *out);
 
 /* ---- scoring saved predictions (src/eval_pred.c) ---- */
 
@@ -89,5 +92,10 @@ void camo_cls_print(const camo_cls_metrics *m, FILE *out, int json);
  * Returns 0, or 2 with an error naming the folder/file: missing or empty folder, a GT
  * without prediction, two predictions with one stem, an unreadable image. */
 int camo_eval_pred_dirs(const char *pred_dir, const char *gt_dir, int json, FILE *out);
+/* The same for class-index PNGs (predict's multi-class output): predictions resized to the
+ * GT nearest-neighbour, then mIoU, per-class IoU, pixel and mean class accuracy; GT pixels
+ * equal to ignore_index are not counted; ade20k: GT value 0 is ignored and v is class v - 1. */
+int camo_eval_pred_dirs_cls(const char *pred_dir, const char *gt_dir, int classes,
+                            int ignore_index, int ade20k, int json, FILE *out);
 
 #endif

@@ -1,0 +1,304 @@
+/* backend_cuda.cu: the CUDA backend's construction, caching allocator, memory ops and the
+ * CUDA entry points of backend.h / cuda.h. Compute ops live in conv_cudnn.cu, kernels.cu
+ * and loss_optim.cu. One backend = one device, one stream, one cuBLAS and one cuDNN handle
+ * bound to that stream; it is used by one replica thread at a time. */
+#include "cuda_common.cuh"
+
+#include <math.h>
+#include <string.h>
+
+/* ---- sticky failure ---- */
+
+extern "C" void cu_note_failure(camo_backend *be) {
+    cuda_ctx *ctx = cu_ctx(be);
+    if (!ctx->failed) {
+        ctx->failed = 1;
+        snprintf(ctx->first_error, sizeof ctx->first_error, "%s", camo_last_error());
+        camo_warn("cuda backend (GPU %d): %s", ctx->device, ctx->first_error);
+    }
+}
+
+/* ---- caching allocator ---- */
+
+/* Sizes are rounded so that blocks are reused across slightly different requests: 512 B
+ * granularity below 1 MiB, 2 MiB above. */
+static size_t pool_round(size_t bytes) {
+    if (bytes == 0) bytes = 1;
+    size_t g = bytes < ((size_t)1 << 20) ? 512 : ((size_t)2 << 20);
+    return (bytes + g - 1) / g * g;
+}
+
+/* Best fitting free block that wastes at most half of itself; -1 if none. */
+static int pool_find(cuda_pool *pool, size_t size) {
+    int best = -1;
+    for (int i = 0; i < pool->n; i++) {
+        cuda_block *b = &pool->blocks[i];
+        if (b->in_use || b->size < size || b->size > 2 * size) continue;
+        if (best < 0 || b->size < pool->blocks[best].size) best = i;
+    }
+    return best;
+}
+
+/* Frees every unused block (used when cudaMalloc runs out, never in steady state). */
+static void pool_trim(camo_backend *be) {
+    cuda_pool *pool = &cu_ctx(be)->pool;
+    cudaStreamSynchronize(cu_stream(be));
+    int j = 0;
+    for (int i = 0; i < pool->n; i++) {
+        if (pool->blocks[i].in_use) { pool->blocks[j++] = pool->blocks[i]; continue; }
+        cudaFree(pool->blocks[i].ptr);
+        pool->reserved -= pool->blocks[i].size;
+    }
+    pool->n = j;
+}
+
+extern "C" void *cu_pool_alloc(camo_backend *be, size_t bytes) {
+    cuda_pool *pool = &cu_ctx(be)->pool;
+    cu_bind(be);
+    size_t size = pool_round(bytes);
+    int i = pool_find(pool, size);
+    if (i >= 0) {
+        pool->blocks[i].in_use = 1;
+        return pool->blocks[i].ptr;
+    }
+    void *p = NULL;
+    if (cudaMalloc(&p, size) != cudaSuccess) {
+        cudaGetLastError(); /* clear, then retry once with the cache emptied */
+        pool_trim(be);
+        if (CUDA_CHECK(cudaMalloc(&p, size))) {
+            CAMO_ERR("out of GPU memory on GPU %d: %zu bytes requested, %zu reserved",
+                     cu_ctx(be)->device, size, pool->reserved);
+            return NULL;
+        }
+    }
+    if (pool->n == pool->cap) {
+        pool->cap = pool->cap ? 2 * pool->cap : 256;
+        pool->blocks = (cuda_block *)camo_realloc(pool->blocks, pool->cap * sizeof(cuda_block));
+    }
+    pool->blocks[pool->n++] = (cuda_block){p, size, 1};
+    pool->reserved += size;
+    pool->n_mallocs++;
+    if (pool->reserved > pool->peak_reserved) pool->peak_reserved = pool->reserved;
+    return p;
+}
+
+/* Back to the cache. Safe without a sync: the next user is on the same stream. */
+extern "C" void cu_pool_free(camo_backend *be, void *p) {
+    if (!p) return;
+    cuda_pool *pool = &cu_ctx(be)->pool;
+    for (int i = pool->n - 1; i >= 0; i--) {
+        if (pool->blocks[i].ptr == p) {
+            pool->blocks[i].in_use = 0;
+            return;
+        }
+    }
+    camo_warn("cuda backend: free of a pointer it did not allocate (%p) ignored", p);
+}
+
+extern "C" void *cu_grow(camo_backend *be, void **buf, size_t *cap, size_t bytes) {
+    if (*buf && *cap >= bytes) return *buf;
+    cu_pool_free(be, *buf);
+    *buf = cu_pool_alloc(be, bytes);
+    *cap = *buf ? pool_round(bytes) : 0;
+    if (!*buf) cu_note_failure(be);
+    return *buf;
+}
+
+extern "C" void *cu_workspace(camo_backend *be, size_t bytes) {
+    cuda_ctx *ctx = cu_ctx(be);
+    return cu_grow(be, &ctx->work, &ctx->work_cap, bytes);
+}
+
+/* ---- memory ops ---- */
+
+static void *cu_alloc(camo_backend *be, size_t bytes) {
+    void *p = cu_pool_alloc(be, bytes);
+    if (p && CUDA_CHECK(cudaMemsetAsync(p, 0, bytes ? bytes : 1, cu_stream(be)))) {
+        cu_pool_free(be, p);
+        return NULL;
+    }
+    return p;
+}
+
+static void cu_free(camo_backend *be, void *p) { cu_pool_free(be, p); }
+
+/* Pinned sources are copied asynchronously; for pageable ones the runtime copies the data
+ * into its own staging buffer before returning, so the caller may reuse it either way. */
+static void cu_upload(camo_backend *be, void *dst, const void *src, size_t bytes) {
+    if (!bytes) return;
+    CU_OP(be, CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice,
+                                         cu_stream(be))));
+}
+
+/* Synchronous: the host has the data when this returns. NaN-filled on a failed backend. */
+static void cu_download(camo_backend *be, void *dst, const void *src, size_t bytes) {
+    if (!bytes) return;
+    CU_OP(be, CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost,
+                                         cu_stream(be))));
+    CU_OP(be, CUDA_CHECK(cudaStreamSynchronize(cu_stream(be))));
+    if (cu_ctx(be)->failed) memset(dst, 0xff, bytes); /* 0xffffffff is a float NaN */
+}
+
+static void cu_copy(camo_backend *be, void *dst, const void *src, size_t bytes) {
+    if (!bytes || dst == src) return;
+    CU_OP(be, CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice,
+                                         cu_stream(be))));
+}
+
+static void cu_zero(camo_backend *be, void *dst, size_t bytes) {
+    if (!bytes) return;
+    CU_OP(be, CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, cu_stream(be))));
+}
+
+static void cu_sync(camo_backend *be) {
+    CU_OP(be, CUDA_CHECK(cudaStreamSynchronize(cu_stream(be))));
+}
+
+static void cu_destroy(camo_backend *be) {
+    if (!be) return;
+    cuda_ctx *ctx = cu_ctx(be);
+    if (ctx) {
+        cudaSetDevice(ctx->device);
+        if (ctx->stream) cudaStreamSynchronize(ctx->stream);
+        cuda_conv_free_plans(be);
+        if (ctx->dnn) cudnnDestroy(ctx->dnn);
+        if (ctx->blas) cublasDestroy(ctx->blas);
+        for (int i = 0; i < ctx->pool.n; i++) cudaFree(ctx->pool.blocks[i].ptr);
+        free(ctx->pool.blocks);
+        if (ctx->stream) cudaStreamDestroy(ctx->stream);
+        free(ctx);
+    }
+    free(be);
+}
+
+/* ---- construction ---- */
+
+/* cuBLAS gets a fixed workspace from the pool, so it never allocates on its own. */
+#define CU_BLAS_WS (32u << 20)
+
+static int cu_init_handles(camo_backend *be) {
+    cuda_ctx *ctx = cu_ctx(be);
+    if (CUDA_CHECK(cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking))) return -1;
+    if (CUBLAS_CHECK(cublasCreate(&ctx->blas))) return -1;
+    if (CUBLAS_CHECK(cublasSetStream(ctx->blas, ctx->stream))) return -1;
+    /* fp32 parity: DEFAULT math never uses TF32 for sgemm (only CUBLAS_TF32_TENSOR_OP_MATH
+     * would) */
+    if (CUBLAS_CHECK(cublasSetMathMode(ctx->blas, CUBLAS_DEFAULT_MATH))) return -1;
+    void *ws = cu_pool_alloc(be, CU_BLAS_WS);
+    if (!ws || CUBLAS_CHECK(cublasSetWorkspace(ctx->blas, ws, CU_BLAS_WS))) return -1;
+    if (CUDNN_CHECK(cudnnCreate(&ctx->dnn))) return -1;
+    if (CUDNN_CHECK(cudnnSetStream(ctx->dnn, ctx->stream))) return -1;
+    return 0;
+}
+
+extern "C" camo_backend *camo_backend_cuda_create(int device) {
+    int n = camo_cuda_device_count();
+    if (device < 0 || device >= n) {
+        const char *vis = getenv("CUDA_VISIBLE_DEVICES");
+        CAMO_ERR("GPU %d requested, but %d usable GPU%s found (CUDA_VISIBLE_DEVICES=%s)", device,
+                 n, n == 1 ? "" : "s", vis ? vis : "unset");
+        return NULL;
+    }
+    if (CUDA_CHECK(cudaSetDevice(device))) return NULL;
+    cudaDeviceProp prop;
+    if (CUDA_CHECK(cudaGetDeviceProperties(&prop, device))) return NULL;
+    camo_backend *be = (camo_backend *)camo_calloc(1, sizeof *be);
+    cuda_ctx *ctx = (cuda_ctx *)camo_calloc(1, sizeof *ctx);
+    ctx->device = device;
+    ctx->sm = prop.major * 10 + prop.minor;
+    be->name = "cuda";
+    be->device = device;
+    be->threads = 1;
+    be->ctx = ctx;
+    if (cu_init_handles(be)) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", camo_last_error());
+        cu_destroy(be);
+        CAMO_ERR("cannot set up GPU %d (%s): %s", device, prop.name, msg);
+        return NULL;
+    }
+    be->alloc = cu_alloc;
+    be->free = cu_free;
+    be->upload = cu_upload;
+    be->download = cu_download;
+    be->copy = cu_copy;
+    be->zero = cu_zero;
+    be->sync = cu_sync;
+    be->destroy = cu_destroy;
+    cuda_register_conv(be);
+    cuda_register_kernels(be);
+    cuda_register_loss_optim(be);
+    /* CAMO_AMP=bf16|fp16 sets the default precision of the convolutions (benchmarks, and
+     * runs before the trainer passes train.amp through camo_cuda_set_amp) */
+    camo_cuda_amp amp;
+    const char *env = getenv("CAMO_AMP");
+    if (env && *env && camo_cuda_amp_parse(env, &amp) == 0) camo_cuda_set_amp(be, amp);
+    else if (env && *env) camo_warn("CAMO_AMP=%s ignored: off | bf16 | fp16", env);
+    return be;
+}
+
+/* cudaGetDeviceCount leaves its argument untouched without a driver (BUILD-NOTES 5). */
+extern "C" int camo_cuda_device_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return n > 0 ? n : 0;
+}
+
+extern "C" void *camo_backend_stream(camo_backend *be) {
+    if (!be || strcmp(be->name, "cuda") != 0) return NULL;
+    return (void *)cu_stream(be);
+}
+
+/* ---- cuda.h extras ---- */
+
+extern "C" camo_cuda_amp camo_cuda_set_amp(camo_backend *be, camo_cuda_amp mode) {
+    if (!be || strcmp(be->name, "cuda") != 0) return CAMO_AMP_OFF;
+    cuda_ctx *ctx = cu_ctx(be);
+    if (mode == CAMO_AMP_BF16 && ctx->sm < 80) {
+        camo_warn("GPU %d (sm_%d) has no bf16 tensor cores: train.amp = bf16 falls back to "
+                  "fp16 (use dynamic loss scaling, docs/cuda.md)", ctx->device, ctx->sm);
+        mode = CAMO_AMP_FP16;
+    }
+    ctx->amp = mode;
+    return mode;
+}
+
+extern "C" int camo_cuda_backend_status(camo_backend *be) {
+    if (!be || strcmp(be->name, "cuda") != 0) return 0;
+    cuda_ctx *ctx = cu_ctx(be);
+    if (!ctx->failed) return 0;
+    CAMO_ERR("GPU %d: %s", ctx->device, ctx->first_error);
+    return -1;
+}
+
+extern "C" void *camo_cuda_host_alloc(size_t bytes) {
+    void *p = NULL;
+    if (camo_cuda_device_count() > 0 && cudaHostAlloc(&p, bytes ? bytes : 1,
+                                                      cudaHostAllocPortable) == cudaSuccess)
+        return p;
+    cudaGetLastError();
+    return camo_malloc(bytes ? bytes : 1);
+}
+
+extern "C" void camo_cuda_host_free(void *p) {
+    if (!p) return;
+    cudaPointerAttributes a;
+    if (cudaPointerGetAttributes(&a, p) == cudaSuccess && a.type == cudaMemoryTypeHost) {
+        cudaFreeHost(p);
+        return;
+    }
+    cudaGetLastError();
+    free(p);
+}
+
+extern "C" void camo_cuda_mem_stats(camo_backend *be, size_t *reserved, size_t *peak,
+                                    size_t *mallocs) {
+    int cuda = be && strcmp(be->name, "cuda") == 0;
+    cuda_pool *pool = cuda ? &cu_ctx(be)->pool : NULL;
+    if (reserved) *reserved = pool ? pool->reserved : 0;
+    if (peak) *peak = pool ? pool->peak_reserved : 0;
+    if (mallocs) *mallocs = pool ? pool->n_mallocs : 0;
+}

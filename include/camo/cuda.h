@@ -1,0 +1,42 @@
+/* cuda.h: CUDA-only extras beyond the op table (backend.h): mixed precision, the sticky
+ * error state, pinned host memory and allocator statistics. Declared in every build; without
+ * CUDA they are harmless no-ops or fail clearly (src/backend_cuda_stub.c), so callers never
+ * #ifdef. docs/cuda.md describes the design. */
+#ifndef CAMO_CUDA_H
+#define CAMO_CUDA_H
+
+#include <stddef.h>
+
+#include "camo/backend.h"
+
+typedef enum { CAMO_AMP_OFF, CAMO_AMP_BF16, CAMO_AMP_FP16 } camo_cuda_amp;
+
+/* Parses "off" | "bf16" | "fp16" (train.amp); -1 if unknown. */
+int camo_cuda_amp_parse(const char *s, camo_cuda_amp *out);
+
+/* Convolutions of a CUDA backend run in bf16/fp16 on tensor cores with fp32 accumulation
+ * (operands are converted in scratch; the op table stays fp32, so master weights, optimizer
+ * state and every other op stay fp32). bf16 on a GPU without bf16 (sm_75) falls back to fp16
+ * with a notice. The CPU backend ignores it (returns 0). Returns the mode in effect. */
+camo_cuda_amp camo_cuda_set_amp(camo_backend *be, camo_cuda_amp mode);
+
+/* 0 while every CUDA call of this backend succeeded; -1 with camo_last_error() set to the
+ * first failure otherwise (ops return void; a failed backend also makes download() write
+ * NaN so a loss check catches it). 0 for the CPU backend. */
+int camo_cuda_backend_status(camo_backend *be);
+
+/* Pinned (page-locked) host memory for loader batches: uploads from it are asynchronous and
+ * never take the driver's pageable-copy path. Falls back to malloc when there is no GPU.
+ * Free with camo_cuda_host_free. An upload from pinned memory may still be in flight when
+ * upload() returns: reuse the buffer only after a download() or sync() on that backend. */
+void *camo_cuda_host_alloc(size_t bytes);
+void camo_cuda_host_free(void *p);
+/* The same with the loader's hook signature (camo_loader_opts.alloc / .free; ctx unused). */
+void *camo_cuda_loader_alloc(size_t bytes, void *ctx);
+void camo_cuda_loader_free(void *p, void *ctx);
+
+/* Caching allocator: bytes reserved from the driver and cudaMalloc calls so far
+ * (tests check that a second training step makes none). 0 for the CPU backend. */
+void camo_cuda_mem_stats(camo_backend *be, size_t *reserved, size_t *peak, size_t *mallocs);
+
+#endif

@@ -1,0 +1,28 @@
+/* evaluate.h: the full evaluation of a network on a data set split (src/evaluate.c): every
+ * metric of metrics.h, computed per image at the ground truth's original size (the
+ * network's output is resized to it, bilinear, like the field's scripts), then averaged.
+ * camo_evaluate (train.h) is the summary of this used during training. */
+#ifndef CAMO_EVALUATE_H
+#define CAMO_EVALUATE_H
+
+#include "camo/config.h"
+#include "camo/metrics.h"
+#include "camo/net.h"
+#include "camo/train.h"
+
+typedef struct camo_eval_full {
+    camo_eval_result r;   /* images, loss, iou/dice/mae or miou/pixel_acc, seconds */
+    int classes;
+    camo_sod_metrics sod; /* classes == 1 */
+    camo_cls_metrics cls; /* classes > 1; cls.iou points to class_iou */
+    double *class_iou;    /* (classes,) owned; NULL when binary */
+} camo_eval_full;
+
+int camo_evaluate_full(camo_net *net, const camo_config *c, camo_dataset *ds, int workers,
+                       camo_eval_full *out);
+void camo_eval_full_free(camo_eval_full *e);
+
+/* A table (json = 0) or one JSON object on one line: images, loss, seconds and the metrics. */
+void camo_eval_full_print(const camo_eval_full *e, FILE *out, int json);
+
+#endif

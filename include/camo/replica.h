@@ -1,0 +1,64 @@
+/* replica.h: one replica of a data-parallel run (STYLE.md habit 5): its backend, model copy,
+ * optimizer, comms and DDP buckets, and the per-step work run by each replica thread:
+ * forward/backward of its slice of a global batch, the gradient exchange (DDP all-reduce
+ * or DP reduce-to-root + broadcast) and the optimizer step. */
+#ifndef CAMO_REPLICA_H
+#define CAMO_REPLICA_H
+
+#include "camo/checkpoint.h"
+#include "camo/comm.h"
+#include "camo/config.h"
+#include "camo/data.h"
+#include "camo/ddp.h"
+#include "camo/loss.h"
+#include "camo/net.h"
+#include "camo/optim.h"
+
+typedef struct camo_replica {
+    int rank, size;
+    int dp;                 /* parallel.mode = "dp": master-gather */
+    int sync_bn;
+    camo_backend *be;
+    camo_net *net;
+    camo_optim *opt;
+    float *target, *loss_dev;   /* backend memory */
+    int32_t *labels;
+    camo_comm *comm;        /* gradients and parameters (the DDP comm thread's in backward) */
+    camo_comm *ctl;         /* losses, sync-BN sums, start-up checks (the compute thread's) */
+    camo_ddp ddp;
+    int ddp_on;
+    int bn_error;           /* a sync-BN collective failed (the hook cannot return it) */
+    double comm_s;          /* last step: seconds in gradient/parameter collectives */
+    double wait_s;          /* last step: of which the compute thread waited for */
+    void *user;             /* the run this replica belongs to (train.c) */
+} camo_replica;
+
+/* Builds replica `rank` of `size` on backend be (taken over): the network of c (or of the
+ * checkpoint ck), activations for `local_batch` images, weights from c->seed or ck, the
+ * optimizer. network_text (may be NULL) receives the network's text. 0, or -1 + error. */
+int camo_replica_init(camo_replica *r, const camo_config *c, const camo_ckpt *ck,
+                      camo_backend *be, int rank, int size, int local_batch,
+                      char **network_text);
+/* Gives the replica its comms (comm for gradients, ctl for the rest; both may be NULL for
+ * a lone replica) and starts DDP buckets / sync-BN as c->parallel says. 0, or -1. */
+int camo_replica_attach(camo_replica *r, const camo_config *c, camo_comm *comm,
+                        camo_comm *ctl);
+/* Collective, from every replica thread: broadcasts replica 0's weights and buffers, then
+ * compares a checksum of them across replicas. 0, or -1 with an error on a mismatch. */
+int camo_replica_sync_start(camo_replica *r);
+/* This replica's share of a global batch of n: images [*lo, *lo + *count), contiguous,
+ * per-replica batch n / size with the remainder spread over the first replicas. */
+void camo_replica_slice(int n, int rank, int size, int *lo, int *count);
+/* Forward, loss and backward of this replica's slice of global batch b; gradients
+ * accumulate. norm_images / norm_pixels: global counts of the optimizer step. last_micro:
+ * the step's last micro-batch, whose backward launches the DDP buckets. 0, or -1. */
+int camo_replica_micro_batch(camo_replica *r, const camo_config *c, camo_loss_kind loss,
+                             const camo_batch *b, double norm_images, double norm_pixels,
+                             int last_micro);
+/* Gradient exchange, clipping and update with learning rate lr; *loss: the step's global
+ * loss, *grad_norm: the clipped-over norm (NaN without clipping). 0, or -1 + error. */
+int camo_replica_step(camo_replica *r, const camo_config *c, double lr, double *loss,
+                      double *grad_norm);
+void camo_replica_free(camo_replica *r);
+
+#endif

@@ -1,0 +1,41 @@
+/* data_internal.h: what data.c (data sets, formats) and augment.c (sample pipeline, cache)
+ * share; not a public header. */
+#ifndef CAMO_DATA_INTERNAL_H
+#define CAMO_DATA_INTERNAL_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "camo/data.h"
+
+/* A buffer that only grows (stb_image_resize's work memory, base images): reused across
+ * samples so the steady state allocates nothing. */
+typedef struct { void *buf; size_t cap; } camo_grow_buf;
+void *camo_grow(camo_grow_buf *g, size_t n);
+
+/* data.cache = decoded: every sample's base image + raw mask (B x B), filled once by the
+ * first worker that decodes it (state 0 empty -> 1 filling -> 2 ready). */
+typedef struct {
+    int B;
+    uint8_t *img;      /* (n, B, B, 3) */
+    uint8_t *mask;     /* (n, B, B) raw mask values */
+    int *orig_h, *orig_w;
+    atomic_int *state; /* (n) */
+} data_cache;
+
+struct camo_dataset {
+    int n, classes, skip_bad, ignore_index;
+    char format[16];
+    char **images, **masks;  /* full paths, sorted by image file name */
+    int32_t label_of[256];   /* raw mask value -> class id, ignore_index, or LABEL_BAD */
+    data_cache *cache;
+};
+
+#define LABEL_BAD INT32_MIN
+
+/* Rebuilds label_of from classes, ignore_index and the format (ade20k: 0 = ignore). */
+void data_label_map(camo_dataset *ds);
+void data_cache_free(data_cache *c);
+
+#endif

@@ -1,0 +1,226 @@
+/* replica.c: one replica's model, its slice of every global batch, the gradient exchange
+ * and the optimizer step (see replica.h). DESIGN.md "Training semantics" 1-6: losses are
+ * local sums over the GLOBAL count, gradients are SUM-reduced, so N replicas take the
+ * same step as one replica on the whole batch. */
+#include "camo/replica.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "camo/common.h"
+#include "camo/train.h"
+
+int camo_replica_init(camo_replica *r, const camo_config *c, const camo_ckpt *ck,
+                      camo_backend *be, int rank, int size, int local_batch,
+                      char **network_text) {
+    memset(r, 0, sizeof *r);
+    r->rank = rank;
+    r->size = size;
+    r->be = be;
+    r->dp = !strcmp(c->parallel.mode, "dp");
+    r->sync_bn = c->parallel.sync_bn;
+    if (ck) {
+        if (network_text) *network_text = camo_strdup(ck->network_text);
+        r->net = camo_build_net_from_text(ck->network_text, ck->path, be);
+    } else {
+        r->net = camo_build_net(c, be, network_text);
+    }
+    if (!r->net) return -1;
+    int S = c->data.aug.size;
+    camo_loss_kind kind;
+    if (camo_loss_parse(c->train.loss, &kind)) return -1;
+    if (camo_net_set_input_size(r->net, CAMO_MAX(local_batch, 1), S, S) ||
+        camo_loss_check(r->net, kind, c->train.deep_supervision))
+        return -1;
+    camo_net_init_weights(r->net, c->seed);
+    if (ck && camo_ckpt_load_weights(ck, r->net, 0)) return -1;
+    r->opt = camo_optim_create(r->net, c);
+    if (ck && camo_ckpt_load_optim(ck, r->net, r->opt)) return -1;
+    size_t plane = (size_t)S * S, nb = (size_t)CAMO_MAX(local_batch, 1);
+    r->target = be->alloc(be, nb * plane * sizeof(float));
+    r->labels = be->alloc(be, nb * plane * sizeof(int32_t));
+    r->loss_dev = be->alloc(be, sizeof(float));
+    return r->target && r->labels && r->loss_dev ? 0 : -1;
+}
+
+/* net->bn_sync: global BN sums (and row count) across replicas */
+static void bn_sync(void *ctx, float *data, size_t n, double *count) {
+    camo_replica *r = ctx;
+    if (r->bn_error) return;
+    if (r->ctl->all_reduce_sum(r->ctl, data, n) ||
+        (count && r->ctl->all_reduce_host(r->ctl, count, 1)))
+        r->bn_error = 1;
+}
+
+int camo_replica_attach(camo_replica *r, const camo_config *c, camo_comm *comm,
+                        camo_comm *ctl) {
+    r->comm = comm;
+    r->ctl = ctl;
+    if (r->size == 1) return 0;
+    if (r->sync_bn) {
+        r->net->bn_sync = bn_sync;
+        r->net->bn_sync_ctx = r;
+    }
+    if (!r->dp) {
+        if (camo_ddp_init(&r->ddp, r->net, comm, 1.0, c->parallel.bucket_mb)) return -1;
+        r->ddp_on = 1;
+    }
+    return 0;
+}
+
+/* ---- identical start ---- */
+
+static uint32_t fnv_bytes(uint32_t h, const void *p, size_t n) {
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 16777619u;
+    return h;
+}
+
+static uint32_t weights_checksum(camo_replica *r) {
+    camo_net *net = r->net;
+    size_t nw = net->n_weight_floats, nb = net->n_buffer_floats;
+    float *host = camo_malloc((CAMO_MAX(nw, nb) + 1) * sizeof(float));
+    r->be->download(r->be, host, net->param_block, nw * sizeof(float));
+    uint32_t h = fnv_bytes(2166136261u, host, nw * sizeof(float));
+    if (nb) {
+        r->be->download(r->be, host, net->buffer_block, nb * sizeof(float));
+        h = fnv_bytes(h, host, nb * sizeof(float));
+    }
+    free(host);
+    return h;
+}
+
+/* Test hook CAMO_TEST_CORRUPT_REPLICA=r: replica r's weights differ after the broadcast */
+static void corrupt_for_test(camo_replica *r) {
+    const char *e = getenv("CAMO_TEST_CORRUPT_REPLICA");
+    if (!e || atoi(e) != r->rank || !r->net->n_weight_floats) return;
+    float v;
+    r->be->download(r->be, &v, r->net->param_block, sizeof v);
+    v += 1.0f;
+    r->be->upload(r->be, r->net->param_block, &v, sizeof v);
+}
+
+int camo_replica_sync_start(camo_replica *r) {
+    if (r->size == 1) return 0;
+    camo_net *net = r->net;
+    if (r->comm->broadcast(r->comm, net->param_block, net->n_weight_floats, 0) ||
+        (net->n_buffer_floats &&
+         r->comm->broadcast(r->comm, net->buffer_block, net->n_buffer_floats, 0)) ||
+        r->comm->wait(r->comm))
+        return -1;
+    corrupt_for_test(r);
+    /* all equal <=> (sum x)^2 == N sum x^2, exact in doubles for 16-bit halves */
+    uint32_t h = weights_checksum(r);
+    double hi = h >> 16, lo = h & 0xffff;
+    double v[4] = {hi, lo, hi * hi, lo * lo};
+    if (r->ctl->all_reduce_host(r->ctl, v, 4)) return -1;
+    if (v[0] * v[0] != r->size * v[2] || v[1] * v[1] != r->size * v[3]) {
+        CAMO_ERR("replica %d: weights differ between replicas after the broadcast from replica "
+                 "0 (checksum %08x); refusing to train diverging replicas", r->rank, h);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- one micro-batch ---- */
+
+void camo_replica_slice(int n, int rank, int size, int *lo, int *count) {
+    int base = n / size, extra = n % size;
+    *count = base + (rank < extra);
+    *lo = rank * base + CAMO_MIN(rank, extra);
+}
+
+int camo_replica_micro_batch(camo_replica *r, const camo_config *c, camo_loss_kind loss,
+                             const camo_batch *b, double norm_images, double norm_pixels,
+                             int last_micro) {
+    camo_net *net = r->net;
+    camo_backend *be = r->be;
+    int lo, n;
+    camo_replica_slice(b->n, r->rank, r->size, &lo, &n);
+    size_t plane = (size_t)b->size * b->size;
+    if (r->ddp_on && last_micro) camo_ddp_arm(&r->ddp);
+    /* an empty slice contributes zero gradients; with sync-BN it still runs (0 rows) so
+     * that it joins the BN collectives of every layer */
+    if (n > 0 || r->sync_bn) {
+        be->upload(be, net->input, b->image + (size_t)lo * plane * 3, (size_t)n * plane * 3 * sizeof(float));
+        if (loss == LOSS_CE)
+            be->upload(be, r->labels, b->labels + (size_t)lo * plane, (size_t)n * plane * sizeof(int32_t));
+        else
+            be->upload(be, r->target, b->mask + (size_t)lo * plane, (size_t)n * plane * sizeof(float));
+        camo_net_forward(net, n, 1);
+        camo_net_zero_act_grads(net);
+        camo_loss_forward_backward(net, loss, c->train.deep_supervision, n, r->target, r->labels,
+                                   c->data.ignore_index, norm_images, norm_pixels, r->loss_dev);
+        camo_net_backward(net, n);
+    }
+    if (r->bn_error) return -1;
+    return 0;
+}
+
+/* ---- the step ---- */
+
+/* Sums the gradients: DDP waits for its buckets, DP reduces to replica 0. */
+static int exchange_grads(camo_replica *r) {
+    camo_net *net = r->net;
+    double t0 = camo_now();
+    int rc = 0;
+    r->comm_s = r->wait_s = 0;
+    if (r->ddp_on) {
+        rc = camo_ddp_finish(&r->ddp, &r->comm_s);
+        r->wait_s = camo_now() - t0;
+    } else if (r->dp) {
+        rc = r->comm->reduce_to_root(r->comm, net->grad_block, net->n_weight_floats, 0) ||
+             r->comm->wait(r->comm);
+        r->comm_s = r->wait_s = camo_now() - t0;
+    }
+    return rc ? -1 : 0;
+}
+
+static void update(camo_replica *r, const camo_config *c, double lr, double *grad_norm) {
+    double scale = 1.0;
+    *grad_norm = NAN;
+    if (c->train.clip_grad_norm > 0) {
+        *grad_norm = camo_grad_norm(r->net, r->opt);
+        if (*grad_norm > c->train.clip_grad_norm)
+            scale = c->train.clip_grad_norm / (*grad_norm + 1e-6);
+    }
+    camo_optim_step(r->net, r->opt, lr, scale);
+}
+
+int camo_replica_step(camo_replica *r, const camo_config *c, double lr, double *loss,
+                      double *grad_norm) {
+    camo_net *net = r->net;
+    *grad_norm = NAN;
+    if (r->size > 1 && exchange_grads(r)) return -1;
+    float l = 0;
+    r->be->download(r->be, &l, r->loss_dev, sizeof l);
+    r->be->zero(r->be, r->loss_dev, sizeof(float));
+    double total = l;
+    if (r->size > 1 && r->ctl->all_reduce_host(r->ctl, &total, 1)) return -1;
+    *loss = total;
+    if (!r->dp || r->rank == 0 || r->size == 1) update(r, c, lr, grad_norm);
+    camo_net_zero_param_grads(net);
+    if (r->dp && r->size > 1) { /* DP: replica 0 stepped; everyone takes its weights */
+        double t0 = camo_now();
+        if (r->comm->broadcast(r->comm, net->param_block, net->n_weight_floats, 0) ||
+            r->comm->wait(r->comm))
+            return -1;
+        double dt = camo_now() - t0;
+        r->comm_s += dt;
+        r->wait_s += dt;
+    }
+    return 0;
+}
+
+void camo_replica_free(camo_replica *r) {
+    if (r->ddp_on) camo_ddp_free(&r->ddp);
+    if (r->be) {
+        if (r->target) r->be->free(r->be, r->target);
+        if (r->labels) r->be->free(r->be, r->labels);
+        if (r->loss_dev) r->be->free(r->be, r->loss_dev);
+        if (r->net) camo_optim_free(r->net, r->opt);
+        camo_net_free(r->net);
+        r->be->destroy(r->be);
+    }
+    memset(r, 0, sizeof *r);
+}

@@ -1,0 +1,631 @@
+/* test_cuda_parity.c: every op of the CUDA backend against the CPU backend (the reference)
+ * on small odd shapes, whole unet_s / fpn_r18 training steps, the caching allocator (no
+ * cudaMalloc after warm-up), a bf16 loss curve, and the local / nccl comms. Every test is
+ * skipped (and counted as skipped) when no GPU is usable.
+ * Tolerances (fp32): per op 1e-4 relative, with a floor of 1e-2 of the tensor's largest
+ * magnitude so that values near zero are compared absolutely (summation order differs);
+ * whole-network steps: relative L2 error 1e-4 on outputs and 5e-4 on gradients
+ * (hundreds of layers of reordered sums); bf16: every loss of a 15-step SGD curve
+ * within 5% of the fp32 CPU curve, and the curve must go down. */
+#include "camo/backend.h"
+#include "camo/comm.h"
+#include "camo/common.h"
+#include "camo/cuda.h"
+#include "camo/loss.h"
+#include "camo/net.h"
+
+#include <pthread.h>
+
+#include "test_util.h"
+
+#define TOL 1e-4
+
+static camo_backend *cpu, *gpu;
+
+static int setup(void **state) {
+    (void)state;
+    cpu = camo_backend_cpu_create(2);
+    if (camo_cuda_device_count() > 0) {
+        gpu = camo_backend_cuda_create(0);
+        if (!gpu) fprintf(stderr, "GPU present but unusable: %s\n", camo_last_error());
+    }
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    if (gpu) gpu->destroy(gpu);
+    cpu->destroy(cpu);
+    return 0;
+}
+
+#define NEED_GPU()               \
+    do {                         \
+        if (!gpu) { skip(); }    \
+    } while (0)
+
+/* ---- a tensor held by both backends ---- */
+
+typedef struct { float *c, *g; size_t n; } tt;
+
+static tt tt_new(size_t n, uint32_t seed, float lo, float hi) {
+    tt t = {cpu->alloc(cpu, n * 4 + 4), gpu->alloc(gpu, n * 4 + 4), n};
+    tu_fill(t.c, n, seed, lo, hi);
+    gpu->upload(gpu, t.g, t.c, n * 4);
+    return t;
+}
+
+static tt tt_zero(size_t n) { return tt_new(n, 0, 0, 0); }
+
+static void tt_free(tt *t) {
+    cpu->free(cpu, t->c);
+    gpu->free(gpu, t->g);
+}
+
+/* downloads the GPU copy and compares it with the CPU one */
+static void tt_check(const tt *t, double tol, const char *what) {
+    float *h = malloc(t->n * 4 + 4);
+    gpu->download(gpu, h, t->g, t->n * 4);
+    assert_int_equal(camo_cuda_backend_status(gpu), 0);
+    double mx = 0;
+    for (size_t i = 0; i < t->n; i++) mx = fmax(mx, fabs(t->c[i]));
+    TU_ASSERT_CLOSE(h, t->c, t->n, fmax(1e-6, 1e-2 * mx), tol, what);
+    free(h);
+}
+
+/* ---- gemm and convolution ---- */
+
+static void test_gemm(void **state) {
+    (void)state;
+    NEED_GPU();
+    int M = 7, N = 5, K = 9;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            tt A = tt_new(M * K, 1, -1, 1), B = tt_new(K * N, 2, -1, 1);
+            tt C = tt_new(M * N, 3, -1, 1);
+            int lda = ta ? M : K, ldb = tb ? K : N;
+            cpu->gemm(cpu, ta, tb, M, N, K, 0.7f, A.c, lda, B.c, ldb, 0.5f, C.c, N);
+            gpu->gemm(gpu, ta, tb, M, N, K, 0.7f, A.g, lda, B.g, ldb, 0.5f, C.g, N);
+            tt_check(&C, TOL, "gemm");
+            tt_free(&A), tt_free(&B), tt_free(&C);
+        }
+}
+
+static void conv_case(camo_conv_desc d, const char *what) {
+    assert_int_equal(camo_conv_desc_finish(&d), 0);
+    size_t nx = (size_t)d.N * d.H * d.W * d.C, ny = (size_t)d.N * d.P * d.Q * d.K;
+    size_t nw = (size_t)d.K * d.R * d.S * (d.C / d.groups);
+    tt x = tt_new(nx, 11, -1, 1), w = tt_new(nw, 12, -0.5f, 0.5f), b = tt_new(d.K, 13, -1, 1);
+    tt y = tt_zero(ny), dy = tt_new(ny, 14, -1, 1);
+    tt dx = tt_new(nx, 15, -1, 1), dw = tt_new(nw, 16, -1, 1), db = tt_new(d.K, 17, -1, 1);
+    cpu->conv2d_forward(cpu, &d, y.c, x.c, w.c, b.c);
+    gpu->conv2d_forward(gpu, &d, y.g, x.g, w.g, b.g);
+    cpu->conv2d_backward_data(cpu, &d, dx.c, dy.c, w.c);
+    gpu->conv2d_backward_data(gpu, &d, dx.g, dy.g, w.g);
+    cpu->conv2d_backward_filter(cpu, &d, dw.c, db.c, dy.c, x.c);
+    gpu->conv2d_backward_filter(gpu, &d, dw.g, db.g, dy.g, x.g);
+    fprintf(stderr, "  conv %s\n", what);
+    tt_check(&y, TOL, "conv forward");
+    tt_check(&dx, TOL, "conv backward data");
+    tt_check(&dw, TOL, "conv backward filter");
+    tt_check(&db, TOL, "conv backward bias");
+    tt_free(&x), tt_free(&w), tt_free(&b), tt_free(&y), tt_free(&dy);
+    tt_free(&dx), tt_free(&dw), tt_free(&db);
+}
+
+static void test_conv(void **state) {
+    (void)state;
+    NEED_GPU();
+    /* N,H,W,C, K,R,S, stride h/w, pad h/w, dil h/w, groups */
+    conv_case((camo_conv_desc){2, 9, 7, 6, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0, 0}, "3x3");
+    conv_case((camo_conv_desc){2, 9, 7, 6, 5, 3, 3, 2, 2, 1, 1, 1, 1, 1, 0, 0}, "stride 2");
+    conv_case((camo_conv_desc){1, 11, 10, 4, 3, 3, 3, 1, 1, 2, 2, 2, 2, 1, 0, 0}, "dilation 2");
+    conv_case((camo_conv_desc){2, 7, 9, 6, 4, 3, 3, 1, 1, 1, 1, 1, 1, 2, 0, 0}, "groups 2");
+    conv_case((camo_conv_desc){2, 8, 7, 6, 6, 3, 3, 1, 1, 1, 1, 1, 1, 6, 0, 0}, "depthwise");
+    conv_case((camo_conv_desc){1, 8, 7, 3, 6, 3, 3, 2, 1, 1, 1, 1, 1, 3, 0, 0}, "depthwise x2");
+    conv_case((camo_conv_desc){2, 5, 7, 7, 9, 1, 1, 1, 1, 0, 0, 1, 1, 1, 0, 0}, "1x1");
+    conv_case((camo_conv_desc){2, 9, 7, 5, 3, 1, 1, 2, 2, 0, 0, 1, 1, 1, 0, 0}, "1x1 stride 2");
+    conv_case((camo_conv_desc){1, 10, 9, 3, 4, 5, 3, 1, 2, 2, 1, 1, 1, 1, 0, 0}, "5x3 asym");
+    conv_case((camo_conv_desc){2, 13, 11, 3, 8, 7, 7, 2, 2, 3, 3, 1, 1, 1, 0, 0}, "7x7 stem");
+}
+
+/* ---- normalisation ---- */
+
+static void test_batchnorm(void **state) {
+    (void)state;
+    NEED_GPU();
+    int M = 77, C = 37;
+    double count = M;
+    tt x = tt_new((size_t)M * C, 21, -2, 3), stats = tt_zero(2 * C), mean = tt_zero(C);
+    tt inv = tt_zero(C), rm = tt_new(C, 22, -1, 1), rv = tt_new(C, 23, 0.5f, 2);
+    tt gam = tt_new(C, 24, 0.5f, 1.5f), bet = tt_new(C, 25, -1, 1), y = tt_zero((size_t)M * C);
+    tt dy = tt_new((size_t)M * C, 26, -1, 1), sums = tt_zero(2 * C);
+    tt dx = tt_new((size_t)M * C, 27, -1, 1), dx2 = tt_new((size_t)M * C, 28, -1, 1);
+    camo_backend *bes[2] = {cpu, gpu};
+    for (int k = 0; k < 2; k++) {
+        camo_backend *be = bes[k];
+#define P(t) (k ? (t).g : (t).c)
+        be->bn_stats(be, M, C, P(stats), P(x));
+        be->bn_finalize(be, C, P(stats), count, 1e-5f, 0.1f, P(mean), P(inv), P(rm), P(rv));
+        be->bn_apply(be, M, C, P(y), P(x), P(mean), P(inv), P(gam), P(bet));
+        be->bn_backward_reduce(be, M, C, P(sums), P(dy), P(x), P(mean), P(inv));
+        be->bn_backward_data(be, M, C, P(dx), P(dy), P(x), P(mean), P(inv), P(gam), P(sums),
+                             count);
+        be->bn_backward_data_frozen(be, M, C, P(dx2), P(dy), P(inv), NULL);
+#undef P
+    }
+    tt_check(&stats, TOL, "bn_stats");
+    tt_check(&mean, TOL, "bn mean");
+    tt_check(&inv, TOL, "bn invstd");
+    tt_check(&rm, TOL, "bn running_mean");
+    tt_check(&rv, TOL, "bn running_var");
+    tt_check(&y, TOL, "bn_apply");
+    tt_check(&sums, TOL, "bn_backward_reduce");
+    tt_check(&dx, TOL, "bn_backward_data");
+    tt_check(&dx2, TOL, "bn_backward_data_frozen");
+    cpu->bn_eval_params(cpu, C, rm.c, rv.c, 1e-5f, mean.c, inv.c);
+    gpu->bn_eval_params(gpu, C, rm.g, rv.g, 1e-5f, mean.g, inv.g);
+    tt_check(&inv, TOL, "bn_eval_params");
+    tt *all[] = {&x, &stats, &mean, &inv, &rm, &rv, &gam, &bet, &y, &dy, &sums, &dx, &dx2};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) tt_free(all[i]);
+}
+
+static void test_layernorm(void **state) {
+    (void)state;
+    NEED_GPU();
+    int M = 45, C = 67;
+    tt x = tt_new((size_t)M * C, 31, -2, 2), y = tt_zero((size_t)M * C), mu = tt_zero(M);
+    tt rs = tt_zero(M), g = tt_new(C, 32, 0.5f, 1.5f), b = tt_new(C, 33, -1, 1);
+    tt dy = tt_new((size_t)M * C, 34, -1, 1), dx = tt_new((size_t)M * C, 35, -1, 1);
+    tt dg = tt_new(C, 36, -1, 1), db = tt_new(C, 37, -1, 1);
+    cpu->layernorm_forward(cpu, M, C, y.c, mu.c, rs.c, x.c, g.c, b.c, 1e-6f);
+    gpu->layernorm_forward(gpu, M, C, y.g, mu.g, rs.g, x.g, g.g, b.g, 1e-6f);
+    cpu->layernorm_backward(cpu, M, C, dx.c, dg.c, db.c, dy.c, x.c, mu.c, rs.c, g.c);
+    gpu->layernorm_backward(gpu, M, C, dx.g, dg.g, db.g, dy.g, x.g, mu.g, rs.g, g.g);
+    tt_check(&y, TOL, "layernorm y");
+    tt_check(&rs, TOL, "layernorm rstd");
+    tt_check(&dx, TOL, "layernorm dx");
+    tt_check(&dg, TOL, "layernorm dgamma");
+    tt_check(&db, TOL, "layernorm dbeta");
+    tt *all[] = {&x, &y, &mu, &rs, &g, &b, &dy, &dx, &dg, &db};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) tt_free(all[i]);
+}
+
+/* ---- elementwise ---- */
+
+static void test_activations(void **state) {
+    (void)state;
+    NEED_GPU();
+    size_t n = 1001;
+    for (int a = CAMO_ACT_IDENTITY; a <= CAMO_ACT_TANH; a++) {
+        tt x = tt_new(n, 41 + a, -6, 6), y = tt_zero(n), dy = tt_new(n, 50, -1, 1);
+        tt dx = tt_new(n, 51, -1, 1), dx2 = tt_new(n, 52, -1, 1);
+        cpu->act_forward(cpu, (camo_act)a, 0.1f, n, y.c, x.c);
+        gpu->act_forward(gpu, (camo_act)a, 0.1f, n, y.g, x.g);
+        cpu->act_backward(cpu, (camo_act)a, 0.1f, n, dx.c, dy.c, x.c, y.c);
+        gpu->act_backward(gpu, (camo_act)a, 0.1f, n, dx.g, dy.g, x.g, y.g);
+        cpu->act_backward(cpu, (camo_act)a, 0.1f, n, dx2.c, dy.c, x.c, NULL);
+        gpu->act_backward(gpu, (camo_act)a, 0.1f, n, dx2.g, dy.g, x.g, NULL);
+        fprintf(stderr, "  activation %d\n", a);
+        tt_check(&y, TOL, "act forward");
+        tt_check(&dx, TOL, "act backward");
+        tt_check(&dx2, TOL, "act backward (no y)");
+        tt_free(&x), tt_free(&y), tt_free(&dy), tt_free(&dx), tt_free(&dx2);
+    }
+}
+
+static void test_arith(void **state) {
+    (void)state;
+    NEED_GPU();
+    size_t n = 1234;
+    tt a = tt_new(n, 61, -1, 1), b = tt_new(n, 62, -1, 1), y = tt_zero(n);
+    cpu->add(cpu, n, y.c, a.c, b.c), gpu->add(gpu, n, y.g, a.g, b.g);
+    tt_check(&y, TOL, "add");
+    cpu->axpy(cpu, n, -0.3f, a.c, b.c), gpu->axpy(gpu, n, -0.3f, a.g, b.g);
+    tt_check(&b, TOL, "axpy");
+    cpu->scale(cpu, n, 1.7f, a.c), gpu->scale(gpu, n, 1.7f, a.g);
+    tt_check(&a, TOL, "scale");
+    tt_free(&a), tt_free(&b), tt_free(&y);
+}
+
+static void test_mul(void **state) {
+    (void)state;
+    NEED_GPU();
+    int N = 2, HW = 35, C = 13;
+    size_t n = (size_t)N * HW * C, nb[3] = {n, (size_t)N * HW, (size_t)N * C};
+    for (int mode = 0; mode < 3; mode++) {
+        tt a = tt_new(n, 71, -1, 1), b = tt_new(nb[mode], 72, -1, 1), y = tt_zero(n);
+        tt dy = tt_new(n, 73, -1, 1), da = tt_new(n, 74, -1, 1), db = tt_new(nb[mode], 75, -1, 1);
+        cpu->mul_forward(cpu, (camo_bcast)mode, N, HW, C, y.c, a.c, b.c);
+        gpu->mul_forward(gpu, (camo_bcast)mode, N, HW, C, y.g, a.g, b.g);
+        cpu->mul_backward(cpu, (camo_bcast)mode, N, HW, C, da.c, db.c, dy.c, a.c, b.c);
+        gpu->mul_backward(gpu, (camo_bcast)mode, N, HW, C, da.g, db.g, dy.g, a.g, b.g);
+        fprintf(stderr, "  mul mode %d\n", mode);
+        tt_check(&y, TOL, "mul forward");
+        tt_check(&da, TOL, "mul da");
+        tt_check(&db, TOL, "mul db");
+        tt_free(&a), tt_free(&b), tt_free(&y), tt_free(&dy), tt_free(&da), tt_free(&db);
+    }
+}
+
+static void test_slice_softmax(void **state) {
+    (void)state;
+    NEED_GPU();
+    int M = 29, Cd = 11, off = 3, Cs = 5;
+    tt dst = tt_new((size_t)M * Cd, 81, -1, 1), src = tt_new((size_t)M * Cs, 82, -1, 1);
+    cpu->channel_slice(cpu, 0, M, Cd, off, Cs, dst.c, src.c);
+    gpu->channel_slice(gpu, 0, M, Cd, off, Cs, dst.g, src.g);
+    tt_check(&dst, TOL, "channel_slice forward");
+    cpu->channel_slice(cpu, 1, M, Cd, off, Cs, dst.c, src.c);
+    gpu->channel_slice(gpu, 1, M, Cd, off, Cs, dst.g, src.g);
+    tt_check(&src, TOL, "channel_slice backward");
+    int C = 19;
+    tt x = tt_new((size_t)M * C, 83, -5, 5), y = tt_zero((size_t)M * C);
+    tt dy = tt_new((size_t)M * C, 84, -1, 1), dx = tt_new((size_t)M * C, 85, -1, 1);
+    cpu->softmax_forward(cpu, M, C, y.c, x.c), gpu->softmax_forward(gpu, M, C, y.g, x.g);
+    cpu->softmax_backward(cpu, M, C, dx.c, dy.c, y.c);
+    gpu->softmax_backward(gpu, M, C, dx.g, dy.g, y.g);
+    tt_check(&y, TOL, "softmax forward");
+    tt_check(&dx, TOL, "softmax backward");
+    tt_free(&dst), tt_free(&src), tt_free(&x), tt_free(&y), tt_free(&dy), tt_free(&dx);
+}
+
+/* ---- pooling and resizing ---- */
+
+static void pool_case(camo_pool_desc d, const char *what) {
+    assert_int_equal(camo_pool_desc_finish(&d), 0);
+    size_t nx = (size_t)d.N * d.H * d.W * d.C, ny = (size_t)d.N * d.P * d.Q * d.C;
+    tt x = tt_new(nx, 91, -1, 1), y = tt_zero(ny), dy = tt_new(ny, 92, -1, 1);
+    tt dx = tt_new(nx, 93, -1, 1), am = tt_zero(ny);
+    cpu->pool_forward(cpu, &d, y.c, (int *)am.c, x.c);
+    gpu->pool_forward(gpu, &d, y.g, (int *)am.g, x.g);
+    cpu->pool_backward(cpu, &d, dx.c, dy.c, (int *)am.c);
+    gpu->pool_backward(gpu, &d, dx.g, dy.g, (int *)am.g);
+    fprintf(stderr, "  pool %s\n", what);
+    tt_check(&y, TOL, "pool forward");
+    tt_check(&dx, TOL, "pool backward");
+    if (d.type == CAMO_POOL_MAX) {
+        int *h = malloc(ny * sizeof(int));
+        gpu->download(gpu, h, am.g, ny * sizeof(int));
+        assert_memory_equal(h, am.c, ny * sizeof(int));
+        free(h);
+    }
+    tt_free(&x), tt_free(&y), tt_free(&dy), tt_free(&dx), tt_free(&am);
+}
+
+static void test_pool(void **state) {
+    (void)state;
+    NEED_GPU();
+    /* type, N,H,W,C, R,S, stride h/w, pad h/w, count_include_pad */
+    pool_case((camo_pool_desc){CAMO_POOL_MAX, 2, 9, 7, 5, 3, 3, 2, 2, 1, 1, 1, 0, 0}, "max 3/2/1");
+    pool_case((camo_pool_desc){CAMO_POOL_MAX, 1, 8, 8, 3, 2, 2, 2, 2, 0, 0, 1, 0, 0}, "max 2/2");
+    pool_case((camo_pool_desc){CAMO_POOL_AVG, 2, 9, 7, 5, 3, 3, 2, 1, 1, 1, 1, 0, 0}, "avg pad");
+    pool_case((camo_pool_desc){CAMO_POOL_AVG, 2, 9, 7, 5, 3, 3, 2, 1, 1, 1, 0, 0, 0}, "avg nopad");
+    pool_case((camo_pool_desc){CAMO_POOL_AVG, 1, 10, 6, 4, 5, 5, 1, 1, 2, 2, 1, 0, 0}, "avg 5");
+}
+
+static void test_adaptive_resize(void **state) {
+    (void)state;
+    NEED_GPU();
+    int shapes[][4] = {{9, 7, 4, 3}, {3, 5, 5, 7}, {8, 8, 1, 1}, {7, 6, 6, 3}};
+    for (int s = 0; s < 4; s++) {
+        int N = 2, C = 5, H = shapes[s][0], W = shapes[s][1], P = shapes[s][2], Q = shapes[s][3];
+        size_t nx = (size_t)N * H * W * C, ny = (size_t)N * P * Q * C;
+        tt x = tt_new(nx, 101, -1, 1), y = tt_zero(ny), dy = tt_new(ny, 102, -1, 1);
+        tt dx = tt_new(nx, 103, -1, 1);
+        cpu->adaptive_avg_forward(cpu, N, H, W, C, P, Q, y.c, x.c);
+        gpu->adaptive_avg_forward(gpu, N, H, W, C, P, Q, y.g, x.g);
+        cpu->adaptive_avg_backward(cpu, N, H, W, C, P, Q, dx.c, dy.c);
+        gpu->adaptive_avg_backward(gpu, N, H, W, C, P, Q, dx.g, dy.g);
+        tt_check(&y, TOL, "adaptive avg forward");
+        tt_check(&dx, TOL, "adaptive avg backward");
+        for (int ac = 0; ac < 2; ac++)
+            for (int sf = 0; sf < 2; sf++) {
+                float sh = sf && !ac ? (float)P / H : 0, sw = sf && !ac ? (float)Q / W : 0;
+                cpu->resize_forward(cpu, N, H, W, C, P, Q, ac, sh, sw, y.c, x.c);
+                gpu->resize_forward(gpu, N, H, W, C, P, Q, ac, sh, sw, y.g, x.g);
+                cpu->resize_backward(cpu, N, H, W, C, P, Q, ac, sh, sw, dx.c, dy.c);
+                gpu->resize_backward(gpu, N, H, W, C, P, Q, ac, sh, sw, dx.g, dy.g);
+                tt_check(&y, TOL, "resize forward");
+                tt_check(&dx, TOL, "resize backward");
+            }
+        tt_free(&x), tt_free(&y), tt_free(&dy), tt_free(&dx);
+    }
+}
+
+/* ---- losses ---- */
+
+static void test_losses(void **state) {
+    (void)state;
+    NEED_GPU();
+    int N = 2, H = 41, W = 37, C = 5;
+    size_t n = (size_t)N * H * W;
+    tt x = tt_new(n, 111, -4, 4), t = tt_new(n, 112, 0, 1), loss = tt_zero(1);
+    tt dx = tt_new(n, 113, -1e-3f, 1e-3f);
+    for (size_t i = 0; i < n; i++) t.c[i] = t.c[i] > 0.6f; /* a binary mask */
+    gpu->upload(gpu, t.g, t.c, n * 4);
+    for (int k = 0; k < 3; k++) {
+        camo_backend *bes[2] = {cpu, gpu};
+        for (int b = 0; b < 2; b++) {
+            camo_backend *be = bes[b];
+            float *X = b ? x.g : x.c, *T = b ? t.g : t.c, *L = b ? loss.g : loss.c;
+            float *D = b ? dx.g : dx.c;
+            if (k == 0) be->loss_bce_logits(be, N, H, W, L, D, X, T, (float)n * 2);
+            if (k == 1) be->loss_structure(be, N, H, W, L, D, X, T, 3.0f);
+            if (k == 2) be->loss_dice(be, N, H, W, L, D, X, T, 3.0f);
+        }
+        fprintf(stderr, "  loss %d\n", k);
+        tt_check(&loss, TOL, "loss value");
+        tt_check(&dx, TOL, "loss gradient");
+    }
+    tt lx = tt_new(n * C, 114, -3, 3), ldx = tt_zero(n * C), lab = tt_zero(n);
+    int *lc = (int *)lab.c;
+    for (size_t i = 0; i < n; i++) lc[i] = i % 7 == 3 ? 255 : (int)(i * 2654435761u % C);
+    gpu->upload(gpu, lab.g, lab.c, n * 4);
+    cpu->loss_cross_entropy(cpu, N, H, W, C, loss.c, ldx.c, lx.c, lc, 255, 1000.0f);
+    gpu->loss_cross_entropy(gpu, N, H, W, C, loss.g, ldx.g, lx.g, (int *)lab.g, 255, 1000.0f);
+    tt_check(&loss, TOL, "cross-entropy value");
+    tt_check(&ldx, TOL, "cross-entropy gradient");
+    tt_free(&x), tt_free(&t), tt_free(&loss), tt_free(&dx), tt_free(&lx), tt_free(&ldx);
+    tt_free(&lab);
+}
+
+/* ---- optimizer ---- */
+
+static void test_optim(void **state) {
+    (void)state;
+    NEED_GPU();
+    size_t n = 40000; /* more than two sumsq blocks */
+    tt w = tt_new(n, 121, -1, 1), g = tt_new(n, 122, -1, 1), m = tt_new(n, 123, -1, 1);
+    tt v = tt_new(n, 124, 0, 1), ema = tt_new(n, 125, -1, 1), s = tt_zero(1);
+    cpu->sumsq(cpu, n, s.c, g.c), gpu->sumsq(gpu, n, s.g, g.g);
+    tt_check(&s, TOL, "sumsq");
+    for (int step = 1; step <= 3; step++) {
+        cpu->sgd_step(cpu, n, w.c, g.c, m.c, 0.1f, 0.9f, step == 2, 1e-4f, 0.5f, step == 1);
+        gpu->sgd_step(gpu, n, w.g, g.g, m.g, 0.1f, 0.9f, step == 2, 1e-4f, 0.5f, step == 1);
+        cpu->adamw_step(cpu, n, w.c, g.c, m.c, v.c, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 1, step);
+        gpu->adamw_step(gpu, n, w.g, g.g, m.g, v.g, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 1, step);
+        cpu->ema_update(cpu, n, ema.c, w.c, 0.99f), gpu->ema_update(gpu, n, ema.g, w.g, 0.99f);
+    }
+    tt_check(&w, TOL, "optimizer weights");
+    tt_check(&m, TOL, "optimizer m");
+    tt_check(&v, TOL, "optimizer v");
+    tt_check(&ema, TOL, "ema");
+    tt_free(&w), tt_free(&g), tt_free(&m), tt_free(&v), tt_free(&ema), tt_free(&s);
+}
+
+/* ---- whole networks ---- */
+
+typedef struct net_run {
+    camo_net *net;
+    float *target, *loss;
+} net_run;
+
+static int net_open(net_run *r, camo_backend *be, const char *cfg, int N, int S) {
+    r->net = camo_net_load(cfg, be, 0);
+    if (!r->net || camo_net_set_input_size(r->net, N, S, S)) {
+        fprintf(stderr, "%s: %s\n", cfg, camo_last_error());
+        return -1;
+    }
+    camo_net_init_weights(r->net, 1234);
+    size_t plane = (size_t)N * S * S;
+    float *img = malloc(plane * 3 * 4), *mask = malloc(plane * 4);
+    tu_fill(img, plane * 3, 7, -2, 2);
+    for (size_t i = 0; i < plane; i++) mask[i] = (i / S % S) * (i % S) % 11 < 4; /* blobs */
+    r->target = be->alloc(be, plane * 4);
+    r->loss = be->alloc(be, 4);
+    be->upload(be, r->net->input, img, plane * 3 * 4);
+    be->upload(be, r->target, mask, plane * 4);
+    free(img), free(mask);
+    return 0;
+}
+
+static float net_step(net_run *r, int N, int S) {
+    camo_backend *be = r->net->be;
+    float loss = 0;
+    be->zero(be, r->loss, 4);
+    camo_net_zero_param_grads(r->net);
+    camo_net_forward(r->net, N, 1);
+    camo_net_zero_act_grads(r->net);
+    camo_loss_forward_backward(r->net, LOSS_STRUCTURE, 1, N, r->target, NULL, 255, N,
+                               (double)N * S * S, r->loss);
+    camo_net_backward(r->net, N);
+    be->download(be, &loss, r->loss, 4);
+    return loss;
+}
+
+static void net_close(net_run *r) {
+    camo_backend *be = r->net->be;
+    be->free(be, r->target);
+    be->free(be, r->loss);
+    camo_net_free(r->net);
+}
+
+static double rel_l2(const float *a, const float *b, size_t n) {
+    double d = 0, s = 0;
+    for (size_t i = 0; i < n; i++) {
+        d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        s += (double)b[i] * b[i];
+    }
+    return sqrt(d / (s > 0 ? s : 1));
+}
+
+static void net_case(const char *cfg) {
+    int N = 2, S = 64;
+    net_run c, g;
+    assert_int_equal(net_open(&c, cpu, cfg, N, S), 0);
+    assert_int_equal(net_open(&g, gpu, cfg, N, S), 0);
+    float lc = net_step(&c, N, S), lg = net_step(&g, N, S);
+    fprintf(stderr, "  %s: loss cpu %.7f cuda %.7f\n", cfg, lc, lg);
+    assert_true(fabs(lc - lg) <= TOL * fabs(lc));
+    int H, W, C;
+    float *oc = camo_net_output(c.net, 0, &H, &W, &C);
+    size_t no = (size_t)N * H * W * C, nw = c.net->n_weight_floats;
+    float *h = malloc((no > nw ? no : nw) * 4);
+    gpu->download(gpu, h, camo_net_output(g.net, 0, NULL, NULL, NULL), no * 4);
+    double eo = rel_l2(h, oc, no);
+    gpu->download(gpu, h, g.net->grad_block, nw * 4);
+    double eg = rel_l2(h, c.net->grad_block, nw);
+    fprintf(stderr, "  %s: rel L2 error output %.3g gradients %.3g\n", cfg, eo, eg);
+    assert_true(eo <= 1e-4);
+    assert_true(eg <= 5e-4);
+    /* the caching allocator: a second step takes nothing new from the driver */
+    size_t m0, m1;
+    camo_cuda_mem_stats(gpu, NULL, NULL, &m0);
+    net_step(&g, N, S);
+    camo_cuda_mem_stats(gpu, NULL, NULL, &m1);
+    assert_int_equal(m0, m1);
+    assert_int_equal(camo_cuda_backend_status(gpu), 0);
+    free(h);
+    net_close(&c);
+    net_close(&g);
+}
+
+static void test_unet_s(void **state) {
+    (void)state;
+    NEED_GPU();
+    net_case("conf/models/unet_s.cfg");
+}
+
+static void test_fpn_r18(void **state) {
+    (void)state;
+    NEED_GPU();
+    net_case("conf/models/fpn_r18.cfg");
+}
+
+/* 15 SGD steps on one batch: bf16 convolutions on the GPU vs fp32 on the CPU */
+static void test_bf16_curve(void **state) {
+    (void)state;
+    NEED_GPU();
+    int N = 2, S = 64, steps = 15;
+    net_run r[2];
+    camo_backend *bes[2] = {cpu, gpu};
+    camo_cuda_set_amp(gpu, CAMO_AMP_BF16);
+    float curve[2][15];
+    for (int b = 0; b < 2; b++) {
+        assert_int_equal(net_open(&r[b], bes[b], "conf/models/unet_s.cfg", N, S), 0);
+        size_t nw = r[b].net->n_weight_floats;
+        float *buf = bes[b]->alloc(bes[b], nw * 4);
+        for (int s = 0; s < steps; s++) {
+            curve[b][s] = net_step(&r[b], N, S);
+            bes[b]->sgd_step(bes[b], nw, r[b].net->param_block, r[b].net->grad_block, buf,
+                             0.05f, 0.9f, 0, 0, 1, s == 0);
+        }
+        bes[b]->free(bes[b], buf);
+        net_close(&r[b]);
+    }
+    camo_cuda_set_amp(gpu, CAMO_AMP_OFF);
+    for (int s = 0; s < steps; s++) {
+        fprintf(stderr, "  step %2d loss fp32 cpu %.5f bf16 cuda %.5f\n", s, curve[0][s],
+                curve[1][s]);
+        assert_true(fabs(curve[1][s] - curve[0][s]) <= 0.05 * fabs(curve[0][s]));
+    }
+    assert_true(curve[1][steps - 1] < curve[1][0]);
+}
+
+/* ---- comms: local (two replicas on GPU 0) and nccl over every GPU ---- */
+
+typedef struct comm_arg {
+    camo_comm *c;
+    camo_backend *be;
+    int ok;
+} comm_arg;
+
+enum { COMM_N = 1000 };
+
+/* rank r holds r+1+i*1e-3; checks all-reduce, broadcast, all-gather and the host sum */
+static void *comm_worker(void *p) {
+    comm_arg *a = p;
+    camo_comm *c = a->c;
+    camo_backend *be = a->be;
+    int R = c->size, r = c->rank, ok = 1;
+    float *h = malloc(COMM_N * 4 * R), *d = be->alloc(be, COMM_N * 4);
+    float *o = be->alloc(be, (size_t)COMM_N * 4 * R);
+    for (int i = 0; i < COMM_N; i++) h[i] = r + 1 + i * 1e-3f;
+    be->upload(be, d, h, COMM_N * 4);
+    ok &= c->all_reduce_sum(c, d, COMM_N) == 0 && c->wait(c) == 0;
+    be->download(be, h, d, COMM_N * 4);
+    for (int i = 0; i < COMM_N; i++) {
+        double want = 0;
+        for (int k = 0; k < R; k++) want += k + 1 + i * 1e-3f;
+        ok &= fabs(h[i] - want) <= 1e-5 * want;
+    }
+    for (int i = 0; i < COMM_N; i++) h[i] = (float)(r * 1000 + i);
+    be->upload(be, d, h, COMM_N * 4);
+    ok &= c->broadcast(c, d, COMM_N, R - 1) == 0 && c->wait(c) == 0;
+    be->download(be, h, d, COMM_N * 4);
+    for (int i = 0; i < COMM_N; i++) ok &= h[i] == (float)((R - 1) * 1000 + i);
+    for (int i = 0; i < COMM_N; i++) h[i] = (float)(r * 1000 + i);
+    be->upload(be, d, h, COMM_N * 4);
+    ok &= c->all_gather(c, o, d, COMM_N) == 0 && c->wait(c) == 0;
+    be->download(be, h, o, (size_t)COMM_N * 4 * R);
+    for (int k = 0; k < R; k++)
+        for (int i = 0; i < COMM_N; i++) ok &= h[k * COMM_N + i] == (float)(k * 1000 + i);
+    double hd[2] = {r, 1};
+    ok &= c->all_reduce_host(c, hd, 2) == 0 && hd[0] == R * (R - 1) / 2.0 && hd[1] == R;
+    ok &= c->barrier(c) == 0;
+    if (!ok) fprintf(stderr, "  %s comm rank %d failed: %s\n", c->name, r, camo_last_error());
+    be->free(be, d), be->free(be, o);
+    free(h);
+    a->ok = ok;
+    return NULL;
+}
+
+static void run_comm(int n, const int *devs, int local) {
+    camo_backend *bes[8];
+    void *streams[8];
+    camo_comm *comms[8];
+    comm_arg args[8];
+    pthread_t th[8];
+    for (int i = 0; i < n; i++) {
+        bes[i] = camo_backend_cuda_create(devs[i]);
+        assert_non_null(bes[i]);
+        streams[i] = camo_backend_stream(bes[i]);
+    }
+    int rc = local ? camo_comm_local_create(n, devs, streams, 30, comms)
+                   : camo_comm_nccl_create(n, devs, streams, 30, comms);
+    if (rc) fprintf(stderr, "comm create: %s\n", camo_last_error());
+    assert_int_equal(rc, 0);
+    for (int i = 0; i < n; i++) {
+        args[i] = (comm_arg){comms[i], bes[i], 0};
+        pthread_create(&th[i], NULL, comm_worker, &args[i]);
+    }
+    for (int i = 0; i < n; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < n; i++) assert_true(args[i].ok);
+    /* abort ends every later collective with an error, promptly */
+    comms[0]->abort(comms[0], "test abort");
+    assert_true(comms[n - 1]->aborted(comms[n - 1]));
+    for (int i = 0; i < n; i++) comms[i]->destroy(comms[i]);
+    for (int i = 0; i < n; i++) bes[i]->destroy(bes[i]);
+}
+
+static void test_comm_local(void **state) {
+    (void)state;
+    NEED_GPU();
+    int devs[3] = {0, 0, 0};
+    run_comm(3, devs, 1);
+}
+
+static void test_comm_nccl(void **state) {
+    (void)state;
+    NEED_GPU();
+    int n = camo_cuda_device_count(), devs[8];
+    if (n > 8) n = 8;
+    for (int i = 0; i < n; i++) devs[i] = i;
+    run_comm(n, devs, 0);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gemm),          cmocka_unit_test(test_conv),
+        cmocka_unit_test(test_batchnorm),     cmocka_unit_test(test_layernorm),
+        cmocka_unit_test(test_activations),   cmocka_unit_test(test_arith),
+        cmocka_unit_test(test_mul),           cmocka_unit_test(test_slice_softmax),
+        cmocka_unit_test(test_pool),          cmocka_unit_test(test_adaptive_resize),
+        cmocka_unit_test(test_losses),        cmocka_unit_test(test_optim),
+        cmocka_unit_test(test_unet_s),        cmocka_unit_test(test_fpn_r18),
+        cmocka_unit_test(test_bf16_curve),    cmocka_unit_test(test_comm_local),
+        cmocka_unit_test(test_comm_nccl),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Every data set layout end to end through the binary: a small tree of real JPEG/PNG files in
+# the layout (COD10K-v3 with its unmasked -NonCAM-/-BG- pictures, CAMO, CARLA lane, ADE20K,
+# images/ + masks/ folders), detected by data.format = auto, trained two steps and
+# evaluated; the multi-class path (ce loss, mIoU table and JSON, predict with class-index
+# PNGs and --overlay); bad labels and sizes named in the error; data.cache = decoded.
+# Prints PASS/FAIL/SKIP lines for tests/run.sh.
+set -u
+cd "$(dirname "$0")/.."
+BIN=${CAMOTRAIN:-./camotrain}
+TMP=${CAMO_TEST_TMP:-$(mktemp -d)}/datasets
+rm -rf "$TMP"; mkdir -p "$TMP"
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+
+pass() { echo "PASS $1"; }
+fail() { echo "FAIL $1: $2"; }
+
+# A binary and a 4-class synthetic set (COD10K layout) to rearrange into the others.
+$BIN synth --out "$TMP/bin" --train 4 --test 2 --size 40 --seed 1 > /dev/null &&
+$BIN synth --out "$TMP/k4" --train 4 --test 2 --size 40 --seed 2 --classes 4 > /dev/null &&
+$BIN synth --out "$TMP/k3" --train 4 --test 2 --size 40 --seed 3 --classes 3 > /dev/null ||
+    { fail synth "camotrain synth failed"; exit 0; }
+
+# copy_set SRC SPLIT IMGDIR MASKDIR [IMGPREFIX] [MASKSUFFIX]: SRC/SPLIT pairs into a layout
+copy_set() {
+    local src=$1 split=$2 idir=$3 mdir=$4 pre=${5:-} suf=${6:-} f b
+    mkdir -p "$idir" "$mdir"
+    for f in "$src/$split/Image/"*.jpg; do
+        b=$(basename "$f" .jpg)
+        cp "$f" "$idir/$pre$b.jpg"
+        cp "$src/$split/GT_Object/$b.png" "$mdir/$pre$b$suf.png"
+    done
+}
+
+# train NAME ROOT PATTERN [--set ...]: two steps (one epoch) + eval through the binary
+train() {
+    local name=$1 root=$2 pat=$3; shift 3
+    local out rc
+    out=$($BIN --conf conf/demo.cfg --set data.root="$root" --set data.img_size=32 \
+        --set data.workers=1 --set train.batch=2 --set train.max_steps=2 --set eval.every=1 \
+        --set train.threads=1 --set out="$TMP/run_$name" "$@" 2>&1); rc=$?
+    if [ $rc -ne 0 ]; then fail "$name" "exit $rc: $(echo "$out" | tail -3)"
+    elif ! echo "$out" | grep -q -- "$pat"; then fail "$name" "output lacks '$pat': $(echo "$out" | tail -4)"
+    elif ! echo "$out" | grep -q "^eval  epoch 1"; then fail "$name" "no eval line: $(echo "$out" | tail -3)"
+    else pass "$name"; fi
+}
+
+# ---- COD10K-v3: CAM pairs used, NonCAM/BG pictures without masks skipped and counted ----
+R=$TMP/COD10K-v3
+copy_set "$TMP/bin" Train "$R/Train/Image" "$R/Train/GT_Object" COD10K-CAM-1-Aquatic-1-BatFish-
+copy_set "$TMP/bin" Test "$R/Test/Image" "$R/Test/GT_Object" COD10K-CAM-2-Terrestrial-
+cp "$TMP/bin/Train/Image/synth_00001.jpg" "$R/Train/Image/COD10K-NonCAM-5-Background-1-Sky-1.jpg"
+cp "$TMP/bin/Train/Image/synth_00002.jpg" "$R/Train/Image/COD10K-BG-1-Sky-2.jpg"
+cp "$TMP/bin/Train/Image/synth_00003.jpg" "$R/Train/Image/COD10K-NonCAM-5-Background-2-Sea-3.jpg"
+train layout_cod10k "$R" "detected the cod10k layout"
+out=$($BIN --conf conf/demo.cfg --set data.root="$R" --set train.max_steps=1 --set eval.every=0 \
+      --set data.img_size=32 --set train.batch=2 --set out="$TMP/run_cod2" 2>&1)
+if echo "$out" | grep -q "4 camouflaged image/mask pairs used; 3 images without a mask" &&
+   ! echo "$out" | grep -qi "error"; then pass cod10k_noncam_count
+else fail cod10k_noncam_count "$(echo "$out" | grep -i "mask\|error" | head -3)"; fi
+
+# ---- CAMO: Images/Train, Images/Test, one GT folder ----
+R=$TMP/CAMO
+copy_set "$TMP/bin" Train "$R/Images/Train" "$R/GT" camourflage_1
+copy_set "$TMP/bin" Test "$R/Images/Test" "$R/GT" camourflage_2
+train layout_camo "$R" "detected the camo layout"
+
+# ---- images/ + masks/ folders ----
+R=$TMP/folders
+copy_set "$TMP/bin" Train "$R/Train/images" "$R/Train/masks"
+copy_set "$TMP/bin" Test "$R/Test/images" "$R/Test/masks"
+train layout_folders "$R" "detected the folders layout"
+
+# ---- CARLA lane: train/ + train_label/ (NAME_label.png), val/ + val_label/, 3 classes ----
+R=$TMP/carla
+copy_set "$TMP/k3" Train "$R/train" "$R/train_label" Town04_Clear_Noon_frame_ _label
+copy_set "$TMP/k3" Test "$R/val" "$R/val_label" Town04_Clear_Noon_frame_ _label
+train layout_carla "$R" "detected the carla layout" --set data.classes=3 --set train.loss=ce
+
+# ---- ADE20K: images/training + annotations/training, 0 = ignore, values 1..3 = classes ----
+R=$TMP/ADEChallengeData2016
+copy_set "$TMP/k4" Train "$R/images/training" "$R/annotations/training" ADE_train_
+copy_set "$TMP/k4" Test "$R/images/validation" "$R/annotations/validation" ADE_val_
+train layout_ade20k "$R" "value 0 is ignored" --set data.classes=3 --set train.loss=ce
+
+# ---- multi-class eval and predict on the ADE20K run ----
+CK=$TMP/run_layout_ade20k/last.ckpt
+if [ ! -f "$CK" ]; then fail multiclass_eval "no checkpoint from layout_ade20k"
+else
+    out=$($BIN eval --ckpt "$CK" 2>&1)
+    if echo "$out" | grep -q "^mIoU" && echo "$out" | grep -q "mean accuracy" &&
+       echo "$out" | grep -q "class 2 "; then pass multiclass_eval_table
+    else fail multiclass_eval_table "$(echo "$out" | tail -4)"; fi
+    js=$($BIN eval --ckpt "$CK" --json 2>/dev/null)
+    if echo "$js" | grep -q '"miou": [0-9.]*, "pixel_acc": [0-9.]*, "mean_acc": [0-9.]*, "iou": \[[^],]*, [^],]*, [^],]*\]'
+    then pass multiclass_eval_json; else fail multiclass_eval_json "$js"; fi
+    out=$($BIN predict --ckpt "$CK" --input "$R/images/validation" --output "$TMP/pred_ade" --overlay 2>&1)
+    f=$TMP/pred_ade/ADE_val_synth_00001.png
+    o=$TMP/pred_ade/overlay/ADE_val_synth_00001.png
+    # PNG header bytes 24, 25: bit depth and colour type (0 grey, 2 RGB)
+    if [ -f "$f" ] && [ -f "$o" ] && [ "$(od -An -tu1 -j24 -N2 "$f" | tr -s ' ')" = " 8 0" ] &&
+       [ "$(od -An -tu1 -j24 -N2 "$o" | tr -s ' ')" = " 8 2" ]; then
+        pass multiclass_predict_overlay
+    else fail multiclass_predict_overlay "$(echo "$out" | tail -2); $(ls "$TMP/pred_ade" 2>&1)"; fi
+    # saved class-index PNGs scored against the annotations: the checkpoint's own numbers
+    rm -rf "$TMP/pred_ade/overlay"
+    js2=$($BIN eval --pred "$TMP/pred_ade" --gt "$R/annotations/validation" --classes 3 \
+          --format ade20k --json 2>&1)
+    m1=$(echo "$js" | grep -o '"miou": [0-9.]*'); m2=$(echo "$js2" | grep -o '"miou": [0-9.]*')
+    if [ -n "$m1" ] && [ "$m1" = "$m2" ]; then pass multiclass_eval_pred
+    else fail multiclass_eval_pred "checkpoint $m1 vs saved PNGs: $js2"; fi
+    out=$($BIN eval --pred "$TMP/pred_ade" --gt "$R/annotations/validation" --classes 2 2>&1); rc=$?
+    if [ $rc = 2 ] && echo "$out" | grep -q "ADE_val_synth_0000[12].png"; then pass multiclass_eval_pred_bad
+    else fail multiclass_eval_pred_bad "exit $rc: $out"; fi
+fi
+
+# ---- binary eval: every field metric, table and JSON ----
+CK=$TMP/run_layout_cod10k/last.ckpt
+js=$($BIN eval --ckpt "$CK" --json 2>/dev/null)
+ok=1
+for k in sm em_mean em_max wfm fm_mean fm_max mae iou dice; do
+    echo "$js" | grep -q "\"$k\": [0-9]" || ok=0
+done
+[ $ok = 1 ] && pass binary_eval_json || fail binary_eval_json "$js"
+
+# ---- bad data: a class value >= classes, an image/mask size mismatch ----
+R=$TMP/badlabel
+copy_set "$TMP/k4" Train "$R/train" "$R/train_label"
+copy_set "$TMP/k4" Test "$R/val" "$R/val_label"
+out=$($BIN --conf conf/demo.cfg --set data.root="$R" --set data.classes=3 --set train.loss=ce \
+      --set train.max_steps=1 --set data.img_size=32 --set train.batch=4 --set eval.every=0 \
+      --set out="$TMP/run_bad" 2>&1); rc=$?
+if [ $rc = 2 ] && echo "$out" | grep -q "mask '.*train_label/synth_0000[0-9].png'.*value 3"; then
+    pass bad_class_value
+else fail bad_class_value "exit $rc: $(echo "$out" | tail -2)"; fi
+R=$TMP/badsize
+copy_set "$TMP/bin" Train "$R/Train/images" "$R/Train/masks"
+$BIN synth --out "$TMP/small" --train 1 --test 0 --size 24 > /dev/null
+cp "$TMP/small/Train/GT_Object/synth_00001.png" "$R/Train/masks/synth_00002.png"
+out=$($BIN --conf conf/demo.cfg --set data.root="$R" --set train.max_steps=2 --set eval.every=0 \
+      --set data.img_size=32 --set train.batch=4 --set out="$TMP/run_bad2" 2>&1); rc=$?
+if [ $rc = 2 ] && echo "$out" | grep -q "size mismatch: image '.*images/synth_00002.jpg' is 40x40 but its mask '.*masks/synth_00002.png' is 24x24"; then
+    pass bad_size_mismatch
+else fail bad_size_mismatch "exit $rc: $(echo "$out" | tail -2)"; fi
+
+# ---- data.cache = decoded trains and says so ----
+train cache_decoded "$TMP/folders" "caching decoded" --set data.cache=decoded
