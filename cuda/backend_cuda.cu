@@ -130,13 +130,20 @@ static void cu_upload(camo_backend *be, void *dst, const void *src, size_t bytes
                                          cu_stream(be))));
 }
 
-/* Synchronous: the host has the data when this returns. NaN-filled on a failed backend. */
+#define CU_BOUNCE (64u << 10)
+
+/* Synchronous: the host has the data when this returns. NaN-filled on a failed backend.
+ * Small reads (the per-step loss) go through a pinned buffer: a copy into pageable memory
+ * may take the driver's locks while peers' NCCL kernels wait (DESIGN.md hazards). */
 static void cu_download(camo_backend *be, void *dst, const void *src, size_t bytes) {
+    cuda_ctx *ctx = cu_ctx(be);
     if (!bytes) return;
-    CU_OP(be, CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost,
-                                         cu_stream(be))));
+    int bounce = ctx->bounce && bytes <= CU_BOUNCE;
+    CU_OP(be, CUDA_CHECK(cudaMemcpyAsync(bounce ? ctx->bounce : dst, src, bytes,
+                                         cudaMemcpyDeviceToHost, cu_stream(be))));
     CU_OP(be, CUDA_CHECK(cudaStreamSynchronize(cu_stream(be))));
-    if (cu_ctx(be)->failed) memset(dst, 0xff, bytes); /* 0xffffffff is a float NaN */
+    if (bounce) memcpy(dst, ctx->bounce, bytes);
+    if (ctx->failed) memset(dst, 0xff, bytes); /* 0xffffffff is a float NaN */
 }
 
 static void cu_copy(camo_backend *be, void *dst, const void *src, size_t bytes) {
@@ -164,6 +171,7 @@ static void cu_destroy(camo_backend *be) {
         if (ctx->dnn) cudnnDestroy(ctx->dnn);
         if (ctx->blas) cublasDestroy(ctx->blas);
         for (int i = 0; i < ctx->pool.n; i++) cudaFree(ctx->pool.blocks[i].ptr);
+        if (ctx->bounce) cudaFreeHost(ctx->bounce);
         free(ctx->pool.blocks);
         if (ctx->stream) cudaStreamDestroy(ctx->stream);
         free(ctx);
@@ -188,6 +196,7 @@ static int cu_init_handles(camo_backend *be) {
     if (!ws || CUBLAS_CHECK(cublasSetWorkspace(ctx->blas, ws, CU_BLAS_WS))) return -1;
     if (CUDNN_CHECK(cudnnCreate(&ctx->dnn))) return -1;
     if (CUDNN_CHECK(cudnnSetStream(ctx->dnn, ctx->stream))) return -1;
+    if (CUDA_CHECK(cudaHostAlloc(&ctx->bounce, CU_BOUNCE, cudaHostAllocPortable))) return -1;
     return 0;
 }
 

@@ -326,35 +326,62 @@ static char *half_ws(camo_backend *be, conv_sizes s, void **x, void **w, void **
     return base;
 }
 
+/* After a cuDNN convolution call: 0 = it ran; 1 = cuDNN cannot run this set-up (a
+ * NOT_SUPPORTED status): the plan switches to the direct kernel, which the caller runs now;
+ * -1 = a real failure (recorded, backend failed). */
+static int conv_ran(camo_backend *be, conv_plan *p, cudnnStatus_t st, const char *what) {
+    if (st == CUDNN_STATUS_SUCCESS) return 0;
+    if ((int)st >= CUDNN_STATUS_NOT_SUPPORTED && (int)st < CUDNN_STATUS_INTERNAL_ERROR) {
+        const camo_conv_desc *d = &p->key.d;
+        camo_warn("cuDNN cannot run %s for %dx%dx%d -> %d, kernel %dx%d, groups %d (%s): "
+                  "using the direct kernel for this shape", what, d->H, d->W, d->C, d->K, d->R,
+                  d->S, d->groups, cudnnGetErrorString(st));
+        p->direct = 1;
+        return 1;
+    }
+    cu_check_cudnn(st, __FILE__, __LINE__, what);
+    cu_note_failure(be);
+    return -1;
+}
+
+static void direct_forward(camo_backend *be, const camo_conv_desc *d, float *out,
+                           const float *in, const float *w) {
+    size_t n = (size_t)d->N * d->P * d->Q * d->K;
+    direct_fwd<<<cu_blocks(n), CU_THREADS, 0, cu_stream(be)>>>(*d, out, in, w);
+    CU_LAUNCHED(be);
+}
+
+/* cuDNN: 0 ran, 1 the caller must run the direct kernel, -1 failed */
+static int dnn_forward(camo_backend *be, conv_plan *p, float *out, const float *in,
+                       const float *w) {
+    const float one = 1, zero = 0;
+    conv_sizes s = sizes_of(&p->key.d);
+    void *ws = dnn_ws(be, p->ws), *xh = NULL, *wh = NULL, *yh = NULL;
+    cudnnConvolutionFwdAlgo_t algo = (cudnnConvolutionFwdAlgo_t)p->algo;
+    if (p->ws && !ws) return -1;
+    if (!p->key.amp)
+        return conv_ran(be, p, cudnnConvolutionForward(cu_ctx(be)->dnn, &one, p->x, in, p->w, w,
+                                                       p->conv, algo, ws, p->ws, &zero, p->y,
+                                                       out), "cudnnConvolutionForward");
+    if (!half_ws(be, s, &xh, &wh, &yh)) return -1;
+    to_h(be, p->key.amp, s.x, xh, in);
+    to_h(be, p->key.amp, s.w, wh, w);
+    int rc = conv_ran(be, p, cudnnConvolutionForward(cu_ctx(be)->dnn, &one, p->x, xh, p->w, wh,
+                                                     p->conv, algo, ws, p->ws, &zero, p->y, yh),
+                      "cudnnConvolutionForward (half)");
+    if (rc == 0) from_h(be, p->key.amp, s.y, out, yh, 0);
+    return rc;
+}
+
 static void cu_conv2d_forward(camo_backend *be, const camo_conv_desc *d, float *out,
                               const float *in, const float *w, const float *bias) {
     cu_bind(be);
     if (d->N <= 0) return; /* a replica with an empty slice: nothing to do */
     conv_plan *p = plan_for(be, d, CONV_FWD);
-    conv_sizes s = sizes_of(d);
     if (!p) return;
-    if (p->direct) {
-        direct_fwd<<<cu_blocks(s.y), CU_THREADS, 0, cu_stream(be)>>>(*d, out, in, w);
-        CU_LAUNCHED(be);
-    } else {
-        const float one = 1, zero = 0;
-        void *ws = dnn_ws(be, p->ws), *xh = NULL, *wh = NULL, *yh = NULL;
-        if (p->ws && !ws) return;
-        cudnnConvolutionFwdAlgo_t algo = (cudnnConvolutionFwdAlgo_t)p->algo;
-        if (p->key.amp) {
-            if (!half_ws(be, s, &xh, &wh, &yh)) return;
-            to_h(be, p->key.amp, s.x, xh, in);
-            to_h(be, p->key.amp, s.w, wh, w);
-            CU_OP(be, CUDNN_CHECK(cudnnConvolutionForward(cu_ctx(be)->dnn, &one, p->x, xh, p->w,
-                                                          wh, p->conv, algo, ws, p->ws, &zero,
-                                                          p->y, yh)));
-            from_h(be, p->key.amp, s.y, out, yh, 0);
-        } else {
-            CU_OP(be, CUDNN_CHECK(cudnnConvolutionForward(cu_ctx(be)->dnn, &one, p->x, in, p->w,
-                                                          w, p->conv, algo, ws, p->ws, &zero,
-                                                          p->y, out)));
-        }
-    }
+    int rc = p->direct ? 1 : dnn_forward(be, p, out, in, w);
+    if (rc < 0) return;
+    if (rc == 1) direct_forward(be, d, out, in, w);
     if (bias) {
         size_t M = (size_t)d->N * d->P * d->Q;
         add_bias_k<<<cu_blocks(M * d->K), CU_THREADS, 0, cu_stream(be)>>>(M, d->K, out, bias);
@@ -363,43 +390,71 @@ static void cu_conv2d_forward(camo_backend *be, const camo_conv_desc *d, float *
 }
 
 /* din += ...: cuDNN blends with beta = 1 in fp32; AMP adds the half result in fp32 */
+static int dnn_backward_data(camo_backend *be, conv_plan *p, float *din, const float *dout,
+                             const float *w) {
+    const float one = 1, zero = 0;
+    conv_sizes s = sizes_of(&p->key.d);
+    void *ws = dnn_ws(be, p->ws), *xh = NULL, *wh = NULL, *yh = NULL;
+    cudnnConvolutionBwdDataAlgo_t algo = (cudnnConvolutionBwdDataAlgo_t)p->algo;
+    if (p->ws && !ws) return -1;
+    if (!p->key.amp)
+        return conv_ran(be, p, cudnnConvolutionBackwardData(cu_ctx(be)->dnn, &one, p->w, w, p->y,
+                                                            dout, p->conv, algo, ws, p->ws, &one,
+                                                            p->x, din),
+                        "cudnnConvolutionBackwardData");
+    if (!half_ws(be, s, &xh, &wh, &yh)) return -1;
+    to_h(be, p->key.amp, s.y, yh, dout);
+    to_h(be, p->key.amp, s.w, wh, w);
+    int rc = conv_ran(be, p, cudnnConvolutionBackwardData(cu_ctx(be)->dnn, &one, p->w, wh, p->y,
+                                                          yh, p->conv, algo, ws, p->ws, &zero,
+                                                          p->x, xh),
+                      "cudnnConvolutionBackwardData (half)");
+    if (rc == 0) from_h(be, p->key.amp, s.x, din, xh, 1);
+    return rc;
+}
+
 static void cu_conv2d_backward_data(camo_backend *be, const camo_conv_desc *d, float *din,
                                     const float *dout, const float *w) {
     cu_bind(be);
     if (d->N <= 0) return; /* a replica with an empty slice: nothing to do */
     conv_plan *p = plan_for(be, d, CONV_BWD_DATA);
-    conv_sizes s = sizes_of(d);
     if (!p) return;
-    if (p->direct) {
-        direct_bwd_data<<<cu_blocks(s.x), CU_THREADS, 0, cu_stream(be)>>>(*d, din, dout, w);
+    if ((p->direct ? 1 : dnn_backward_data(be, p, din, dout, w)) == 1) {
+        size_t n = sizes_of(d).x;
+        direct_bwd_data<<<cu_blocks(n), CU_THREADS, 0, cu_stream(be)>>>(*d, din, dout, w);
         CU_LAUNCHED(be);
-        return;
-    }
-    const float one = 1, zero = 0;
-    void *ws = dnn_ws(be, p->ws), *xh = NULL, *wh = NULL, *yh = NULL;
-    if (p->ws && !ws) return;
-    cudnnConvolutionBwdDataAlgo_t algo = (cudnnConvolutionBwdDataAlgo_t)p->algo;
-    if (p->key.amp) {
-        if (!half_ws(be, s, &xh, &wh, &yh)) return;
-        to_h(be, p->key.amp, s.y, yh, dout);
-        to_h(be, p->key.amp, s.w, wh, w);
-        CU_OP(be, CUDNN_CHECK(cudnnConvolutionBackwardData(cu_ctx(be)->dnn, &one, p->w, wh,
-                                                           p->y, yh, p->conv, algo, ws, p->ws,
-                                                           &zero, p->x, xh)));
-        from_h(be, p->key.amp, s.x, din, xh, 1);
-    } else {
-        CU_OP(be, CUDNN_CHECK(cudnnConvolutionBackwardData(cu_ctx(be)->dnn, &one, p->w, w,
-                                                           p->y, dout, p->conv, algo, ws,
-                                                           p->ws, &one, p->x, din)));
     }
 }
 
+static int dnn_backward_filter(camo_backend *be, conv_plan *p, float *dw, const float *dout,
+                               const float *in) {
+    const float one = 1, zero = 0;
+    conv_sizes s = sizes_of(&p->key.d);
+    void *ws = dnn_ws(be, p->ws), *xh = NULL, *wh = NULL, *yh = NULL;
+    cudnnConvolutionBwdFilterAlgo_t algo = (cudnnConvolutionBwdFilterAlgo_t)p->algo;
+    if (p->ws && !ws) return -1;
+    if (!p->key.amp)
+        return conv_ran(be, p, cudnnConvolutionBackwardFilter(cu_ctx(be)->dnn, &one, p->x, in,
+                                                              p->y, dout, p->conv, algo, ws,
+                                                              p->ws, &one, p->w, dw),
+                        "cudnnConvolutionBackwardFilter");
+    if (!half_ws(be, s, &xh, &wh, &yh)) return -1;
+    to_h(be, p->key.amp, s.x, xh, in);
+    to_h(be, p->key.amp, s.y, yh, dout);
+    int rc = conv_ran(be, p, cudnnConvolutionBackwardFilter(cu_ctx(be)->dnn, &one, p->x, xh,
+                                                            p->y, yh, p->conv, algo, ws, p->ws,
+                                                            &zero, p->w, wh),
+                      "cudnnConvolutionBackwardFilter (half)");
+    if (rc == 0) from_h(be, p->key.amp, s.w, dw, wh, 1);
+    return rc;
+}
+
+/* dw += ..., dbias += column sums of dout */
 static void cu_conv2d_backward_filter(camo_backend *be, const camo_conv_desc *d, float *dw,
                                       float *dbias, const float *dout, const float *in) {
     cu_bind(be);
     if (d->N <= 0) return; /* a replica with an empty slice: nothing to do */
     conv_plan *p = plan_for(be, d, CONV_BWD_FILTER);
-    conv_sizes s = sizes_of(d);
     if (!p) return;
     if (dbias) {
         int K = d->K;
@@ -408,27 +463,10 @@ static void cu_conv2d_backward_filter(camo_backend *be, const camo_conv_desc *d,
             [=] __device__(int m, int c, double *acc) { acc[0] += dout[(size_t)m * K + c]; },
             [=] __device__(int c, const double *v) { dbias[c] += (float)v[0]; });
     }
-    if (p->direct) {
-        direct_bwd_filter<<<cu_blocks(s.w), CU_THREADS, 0, cu_stream(be)>>>(*d, dw, dout, in);
+    if ((p->direct ? 1 : dnn_backward_filter(be, p, dw, dout, in)) == 1) {
+        size_t n = sizes_of(d).w;
+        direct_bwd_filter<<<cu_blocks(n), CU_THREADS, 0, cu_stream(be)>>>(*d, dw, dout, in);
         CU_LAUNCHED(be);
-        return;
-    }
-    const float one = 1, zero = 0;
-    void *ws = dnn_ws(be, p->ws), *xh = NULL, *wh = NULL, *yh = NULL;
-    if (p->ws && !ws) return;
-    cudnnConvolutionBwdFilterAlgo_t algo = (cudnnConvolutionBwdFilterAlgo_t)p->algo;
-    if (p->key.amp) {
-        if (!half_ws(be, s, &xh, &wh, &yh)) return;
-        to_h(be, p->key.amp, s.x, xh, in);
-        to_h(be, p->key.amp, s.y, yh, dout);
-        CU_OP(be, CUDNN_CHECK(cudnnConvolutionBackwardFilter(cu_ctx(be)->dnn, &one, p->x, xh,
-                                                             p->y, yh, p->conv, algo, ws,
-                                                             p->ws, &zero, p->w, wh)));
-        from_h(be, p->key.amp, s.w, dw, wh, 1);
-    } else {
-        CU_OP(be, CUDNN_CHECK(cudnnConvolutionBackwardFilter(cu_ctx(be)->dnn, &one, p->x, in,
-                                                             p->y, dout, p->conv, algo, ws,
-                                                             p->ws, &one, p->w, dw)));
     }
 }
 

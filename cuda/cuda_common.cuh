@@ -67,6 +67,7 @@ typedef struct cuda_ctx {
     size_t dnn_ws_cap;
     void *half_ws;                /* AMP: half-precision copies of conv operands */
     size_t half_ws_cap;
+    void *bounce;                 /* pinned host buffer for small downloads (the loss) */
     conv_plan *plans;             /* algorithm cache, one entry per (op, shape, precision) */
     int n_plans, cap_plans;
     camo_cuda_amp amp;

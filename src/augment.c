@@ -2,7 +2,8 @@
  *
  *   1. base: decode the image and mask, check them (sizes, class values), resize both to a
  *      square B x B base (image: triangle filter = bilinear up, antialiased down, like
- *      PIL's BILINEAR; binary mask the same; class indices nearest). B = img_size * max(1, scale_max) when
+ *      PIL's BILINEAR; binary mask the same; class indices nearest).
+ *      B = img_size * max(1, scale_max) when
  *      training, so a zoomed crop keeps detail. data.cache = decoded keeps the bases.
  *   2. augment: one affine map from output pixels to base pixels (scale-crop, rotation,
  *      horizontal flip), bilinear for the image and binary mask, nearest for class indices,
@@ -31,6 +32,7 @@ static const float img_std[3] = {0.229f, 0.224f, 0.225f};
 
 struct camo_sample_scratch {
     camo_grow_buf file, resize, base_img, base_mask, gt;
+    camo_arena arena; /* stb_image's decode memory */
     int keep_gt, gt_w, gt_h;
 };
 
@@ -45,6 +47,7 @@ void camo_sample_scratch_free(camo_sample_scratch *sc) {
     free(sc->base_img.buf);
     free(sc->base_mask.buf);
     free(sc->gt.buf);
+    data_arena_free(&sc->arena);
     free(sc);
 }
 
@@ -55,6 +58,10 @@ const uint8_t *camo_sample_scratch_gt(const camo_sample_scratch *sc, int *w, int
     *w = sc->gt_w;
     *h = sc->gt_h;
     return sc->gt.buf;
+}
+
+size_t camo_sample_scratch_heap_allocs(const camo_sample_scratch *sc) {
+    return sc->arena.heap_allocs;
 }
 
 int camo_augment_base_size(const camo_augment *aug) {
@@ -198,7 +205,8 @@ static void resize_filtered(const uint8_t *src, int w, int h, int C, uint8_t *ds
 static void resize_nearest(const uint8_t *src, int w, int h, uint8_t *dst, int B) {
     for (int y = 0; y < B; y++) {
         const uint8_t *row = src + (size_t)((y * 2 + 1) * (int64_t)h / (2 * B)) * w;
-        for (int x = 0; x < B; x++) dst[(size_t)y * B + x] = row[(x * 2 + 1) * (int64_t)w / (2 * B)];
+        for (int x = 0; x < B; x++)
+            dst[(size_t)y * B + x] = row[(x * 2 + 1) * (int64_t)w / (2 * B)];
     }
 }
 
@@ -219,6 +227,7 @@ static int check_labels(const camo_dataset *ds, const char *path, const uint8_t 
 static int decode_base(const camo_dataset *ds, int index, int B, camo_sample_scratch *sc,
                        uint8_t *img, uint8_t *mask, int *oh, int *ow) {
     int W, H, mw, mh, multi = ds->classes > 1, rc = -1;
+    data_stbi_arena(&sc->arena); /* until the stb buffers are freed below */
     uint8_t *px = data_decode(ds->images[index], 3, 0, &sc->file, &W, &H), *m = NULL;
     if (px) m = data_decode(ds->masks[index], 1, multi, &sc->file, &mw, &mh);
     if (m && (mw != W || mh != H))
@@ -240,6 +249,7 @@ static int decode_base(const camo_dataset *ds, int index, int B, camo_sample_scr
     }
     stbi_image_free(px);
     stbi_image_free(m);
+    data_stbi_arena(NULL);
     return rc;
 }
 
@@ -313,7 +323,8 @@ static void draw_xform(const camo_augment *aug, uint64_t key, int B, xform *t) {
         }
     }
     double step = B / s / S, c = cos(angle) * step, sn = sin(angle) * step;
-    /* x' = flip * (ox + 0.5 - S/2), y' = oy + 0.5 - S/2; u = cx + c x' - sn y', v = cy + sn x' + c y' */
+    /* x' = flip * (ox + 0.5 - S/2), y' = oy + 0.5 - S/2;
+     * u = cx + c x' - sn y', v = cy + sn x' + c y' */
     double x0 = flip * (0.5 - S / 2.0), y0 = 0.5 - S / 2.0;
     t->u0 = cx + c * x0 - sn * y0;
     t->v0 = cy + sn * x0 + c * y0;

@@ -119,7 +119,8 @@ int cli_eval(int argc, char **argv) {
         return rc;
     }
     if (!a.ckpt) {
-        fprintf(stderr, "usage: camotrain eval --ckpt C [--data DIR] [--split S] [--json] [--no-ema]\n"
+        fprintf(stderr, "usage: camotrain eval --ckpt C [--data DIR] [--split S] [--json] "
+                        "[--no-ema]\n"
                         "       camotrain eval --pred DIR --gt DIR [--json]\n"
                         "       camotrain eval --pred DIR --gt DIR --classes K "
                         "[--ignore-index I] [--format ade20k] [--json]\n");
@@ -255,7 +256,8 @@ int cli_predict(int argc, char **argv) {
     memset(&a, 0, sizeof a);
     if (parse(argc, argv, &a, "predict")) return CAMO_ERR_INPUT;
     if (!a.ckpt || !a.input || !a.output) {
-        fprintf(stderr, "usage: camotrain predict --ckpt C --input DIR --output DIR [--overlay] [--no-ema]\n"
+        fprintf(stderr, "usage: camotrain predict --ckpt C --input DIR --output DIR [--overlay] "
+                        "[--no-ema]\n"
                         "  writes OUTPUT/NAME.png: foreground probability 0..255 (binary) or class\n"
                         "  index (multi-class); --overlay also OUTPUT/overlay/NAME.png\n");
         return CAMO_ERR_INPUT;

@@ -20,6 +20,7 @@ typedef struct cpu_group {
     int aborted;
     char reason[512];
     double timeout_s;
+    unsigned long *arrived_gen; /* per rank: generation + 1 of its last arrival */
     void **ptr;               /* each rank's buffer of the collective in progress */
     const void **in;          /* all_gather: each rank's input */
 } cpu_group;
@@ -57,6 +58,7 @@ static int group_barrier(camo_comm *c, void *ptr, const void *in) {
         g->ptr[c->rank] = ptr;
         g->in[c->rank] = in;
         unsigned long gen = g->generation;
+        g->arrived_gen[c->rank] = gen + 1;
         if (++g->arrived == g->size) {
             g->arrived = 0;
             g->generation++;
@@ -68,9 +70,14 @@ static int group_barrier(camo_comm *c, void *ptr, const void *in) {
                 int w = g->timeout_s > 0 ? pthread_cond_timedwait(&g->cv, &g->mu, &ts)
                                          : pthread_cond_wait(&g->cv, &g->mu);
                 if (w == ETIMEDOUT && gen == g->generation) {
-                    char why[160];
-                    snprintf(why, sizeof why, "collective timed out after %g s (rank %d waited "
-                             "for its peers)", g->timeout_s, c->rank);
+                    char why[256], missing[128] = "";
+                    size_t len = 0;
+                    for (int r = 0; r < g->size && len + 8 < sizeof missing; r++)
+                        if (g->arrived_gen[r] != gen + 1)
+                            len += (size_t)snprintf(missing + len, sizeof missing - len, "%s%d",
+                                                    len ? ", " : "", r);
+                    snprintf(why, sizeof why, "collective timed out after %g s: replica %s did "
+                             "not join (replica %d waited)", g->timeout_s, missing, c->rank);
                     group_abort_locked(g, why);
                 }
             }
@@ -175,6 +182,7 @@ static void cpu_destroy(camo_comm *c) {
         pthread_cond_destroy(&g->cv);
         free(g->ptr);
         free(g->in);
+        free(g->arrived_gen);
         free(g);
     }
     free(c->ctx);
@@ -193,6 +201,7 @@ int camo_comm_cpu_create(int n, double timeout_s, camo_comm **comms) {
     g->timeout_s = timeout_s;
     g->ptr = camo_calloc((size_t)n, sizeof *g->ptr);
     g->in = camo_calloc((size_t)n, sizeof *g->in);
+    g->arrived_gen = camo_calloc((size_t)n, sizeof *g->arrived_gen);
     for (int r = 0; r < n; r++) {
         camo_comm *c = camo_calloc(1, sizeof *c);
         cpu_rank *cr = camo_calloc(1, sizeof *cr);

@@ -6,21 +6,23 @@
  * Threads: OpenBLAS runs single-threaded (backend_cpu.c) and the OpenMP team splits the work
  * into units of (image, band of output rows), each thread with its own column buffer. One
  * team instead of OpenMP loops interleaved with OpenBLAS's own pool: on 2 cores the two pools
- * wake and spin against each other, which cost 2-3x here. Reductions over units (weight
- * gradients) use one private buffer per thread, added in thread order, so results depend
- * on the thread count only, never on timing.
+ * wake and spin against each other, which cost 2-3x here. Weight gradients are summed in a
+ * fixed number of partial buffers added in order, so every result is the same bits for any
+ * thread count (replicas with different thread shares agree).
  * Functions whose only use of `be` is an OpenMP pragma start with (void)be: builds without
  * OpenMP (TSan) ignore the pragmas. */
 #include "cpu_internal.h"
 
 #include <cblas.h>
-#include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 #include "camo/common.h"
+
+#define CONV_COLS_CAP ((size_t)1 << 18) /* 1 MB: im2col output still in L2 for sgemm */
+#define CONV_UNITS 16  /* work units / partial sums: fixed, so results ignore thread count */
 
 int camo_conv_desc_finish(camo_conv_desc *d) {
     if (d->H < 1 || d->W < 1 || d->C < 1 || d->K < 1 || d->R < 1 || d->S < 1 ||
@@ -114,20 +116,20 @@ static void add_bias(camo_backend *be, size_t M, int K, float *out, const float 
     }
 }
 
-/* sum (K) += column sums of x (M, K). Rows are split into a fixed number of chunks summed in
- * double and then added in chunk order, so the result does not depend on thread timing. */
+/* sum (K) += column sums of x (M, K). Rows are split into a fixed number of blocks summed in
+ * double and then added in block order: the same bits for any thread count. */
 static void col_sums_acc(camo_backend *be, size_t M, int K, float *sum, const float *x) {
-    int T = cpu_threads(be);
-    double *part = camo_calloc((size_t)T * K, sizeof(double));
-#pragma omp parallel for num_threads(T)
-    for (int t = 0; t < T; t++) {
-        double *acc = part + (size_t)t * K;
-        for (size_t m = M * t / T; m < M * (t + 1) / T; m++)
+    int B = M >= 4096 ? CONV_UNITS : 1;
+    double *part = camo_calloc((size_t)B * K, sizeof(double));
+#pragma omp parallel for num_threads(CAMO_MIN(cpu_threads(be), B))
+    for (int b = 0; b < B; b++) {
+        double *acc = part + (size_t)b * K;
+        for (size_t m = M * b / B; m < M * (b + 1) / B; m++)
             for (int k = 0; k < K; k++) acc[k] += x[m * K + k];
     }
     for (int k = 0; k < K; k++) {
         double s = 0;
-        for (int t = 0; t < T; t++) s += part[(size_t)t * K + k];
+        for (int b = 0; b < B; b++) s += part[(size_t)b * K + k];
         sum[k] += (float)s;
     }
     free(part);
@@ -181,19 +183,20 @@ static void col2im_band_acc(const camo_conv_desc *d, float *din, const float *co
 }
 
 /* How an im2col convolution is split: each image into `bands` bands of `rows` output rows;
- * a unit (image, band) is one thread's im2col + sgemm. Bands fill the team when there are
- * fewer images than threads (twice over: backward data runs even and odd bands in two
- * passes), and keep one thread's columns under CONV_COLS_CAP floats. A band is at least as
- * tall as the kernel's reach, so bands two apart never touch the same input rows. */
-#define CONV_COLS_CAP ((size_t)(getenv("CAP") ? atol(getenv("CAP")) : 4 << 20))
+ * a unit (image, band) is one thread's im2col + sgemm. The split depends on the geometry
+ * only, never on the thread count: at least CONV_UNITS units (so small batches still fill
+ * the team, also in backward data, which runs even and odd bands in two passes), and one
+ * unit's columns under CONV_COLS_CAP floats. A band is at least as tall as the kernel's
+ * reach, so bands two apart never touch the same input rows. */
 
 typedef struct { int T, bands, rows, units; size_t cols; } conv_plan;
 
 static conv_plan conv_plan_make(camo_backend *be, const camo_conv_desc *d) {
     conv_plan pl;
+    if (d->N < 1) return (conv_plan){1, 1, 1, 0, 0}; /* an empty replica (sync-BN) */
     size_t RSC = (size_t)d->R * d->S * (d->C / d->groups);
     size_t by_mem = ((size_t)d->P * d->Q * RSC + CONV_COLS_CAP - 1) / CONV_COLS_CAP;
-    int T = cpu_threads(be), bands = d->N < T ? 2 * ((T + d->N - 1) / d->N) : 1;
+    int bands = (CONV_UNITS + d->N - 1) / d->N;
     if ((size_t)bands < by_mem) bands = (int)by_mem;
     int reach = ((d->R - 1) * d->dil_h + d->stride_h) / d->stride_h; /* ceil((R-1)dil+1)/s */
     pl.rows = (d->P + bands - 1) / bands;
@@ -201,13 +204,13 @@ static conv_plan conv_plan_make(camo_backend *be, const camo_conv_desc *d) {
     if (pl.rows > d->P) pl.rows = d->P;
     pl.bands = (d->P + pl.rows - 1) / pl.rows;
     pl.units = d->N * pl.bands;
-    pl.T = T < pl.units ? T : pl.units;
+    pl.T = CAMO_MIN(cpu_threads(be), pl.units);
     pl.cols = (size_t)pl.rows * d->Q * RSC;
     return pl;
 }
 
-/* dst (n) += the T private buffers src (T, n), added in thread order */
-static void reduce_private(camo_backend *be, float *dst, const float *src, int T, size_t n) {
+/* dst (n) += the T partial sums src (T, n), added in order */
+static void reduce_partials(camo_backend *be, float *dst, const float *src, int T, size_t n) {
     (void)be;
 #pragma omp parallel for if (n >= 16384) num_threads(cpu_threads(be))
     for (size_t i = 0; i < n; i++) {
@@ -294,14 +297,14 @@ static void depthwise_backward_data(camo_backend *be, const camo_conv_desc *d, f
     }
 }
 
-/* dw (K, R, S) += sum over pixels of dout * in: output rows are split into a fixed number of
- * chunks with private double sums, added in chunk order (deterministic). */
+/* dw (K, R, S) += sum over pixels of dout * in: output rows are split into CONV_UNITS
+ * chunks with their own double sums, added in chunk order (any thread count: same bits). */
 static void depthwise_backward_filter(camo_backend *be, const camo_conv_desc *d, float *dw,
                                       const float *dout, const float *in) {
-    int C = d->C, K = d->K, mult = K / C, RS = d->R * d->S, T = cpu_threads(be);
+    int C = d->C, K = d->K, mult = K / C, RS = d->R * d->S, T = CONV_UNITS;
     size_t rows = (size_t)d->N * d->P; /* one (image, output row) per unit of work */
     double *part = camo_calloc((size_t)T * RS * K, sizeof(double));
-#pragma omp parallel for num_threads(T)
+#pragma omp parallel for num_threads(cpu_threads(be))
     for (int t = 0; t < T; t++) {
         double *acc = part + (size_t)t * RS * K; /* (R*S, K) */
         for (size_t np = rows * t / T; np < rows * (t + 1) / T; np++) {
@@ -415,40 +418,45 @@ static void cpu_conv2d_backward_filter(camo_backend *be, const camo_conv_desc *d
         return;
     }
     if (conv_is_pointwise(d)) { /* dw_g (Kg, Cg) += dout[:, g]^T (Kg, M) x in[:, g] */
-        int M = (int)(d->N * PQ), T = cpu_threads(be);
-        if ((double)M * d->K * Cg < 1e6 || M < 2 * T) T = 1;
-        float *priv = cpu_workspace(be, (size_t)T * nw);
-        memset(priv, 0, (size_t)T * nw * sizeof(float));
-#pragma omp parallel for num_threads(T) schedule(static)
-        for (int t = 0; t < T; t++) {
-            int m0 = (int)((long)M * t / T), m1 = (int)((long)M * (t + 1) / T);
+        /* rows in G fixed blocks with their own sums, added in order (any thread count) */
+        int M = (int)(d->N * PQ), G = M >= 4096 ? CONV_UNITS : 1;
+        float *part = cpu_workspace(be, (size_t)G * nw);
+        memset(part, 0, (size_t)G * nw * sizeof(float));
+#pragma omp parallel for num_threads(CAMO_MIN(cpu_threads(be), G)) schedule(static)
+        for (int b = 0; b < G; b++) {
+            int m0 = (int)((long)M * b / G), m1 = (int)((long)M * (b + 1) / G);
             for (int g = 0; g < d->groups; g++)
                 sgemm1(1, 0, Kg, Cg, m1 - m0, 1.0f, dout + (size_t)m0 * d->K + g * Kg, d->K,
                        in + (size_t)m0 * d->C + g * Cg, d->C, 1.0f,
-                       priv + (size_t)t * nw + (size_t)g * Kg * Cg, Cg);
+                       part + (size_t)b * nw + (size_t)g * Kg * Cg, Cg);
         }
-        reduce_private(be, dw, priv, T, nw);
+        reduce_partials(be, dw, part, G, nw);
         return;
     }
+    /* Units go in G fixed groups, each summed in unit order into its own buffer, and the
+     * groups are added in order: the same bits for any thread count. */
     conv_plan pl = conv_plan_make(be, d);
-    float *ws = cpu_workspace(be, (size_t)pl.T * (pl.cols + nw));
-    float *priv = ws + (size_t)pl.T * pl.cols; /* (T, K*RSC) private weight gradients */
-    memset(priv, 0, (size_t)pl.T * nw * sizeof(float));
-#pragma omp parallel for num_threads(pl.T) schedule(static)
-    for (int u = 0; u < pl.units; u++) {
-        int n = u / pl.bands, p0 = u % pl.bands * pl.rows;
-        int p1 = CAMO_MIN(d->P, p0 + pl.rows), t = thread_id();
-        float *cols = ws + (size_t)t * pl.cols;
-        const float *in_n = in + (size_t)n * d->H * d->W * d->C;
-        const float *dout_b = dout + ((size_t)n * PQ + (size_t)p0 * d->Q) * d->K;
-        for (int g = 0; g < d->groups; g++) {
-            im2col_band(d, cols, in_n, g, p0, p1);
-            /* dw_g (Kg, RSC) += dout_b[:, g]^T (Kg, rows*Q) x cols (rows*Q, RSC) */
-            sgemm1(1, 0, Kg, RSC, (p1 - p0) * d->Q, 1.0f, dout_b + g * Kg, d->K, cols, RSC,
-                   1.0f, priv + (size_t)t * nw + (size_t)g * Kg * RSC, RSC);
+    int G = CAMO_MAX(1, CAMO_MIN(pl.units, CONV_UNITS)), T = CAMO_MIN(pl.T, G);
+    float *ws = cpu_workspace(be, (size_t)T * pl.cols + (size_t)G * nw);
+    float *part = ws + (size_t)T * pl.cols; /* (G, K*RSC) partial weight gradients */
+    memset(part, 0, (size_t)G * nw * sizeof(float));
+#pragma omp parallel for num_threads(T) schedule(static)
+    for (int grp = 0; grp < G; grp++) {
+        float *cols = ws + (size_t)thread_id() * pl.cols, *acc = part + (size_t)grp * nw;
+        for (int u = pl.units * grp / G; u < pl.units * (grp + 1) / G; u++) {
+            int n = u / pl.bands, p0 = u % pl.bands * pl.rows;
+            int p1 = CAMO_MIN(d->P, p0 + pl.rows);
+            const float *in_n = in + (size_t)n * d->H * d->W * d->C;
+            const float *dout_b = dout + ((size_t)n * PQ + (size_t)p0 * d->Q) * d->K;
+            for (int g = 0; g < d->groups; g++) {
+                im2col_band(d, cols, in_n, g, p0, p1);
+                /* dw_g (Kg, RSC) += dout_b[:, g]^T (Kg, rows*Q) x cols (rows*Q, RSC) */
+                sgemm1(1, 0, Kg, RSC, (p1 - p0) * d->Q, 1.0f, dout_b + g * Kg, d->K, cols,
+                       RSC, 1.0f, acc + (size_t)g * Kg * RSC, RSC);
+            }
         }
     }
-    reduce_private(be, dw, priv, pl.T, nw);
+    reduce_partials(be, dw, part, G, nw);
 }
 
 void cpu_register_conv(camo_backend *be) {

@@ -14,6 +14,18 @@
 typedef struct { void *buf; size_t cap; } camo_grow_buf;
 void *camo_grow(camo_grow_buf *g, size_t n);
 
+/* A bump arena for stb_image's allocations during one decode (stb_impl.c). */
+typedef struct {
+    uint8_t *base;
+    size_t cap, used, want;
+    size_t heap_allocs; /* allocations of this use that did not fit (went to malloc) */
+} camo_arena;
+/* a != NULL: this thread's stb_image allocations come from `a`, reset (and grown to the
+ * last use's need); NULL: back to malloc. Everything stb allocated from the arena must be
+ * freed (stbi_image_free) before the arena is reset or left. */
+void data_stbi_arena(camo_arena *a);
+void data_arena_free(camo_arena *a);
+
 /* data.cache = decoded: every sample's base image + raw mask (B x B), filled once by the
  * first worker that decodes it (state 0 empty -> 1 filling -> 2 ready). */
 typedef struct {

@@ -171,7 +171,8 @@ static int score_pair(camo_sod_acc *acc, const char *pred_dir, const char *pred_
 static void resize_nearest(const uint8_t *src, int sw, int sh, uint8_t *dst, int dw, int dh) {
     for (int y = 0; y < dh; y++) {
         const uint8_t *row = src + (size_t)((2 * y + 1) * (int64_t)sh / (2 * dh)) * sw;
-        for (int x = 0; x < dw; x++) dst[(size_t)y * dw + x] = row[(2 * x + 1) * (int64_t)sw / (2 * dw)];
+        for (int x = 0; x < dw; x++)
+            dst[(size_t)y * dw + x] = row[(2 * x + 1) * (int64_t)sw / (2 * dw)];
     }
 }
 
@@ -259,8 +260,14 @@ static int score_all(pred_file *p, int np, char **gts, int ng, const char *pred_
         camo_cls_metrics m;
         double *iou = camo_calloc((size_t)J->K, sizeof(double));
         camo_cls_acc_result(J->acc, &m, iou);
-        if (json) { fprintf(out, "{\"images\": %d, ", ng); camo_cls_print_fields(&m, out); fputs("}\n", out); }
-        else { fprintf(out, "images            %d\n", ng); camo_cls_print(&m, out, 0); }
+        if (json) {
+            fprintf(out, "{\"images\": %d, ", ng);
+            camo_cls_print_fields(&m, out);
+            fputs("}\n", out);
+        } else {
+            fprintf(out, "images            %d\n", ng);
+            camo_cls_print(&m, out, 0);
+        }
         free(iou);
     } else if (!rc) {
         camo_sod_metrics m;

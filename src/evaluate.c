@@ -6,6 +6,9 @@
 
 #include <math.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "camo/common.h"
 #include "camo/data.h"
@@ -90,29 +93,94 @@ static int score_classes(camo_cls_acc *acc, eval_bufs *b, const camo_dataset *ds
     return camo_cls_acc_add(acc, b->pred, b->gt, (size_t)w * h);
 }
 
+/* Scoring runs on OpenMP threads, one image each: per thread a working accumulator (its
+ * per-pixel scratch) and buffers; per batch position a small accumulator that receives the
+ * image's sums, merged into the total in image order, so the result does not depend on the
+ * thread count. Confusion counts are integers: per-thread matrices merge in any order. */
 typedef struct {
-    camo_sod_acc *sod;
-    camo_cls_acc *cls;
-    eval_bufs bufs;
+    camo_sod_acc *sod;     /* the total (binary) */
+    camo_cls_acc *cls;     /* the total (multi-class) */
+    int nthreads;
+    camo_sod_acc **work;   /* (nthreads) per-thread binary scorers */
+    camo_cls_acc **cwork;  /* (nthreads) per-thread confusion matrices */
+    camo_sod_acc **image;  /* (batch) one image's sums */
+    eval_bufs *bufs;       /* (nthreads) */
     float *logits;
 } eval_state;
 
-static int score_batch(eval_state *E, const camo_dataset *ds, const camo_batch *b, int K) {
-    size_t per = (size_t)b->size * b->size * K;
-    for (int i = 0; i < b->n; i++) {
-        const float *lg = E->logits + i * per;
-        int rc = K > 1 ? score_classes(E->cls, &E->bufs, ds, lg, b->size, K, b->gt[i],
-                                       b->orig_w[i], b->orig_h[i])
-                       : score_binary(E->sod, &E->bufs, lg, b->size, b->gt[i], b->orig_w[i],
-                                      b->orig_h[i]);
-        if (rc) return -1;
+static int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+static void state_init(eval_state *E, int K, int B, int ignore) {
+#ifdef _OPENMP
+    E->nthreads = omp_get_max_threads();
+#else
+    E->nthreads = 1;
+#endif
+    E->bufs = camo_calloc((size_t)E->nthreads, sizeof *E->bufs);
+    if (K > 1) {
+        E->cls = camo_cls_acc_new(K, ignore);
+        E->cwork = camo_calloc((size_t)E->nthreads, sizeof *E->cwork);
+        for (int t = 0; t < E->nthreads; t++) E->cwork[t] = camo_cls_acc_new(K, ignore);
+        return;
     }
+    E->sod = camo_sod_acc_new();
+    E->work = camo_calloc((size_t)E->nthreads, sizeof *E->work);
+    for (int t = 0; t < E->nthreads; t++) E->work[t] = camo_sod_acc_new();
+    E->image = camo_calloc((size_t)B, sizeof *E->image);
+    for (int i = 0; i < B; i++) E->image[i] = camo_sod_acc_new();
+}
+
+static void state_free(eval_state *E, int B) {
+    for (int t = 0; t < E->nthreads; t++) {
+        if (E->work) camo_sod_acc_free(E->work[t]);
+        if (E->cwork) camo_cls_acc_free(E->cwork[t]);
+        eval_bufs *b = &E->bufs[t];
+        free(b->prob); free(b->pred); free(b->gt); free(b->taps);
+    }
+    for (int i = 0; E->image && i < B; i++) camo_sod_acc_free(E->image[i]);
+    free(E->work); free(E->cwork); free(E->image); free(E->bufs);
+    camo_sod_acc_free(E->sod);
+    camo_cls_acc_free(E->cls);
+    free(E->logits);
+}
+
+static int score_one(eval_state *E, const camo_dataset *ds, const camo_batch *b, int K, int i) {
+    int t = thread_id();
+    const float *lg = E->logits + i * (size_t)b->size * b->size * K;
+    if (K > 1)
+        return score_classes(E->cwork[t], &E->bufs[t], ds, lg, b->size, K, b->gt[i],
+                             b->orig_w[i], b->orig_h[i]);
+    camo_sod_acc_reset(E->work[t]);
+    int rc = score_binary(E->work[t], &E->bufs[t], lg, b->size, b->gt[i], b->orig_w[i],
+                          b->orig_h[i]);
+    camo_sod_acc_reset(E->image[i]);
+    camo_sod_acc_merge(E->image[i], E->work[t]);
+    return rc;
+}
+
+static int score_batch(eval_state *E, const camo_dataset *ds, const camo_batch *b, int K) {
+    int bad = b->n;
+#pragma omp parallel for schedule(dynamic) reduction(min : bad)
+    for (int i = 0; i < b->n; i++)
+        if (score_one(E, ds, b, K, i) && i < bad) bad = i;
+    if (bad < b->n) { /* again on this thread, so that the error message is this thread's */
+        score_one(E, ds, b, K, bad);
+        return -1;
+    }
+    for (int i = 0; K == 1 && i < b->n; i++) camo_sod_acc_merge(E->sod, E->image[i]);
     return 0;
 }
 
 static void finish(eval_state *E, camo_eval_full *out) {
     camo_eval_result *r = &out->r;
     if (out->classes > 1) {
+        for (int t = 0; t < E->nthreads; t++) camo_cls_acc_merge(E->cls, E->cwork[t]);
         out->class_iou = camo_calloc((size_t)out->classes, sizeof(double));
         camo_cls_acc_result(E->cls, &out->cls, out->class_iou);
         r->miou = isnan(out->cls.miou) ? 0 : out->cls.miou;
@@ -146,8 +214,7 @@ int camo_evaluate_full(camo_net *net, const camo_config *c, camo_dataset *ds, in
     float *loss_dev = be->alloc(be, sizeof(float));
     eval_state E = {0};
     E.logits = camo_malloc((size_t)B * plane * K * sizeof(float));
-    if (K > 1) E.cls = camo_cls_acc_new(K, camo_dataset_ignore_index(ds));
-    else E.sod = camo_sod_acc_new();
+    state_init(&E, K, B, camo_dataset_ignore_index(ds));
     camo_loss_kind kind = K > 1 ? LOSS_CE : LOSS_BCE;
     camo_loss_parse(c->train.loss, &kind);
     int rc = 0;
@@ -174,10 +241,7 @@ int camo_evaluate_full(camo_net *net, const camo_config *c, camo_dataset *ds, in
     out->r.seconds = camo_now() - t0;
     camo_loader_free(L);
     free(order);
-    free(E.logits);
-    free(E.bufs.prob); free(E.bufs.pred); free(E.bufs.gt); free(E.bufs.taps);
-    camo_sod_acc_free(E.sod);
-    camo_cls_acc_free(E.cls);
+    state_free(&E, B);
     be->free(be, target);
     be->free(be, labels);
     be->free(be, loss_dev);

@@ -232,7 +232,7 @@ int camo_net_set_input_size(camo_net *net, int N, int H, int W) {
 /* ---- forward / backward ---- */
 
 void camo_net_forward(camo_net *net, int n, int training) {
-    CAMO_ASSERT(net->input && n >= 0 && n <= net->N); /* 0: an empty replica (sync-BN) */
+    CAMO_ASSERT(net->input && n >= 1 && n <= net->N);
     net->training = training;
     for (int i = 0; i < net->n_layers; i++) {
         camo_layer *l = &net->layers[i];

@@ -43,13 +43,20 @@ int camo_replica_init(camo_replica *r, const camo_config *c, const camo_ckpt *ck
     return r->target && r->labels && r->loss_dev ? 0 : -1;
 }
 
-/* net->bn_sync: global BN sums (and row count) across replicas */
+/* net->bn_sync: global BN sums (and row count) across replicas. A ghost pass (a replica
+ * with no images, see micro_batch) adds nothing, and in backward (count == NULL) keeps
+ * zero sums, so that its zero output gradients give exactly zero parameter gradients. */
 static void bn_sync(void *ctx, float *data, size_t n, double *count) {
     camo_replica *r = ctx;
     if (r->bn_error) return;
+    if (r->ghost) {
+        r->be->zero(r->be, data, n * sizeof(float));
+        if (count) *count = 0;
+    }
     if (r->ctl->all_reduce_sum(r->ctl, data, n) ||
         (count && r->ctl->all_reduce_host(r->ctl, count, 1)))
         r->bn_error = 1;
+    if (r->ghost && !count) r->be->zero(r->be, data, n * sizeof(float));
 }
 
 int camo_replica_attach(camo_replica *r, const camo_config *c, camo_comm *comm,
@@ -115,8 +122,8 @@ int camo_replica_sync_start(camo_replica *r) {
     double v[4] = {hi, lo, hi * hi, lo * lo};
     if (r->ctl->all_reduce_host(r->ctl, v, 4)) return -1;
     if (v[0] * v[0] != r->size * v[2] || v[1] * v[1] != r->size * v[3]) {
-        CAMO_ERR("replica %d: weights differ between replicas after the broadcast from replica "
-                 "0 (checksum %08x); refusing to train diverging replicas", r->rank, h);
+        CAMO_ERR("weights differ between replicas after the broadcast from replica 0 (this "
+                 "replica's checksum %08x); refusing to train diverging replicas", h);
         return -1;
     }
     return 0;
@@ -139,9 +146,18 @@ int camo_replica_micro_batch(camo_replica *r, const camo_config *c, camo_loss_ki
     camo_replica_slice(b->n, r->rank, r->size, &lo, &n);
     size_t plane = (size_t)b->size * b->size;
     if (r->ddp_on && last_micro) camo_ddp_arm(&r->ddp);
-    /* an empty slice contributes zero gradients; with sync-BN it still runs (0 rows) so
-     * that it joins the BN collectives of every layer */
-    if (n > 0 || r->sync_bn) {
+    /* An empty slice contributes zero gradients. With sync-BN it must still join the BN
+     * collectives of every layer: it runs a ghost pass on one image whose BN sums count
+     * for nothing and whose output gradients are zero (no loss), so every gradient it
+     * computes is exactly zero. */
+    if (n == 0 && r->sync_bn) {
+        be->upload(be, net->input, b->image, plane * 3 * sizeof(float));
+        r->ghost = 1;
+        camo_net_forward(net, 1, 1);
+        camo_net_zero_act_grads(net);
+        camo_net_backward(net, 1);
+        r->ghost = 0;
+    } else if (n > 0) {
         be->upload(be, net->input, b->image + (size_t)lo * plane * 3, (size_t)n * plane * 3 * sizeof(float));
         if (loss == LOSS_CE)
             be->upload(be, r->labels, b->labels + (size_t)lo * plane, (size_t)n * plane * sizeof(int32_t));

@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "camo/cfgutil.h"
 #include "camo/checkpoint.h"
@@ -74,6 +75,7 @@ typedef struct trainer {
     double comm_s, comm_wait_s; /* run totals of replica 0 */
     int64_t fail_step;          /* CAMO_TEST_FAIL_REPLICA / CAMO_TEST_FAIL_STEP hook */
     int fail_replica;
+    int fail_stall;             /* CAMO_TEST_FAIL_STALL=1: the replica hangs instead */
     FILE *jsonl;
     char out[CAMO_PATH_MAX];
     double t0, elapsed0, last_log_t;
@@ -275,14 +277,25 @@ static void board_take(trainer *T) {
     pthread_mutex_unlock(&bd->mu);
 }
 
-/* Replica 0: waits until every other replica is done with the current batch. */
+/* Replica 0: waits until every other replica is done with the current batch (a
+ * micro-batch's work: parallel.timeout_s at most, like a collective). */
 static int board_wait_taken(trainer *T) {
     board *bd = &T->bd;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += (time_t)T->c->parallel.timeout_s;
+    int timed_out = 0;
     pthread_mutex_lock(&bd->mu);
-    while (bd->taken < T->n_rep - 1 && !bd->aborted) pthread_cond_wait(&bd->cv, &bd->mu);
-    int rc = bd->aborted ? -1 : 0;
+    while (bd->taken < T->n_rep - 1 && !bd->aborted && !timed_out)
+        timed_out = pthread_cond_timedwait(&bd->cv, &bd->mu, &ts) == ETIMEDOUT;
+    int rc = bd->aborted || bd->taken < T->n_rep - 1 ? -1 : 0;
+    int taken = bd->taken;
     pthread_mutex_unlock(&bd->mu);
-    if (rc) CAMO_ERR("stopped: replica %d failed", bd->fail_rank);
+    if (rc && timed_out)
+        CAMO_ERR("%d of %d replicas did not finish a micro-batch within parallel.timeout_s = %g s",
+                 T->n_rep - 1 - taken, T->n_rep, T->c->parallel.timeout_s);
+    else if (rc)
+        CAMO_ERR("stopped: replica %d failed", bd->fail_rank);
     return rc;
 }
 
@@ -293,8 +306,13 @@ static int board_wait_taken(trainer *T) {
 static int run_command(trainer *T, camo_replica *r, const command *cmd, double *loss,
                        double *gnorm) {
     if (T->fail_replica == r->rank && cmd->step == T->fail_step) {
-        CAMO_ERR("test hook CAMO_TEST_FAIL_REPLICA=%d: replica %d fails at step %lld",
-                 T->fail_replica, r->rank, (long long)cmd->step);
+        if (T->fail_stall) { /* a replica that stops responding: its peers must time out */
+            struct timespec ts = {0, 10 * 1000 * 1000};
+            while (!T->comms[0]->aborted(T->comms[0])) nanosleep(&ts, NULL);
+        }
+        CAMO_ERR("test hook CAMO_TEST_FAIL_REPLICA=%d: replica %d %s at step %lld",
+                 T->fail_replica, r->rank, T->fail_stall ? "stalled" : "fails",
+                 (long long)cmd->step);
         if (r->rank) board_take(T);
         return -1;
     }
@@ -628,6 +646,7 @@ static int start_replicas(trainer *T, pthread_t *threads, int *started) {
     const char *fr = getenv("CAMO_TEST_FAIL_REPLICA"), *fs = getenv("CAMO_TEST_FAIL_STEP");
     T->fail_replica = fr && fs ? atoi(fr) : -1;
     T->fail_step = fr && fs ? atoll(fs) : -1;
+    T->fail_stall = T->n_rep > 1 && getenv("CAMO_TEST_FAIL_STALL") != NULL;
     for (int i = 1; i < T->n_rep; i++) {
         if (pthread_create(&threads[i], NULL, replica_thread, &T->rep[i]) != 0) {
             CAMO_ERR("cannot start the thread of replica %d", i);

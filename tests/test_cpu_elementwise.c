@@ -309,7 +309,9 @@ static void test_softmax(void **state) {
     free(x); free(y); free(want); free(dy); free(dx); free(dx1);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    (void)argc;
+    camo_cpu_env_reexec(argv); /* passive OpenMP waits: tests share 2 busy cores */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_act),
         cmocka_unit_test(test_act_large),

@@ -382,7 +382,9 @@ static void test_ema(void **state) {
     free(ema); free(w); free(want); free(ref);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    (void)argc;
+    camo_cpu_env_reexec(argv); /* passive OpenMP waits: tests share 2 busy cores */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_loss_hand_values),
         cmocka_unit_test(test_loss_small),

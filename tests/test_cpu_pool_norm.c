@@ -537,7 +537,9 @@ static void test_resize_known_values(void **state) {
     assert_float_equal(y[6], 4, 1e-6); /* from sizes: 6.5 * 5/7 - 0.5 > 4, clamped */
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    (void)argc;
+    camo_cpu_env_reexec(argv); /* passive OpenMP waits: tests share 2 busy cores */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bn_train_forward),
         cmocka_unit_test(test_bn_train_backward),

@@ -122,6 +122,11 @@ for k in sm em_mean em_max wfm fm_mean fm_max mae iou dice; do
     echo "$js" | grep -q "\"$k\": [0-9]" || ok=0
 done
 [ $ok = 1 ] && pass binary_eval_json || fail binary_eval_json "$js"
+# images are scored on OpenMP threads: the numbers must not depend on how many
+j1=$(OMP_NUM_THREADS=1 $BIN eval --ckpt "$CK" --split Train --json 2>/dev/null | sed 's/"seconds": [0-9.]*, //')
+j3=$(OMP_NUM_THREADS=3 $BIN eval --ckpt "$CK" --split Train --json 2>/dev/null | sed 's/"seconds": [0-9.]*, //')
+if [ -n "$j1" ] && [ "$j1" = "$j3" ] && echo "$j1" | grep -q '"images": 4'; then pass eval_threads_identical
+else fail eval_threads_identical "1 thread: $j1; 3 threads: $j3"; fi
 
 # ---- bad data: a class value >= classes, an image/mask size mismatch ----
 R=$TMP/badlabel

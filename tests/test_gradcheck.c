@@ -22,6 +22,11 @@ static const gc_case cases[] = {
                              "{name=\"c\"; type=\"conv\"; filters=6; size=3; groups=2;}"},
     {"conv_depthwise", 2, 7, 6, "{name=\"a\"; type=\"conv\"; filters=4; size=1;},"
                                 "{name=\"c\"; type=\"conv\"; filters=4; size=3; groups=4; stride=2;}"},
+    {"conv_dil_groups_stride", 2, 9, 7, "{name=\"a\"; type=\"conv\"; filters=6; size=1;},"
+                                        "{name=\"c\"; type=\"conv\"; filters=9; size=3; stride=2;"
+                                        " dilation=2; groups=3;}"},
+    {"conv_5x5_even", 1, 11, 8, "{name=\"c\"; type=\"conv\"; filters=4; size=5; stride=3; pad=1;},"
+                                "{name=\"d\"; type=\"conv\"; filters=3; size=2; pad=0; from=\"input\";}"},
     {"conv_1x1_nobias", 2, 5, 5, "{name=\"c\"; type=\"conv\"; filters=5; size=1; bias=false;}"},
     {"conv_bn_silu", 2, 6, 5, "{name=\"c\"; type=\"conv\"; filters=4; size=3; bn=true; act=\"silu\";}"},
     {"conv_gelu", 2, 6, 5, "{name=\"c\"; type=\"conv\"; filters=4; size=3; act=\"gelu\";}"},
@@ -39,6 +44,12 @@ static const gc_case cases[] = {
     {"adaptive_avgpool", 2, 7, 5, "{name=\"c\"; type=\"conv\"; filters=3; size=3;},"
                                   "{name=\"p\"; type=\"adaptive_avgpool\"; size=[3, 2];}"},
     {"resize_scale", 2, 5, 4, "{name=\"c\"; type=\"conv\"; filters=3; size=3;}, {name=\"r\"; type=\"resize\"; scale=2.0;}"},
+    {"resize_size_odd", 2, 9, 7, "{name=\"c\"; type=\"conv\"; filters=3; size=3;},"
+                                 "{name=\"r\"; type=\"resize\"; size=[5, 11];}"},
+    {"resize_scale_down", 1, 9, 7, "{name=\"c\"; type=\"conv\"; filters=2; size=3;},"
+                                   "{name=\"r\"; type=\"resize\"; scale=0.5;}"},
+    {"batchnorm_eps_momentum", 2, 5, 3, "{name=\"c\"; type=\"conv\"; filters=3; size=3;},"
+                                        "{name=\"bn\"; type=\"batchnorm\"; eps=1e-3; momentum=0.3;}"},
     {"resize_down_ac", 1, 9, 7, "{name=\"c\"; type=\"conv\"; filters=3; size=3;},"
                                 "{name=\"r\"; type=\"resize\"; size=[4, 3]; align_corners=true;}"},
     {"concat_like", 2, 8, 6, "{name=\"c\"; type=\"conv\"; filters=3; size=3;},"
@@ -206,7 +217,9 @@ static void run_case(const gc_case *gc) {
 
 static void test_case(void **state) { run_case((const gc_case *)*state); }
 
-int main(void) {
+int main(int argc, char **argv) {
+    (void)argc;
+    camo_cpu_env_reexec(argv); /* passive OpenMP waits: tests share 2 busy cores */
     be = camo_backend_cpu_create(1);
     size_t n = sizeof cases / sizeof cases[0];
     struct CMUnitTest *tests = calloc(n, sizeof *tests);

@@ -91,7 +91,10 @@ static uint32_t crc32_png(const uint8_t *p, size_t n) {
  * bytes and filter unit (2 bytes a pixel) as 16-bit grey rows; only IHDR differs. */
 static void write_png16(const char *path, const uint16_t *v, int w, int h) {
     uint8_t *be = malloc((size_t)w * h * 2);
-    for (int i = 0; i < w * h; i++) { be[2 * i] = (uint8_t)(v[i] >> 8); be[2 * i + 1] = (uint8_t)v[i]; }
+    for (int i = 0; i < w * h; i++) {
+        be[2 * i] = (uint8_t)(v[i] >> 8);
+        be[2 * i + 1] = (uint8_t)v[i];
+    }
     int len;
     uint8_t *png = stbi_write_png_to_mem(be, w * 2, w, h, 2, &len);
     assert_non_null(png);
@@ -167,8 +170,10 @@ static void test_carla_and_split_aliases(void **state) {
 /* COD10K-v3: -NonCAM-/-BG- pictures are skipped even when a stray mask has their name. */
 static void test_cod10k_noncam(void **state) {
     (void)state;
-    write_pair(P("cod/Train/Image/COD10K-CAM-1-A-1.jpg"), P("cod/Train/GT_Object/COD10K-CAM-1-A-1.png"), 8, 8, 1);
-    write_pair(P("cod/Train/Image/COD10K-NonCAM-5-B-2.jpg"), P("cod/Train/GT_Object/COD10K-NonCAM-5-B-2.png"), 8, 8, 1);
+    const char *names[] = {"COD10K-CAM-1-A-1", "COD10K-NonCAM-5-B-2"};
+    for (int k = 0; k < 2; k++)
+        write_pair(P("cod/Train/Image/%s.jpg", names[k]), P("cod/Train/GT_Object/%s.png", names[k]),
+                   8, 8, 1);
     write_pair(P("cod/Train/Image/COD10K-BG-3.jpg"), P("cod/x/COD10K-BG-3.png"), 8, 8, 1);
     camo_dataset *ds = camo_dataset_open(P("cod"), "auto", "Train", 1, 0);
     assert_non_null(ds);
@@ -375,7 +380,8 @@ static void test_cache_identical(void **state) {
     camo_augment a = {.size = LS, .train = 1, .hflip = 1, .scale_min = 0.8f, .scale_max = 1.25f,
                       .jitter = 0.3f, .rotate = 15};
     size_t per = (size_t)LS * LS, bytes = 0;
-    float *want = malloc(2 * LN * per * 4 * sizeof(float)), *got = malloc(2 * LN * per * 4 * sizeof(float));
+    size_t all = 2 * LN * per * 4 * sizeof(float); /* 2 epochs of image + mask */
+    float *want = malloc(all), *got = malloc(all);
     int order[LN];
     for (int pass = 0; pass < 4; pass++) { /* 0: uncached; 1-3: cached, 0..2 workers */
         camo_dataset *ds = camo_dataset_open(P(pass ? "cache2" : "cache"), "cod10k", "Train", 1, 0);
@@ -404,12 +410,12 @@ static void test_cache_identical(void **state) {
             assert_int_equal(pos, LN);
         }
         camo_loader_free(L);
-        if (pass) assert_memory_equal(got, want, 2 * LN * per * 4 * sizeof(float));
+        if (pass) assert_memory_equal(got, want, all);
         camo_dataset_free(ds);
         if (pass >= 2) /* the next pass fills its cache afresh: restore the files */
             for (int i = 0; i < LN; i++)
-                write_pair(P("cache2/Train/Image/s%d.jpg", i), P("cache2/Train/GT_Object/s%d.png", i),
-                           30 + 7 * i, 26 + 3 * i, i);
+                write_pair(P("cache2/Train/Image/s%d.jpg", i),
+                           P("cache2/Train/GT_Object/s%d.png", i), 30 + 7 * i, 26 + 3 * i, i);
     }
     assert_true(allocs > 0 && allocs == frees); /* every batch buffer came from the allocator */
     assert_true(bytes >= (size_t)4 * 4 * per * 4 * 2); /* 4 loaders x 2 slots x (image + mask) */
@@ -452,7 +458,8 @@ static void test_keep_gt(void **state) {
                 assert_int_equal(b->orig_w[i], w);
                 assert_int_equal(b->orig_h[i], h);
                 assert_non_null(b->gt[i]);
-                for (int p = 0; p < w * h; p++) assert_int_equal(b->gt[i][p], p % w < w / 3 ? 255 : 0);
+                for (int p = 0; p < w * h; p++)
+                    assert_int_equal(b->gt[i][p], p % w < w / 3 ? 255 : 0);
             }
             camo_loader_release(L, b);
         }
@@ -460,6 +467,28 @@ static void test_keep_gt(void **state) {
         assert_true(camo_loader_wait_seconds(L) >= 0);
         camo_loader_free(L);
     }
+    camo_dataset_free(ds);
+}
+
+/* A worker's scratch: after the first load of the largest image, loads (JPEG image, PNG
+ * mask, both through stb_image) take no memory from the heap. */
+static void test_no_heap_in_steady_state(void **state) {
+    (void)state;
+    write_pair(P("heap/Train/Image/a.jpg"), P("heap/Train/GT_Object/a.png"), 90, 70, 1);
+    write_pair(P("heap/Train/Image/b.jpg"), P("heap/Train/GT_Object/b.png"), 60, 50, 2);
+    camo_dataset *ds = camo_dataset_open(P("heap"), "cod10k", "Train", 1, 0);
+    assert_non_null(ds);
+    camo_sample_scratch *sc = camo_sample_scratch_create();
+    camo_augment a = {.size = 16, .train = 1, .scale_min = 0.9f, .scale_max = 1.1f, .rotate = 5};
+    float img[16 * 16 * 3], mask[16 * 16];
+    assert_int_equal(camo_sample_load_ex(ds, 0, &a, 1, sc, img, mask, NULL, NULL, NULL), 0);
+    assert_true(camo_sample_scratch_heap_allocs(sc) > 0); /* the first load fills the arena */
+    for (int k = 0; k < 4; k++) {
+        assert_int_equal(
+            camo_sample_load_ex(ds, k % 2, &a, (uint64_t)k, sc, img, mask, NULL, NULL, NULL), 0);
+        assert_int_equal(camo_sample_scratch_heap_allocs(sc), 0);
+    }
+    camo_sample_scratch_free(sc);
     camo_dataset_free(ds);
 }
 
@@ -477,6 +506,7 @@ int main(void) {
         cmocka_unit_test(test_cache_identical),
         cmocka_unit_test(test_cache_too_big),
         cmocka_unit_test(test_keep_gt),
+        cmocka_unit_test(test_no_heap_in_steady_state),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     char cmd[700];

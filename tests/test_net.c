@@ -220,7 +220,9 @@ static void test_missing_file(void **state) {
     assert_non_null(strstr(camo_last_error(), "syntax.cfg:2"));
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    (void)argc;
+    camo_cpu_env_reexec(argv); /* passive OpenMP waits: tests share 2 busy cores */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_errors),
         cmocka_unit_test(test_shape_mismatch_names_layer),

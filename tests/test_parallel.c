@@ -157,24 +157,26 @@ static void ckpt_path(const char *run, char *buf, size_t n) {
     snprintf(buf, n, "%s/%s/last.ckpt", tmp, run);
 }
 
-/* ||x - y|| / ||y||, printing the tensor when it exceeds tol */
-static double rel_norm_err(const float *x, const float *y, size_t n, double tol, const char *what) {
-    double d = 0, m = 0;
+/* Sums of squares of x - y and of y, in double. */
+static void sq_sums(const float *x, const float *y, size_t n, double *d, double *m) {
+    *d = *m = 0;
     for (size_t i = 0; i < n; i++) {
-        d += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);
-        m += (double)y[i] * y[i];
+        *d += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);
+        *m += (double)y[i] * y[i];
     }
-    double e = m > 0 ? sqrt(d / m) : sqrt(d);
-    if (!(e <= tol)) fprintf(stderr, "  %s: relative error %.3g (tolerance %.3g)\n", what, e, tol);
-    return e;
 }
 
-/* Every float tensor of run a's last.ckpt against run b's, as a relative error of the
- * tensor (L2 norms), within tol for weights and BN statistics and 10 tol for optimizer
- * slots (they hold gradients, which carry the summation-order noise without the weights'
- * magnitude); also the same position. Returns the worst error scaled to tol. SGD in these
- * tests: Adam's first steps move a weight by +-lr whatever its gradient's size, so
- * gradients that are zero up to rounding flip weights by 2 lr at random. */
+/* Run a's last.ckpt against run b's (same position). The relative L2 error of all weights
+ * and BN statistics together must be within tol: that is "the same weights"; single
+ * weight tensors within 1e-2. Optimizer slots (momentum = gradients) within 0.2 a tensor
+ * and 0.1 overall: a missing replica's or bucket's share is an O(1) error there, while a
+ * gradient of a randomly initialised BN network is ill-conditioned (a BN bias gradient is
+ * a near-cancelling sum; a layer followed by BN receives dy minus its mean), so rounding
+ * differences of another summation order reach 1e-3 after one step and grow by a few
+ * times a step (see docs/parallel.md). Exactness of the exchange itself is checked
+ * bitwise: DP and DDP of the same replica count agree bit for bit. SGD here: Adam's first
+ * steps move every weight by +-lr whatever its gradient's size, sign of rounding noise
+ * included. Returns the whole-model weight error. */
 static double compare_runs(const char *a, const char *b, double tol) {
     char pa[CAMO_PATH_MAX + 64], pb[CAMO_PATH_MAX + 64];
     ckpt_path(a, pa, sizeof pa);
@@ -185,8 +187,8 @@ static double compare_runs(const char *a, const char *b, double tol) {
     assert_int_equal(ca->st.step, cb->st.step);
     assert_int_equal(ca->st.epoch, cb->st.epoch);
     assert_int_equal(ca->st.batch, cb->st.batch);
-    double worst = 0;
-    int compared = 0;
+    double dw = 0, mw = 0, dox = 0, mo = 0;
+    int compared = 0, bad = 0;
     for (int i = 0; i < camo_st_count(ca->file); i++) {
         const camo_st_tensor *ta = camo_st_get(ca->file, i);
         if (ta->dtype != CAMO_ST_F32) continue;
@@ -197,9 +199,15 @@ static double compare_runs(const char *a, const char *b, double tol) {
         float *y = camo_malloc((size_t)tb->numel * sizeof(float) + 4);
         assert_int_equal(camo_st_read_f32(ta, x), 0);
         assert_int_equal(camo_st_read_f32(tb, y), 0);
-        double t = strncmp(ta->name, "optim.", 6) ? tol : 10 * tol;
-        double e = rel_norm_err(x, y, (size_t)ta->numel, t, ta->name) * tol / t;
-        if (!(e <= worst)) worst = e;
+        double d, m;
+        sq_sums(x, y, (size_t)ta->numel, &d, &m);
+        int slot = !strncmp(ta->name, "optim.", 6);
+        if (slot) { dox += d; mo += m; } else { dw += d; mw += m; }
+        double e = m > 0 ? sqrt(d / m) : sqrt(d), t = slot ? 0.2 : 1e-2;
+        if (!(e <= t)) {
+            fprintf(stderr, "  %s: relative error %.3g (tolerance %.3g)\n", ta->name, e, t);
+            bad++;
+        }
         compared++;
         free(x);
         free(y);
@@ -207,7 +215,12 @@ static double compare_runs(const char *a, const char *b, double tol) {
     assert_true(compared > 0);
     camo_ckpt_close(ca);
     camo_ckpt_close(cb);
-    return worst;
+    double ew = sqrt(dw / mw), eo = mo > 0 ? sqrt(dox / mo) : 0;
+    if (!(ew <= tol)) fprintf(stderr, "  weights: relative error %.3g (tolerance %.3g)\n", ew, tol);
+    if (!(eo <= 0.1)) fprintf(stderr, "  optimizer slots: relative error %.3g\n", eo);
+    assert_int_equal(bad, 0);
+    assert_true(eo <= 0.1);
+    return ew;
 }
 
 /* Are two runs' checkpoint tensors bitwise equal? */
@@ -232,7 +245,7 @@ static int bitwise_equal(const char *a, const char *b) {
 
 static void expect_equal(const char *ref, const char *run) {
     double e = compare_runs(run, ref, TOL);
-    printf("  %-14s vs %-10s max rel err %.2g\n", run, ref, e);
+    printf("  %-14s vs %-10s weights: relative error %.2g\n", run, ref, e);
     assert_true(e <= TOL);
 }
 

@@ -529,8 +529,17 @@ static const char *py_script =
     "          sys.argv[2], metadata={'epoch': '7', 'note': '\\u00fc\"'})\n"
     "print('python: ok')\n";
 
-static int have_python_safetensors(void) {
-    return system("python3 -c 'import safetensors.torch' >/dev/null 2>&1") == 0;
+/* The first python3 that has safetensors and torch: the one on PATH, else Debian's (a
+ * pyenv python3 on PATH does not see Debian's python3-torch). NULL if none. */
+static const char *python_with_safetensors(void) {
+    static const char *const candidates[] = {"python3", "/usr/bin/python3"};
+    char cmd[256];
+    for (size_t i = 0; i < sizeof candidates / sizeof candidates[0]; i++) {
+        snprintf(cmd, sizeof cmd, "%s -c 'import safetensors.torch' >/dev/null 2>&1",
+                 candidates[i]);
+        if (system(cmd) == 0) return candidates[i];
+    }
+    return NULL;
 }
 
 static void check_python_file(const char *path) {
@@ -567,7 +576,8 @@ static void check_python_file(const char *path) {
 
 static void test_python_interop(void **state) {
     (void)state;
-    if (!have_python_safetensors()) {
+    const char *python = python_with_safetensors();
+    if (!python) {
         fprintf(stderr, "  python3 with safetensors.torch not found: skipping\n");
         skip();
     }
@@ -577,7 +587,7 @@ static void test_python_interop(void **state) {
     tpath(pyfile, sizeof pyfile, "from_py.safetensors");
     spit(script, py_script, strlen(py_script));
     write_sample(cfile);
-    snprintf(cmd, sizeof cmd, "python3 '%s' '%s' '%s'", script, cfile, pyfile);
+    snprintf(cmd, sizeof cmd, "%s '%s' '%s' '%s'", python, script, cfile, pyfile);
     int rc = system(cmd);
     assert_true(rc != -1 && WIFEXITED(rc));
     assert_int_equal(WEXITSTATUS(rc), 0);

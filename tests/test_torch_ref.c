@@ -361,7 +361,9 @@ static int cmp_str(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    (void)argc;
+    camo_cpu_env_reexec(argv); /* passive OpenMP waits: tests share 2 busy cores */
     DIR *d = opendir(FIXTURE_DIR);
     if (!d) {
         fprintf(stderr, "test_torch_ref: no %s (run from the repository root)\n", FIXTURE_DIR);

@@ -77,28 +77,64 @@ steps=$(grep -o '"type":"step","epoch":[0-9]*,"step":[0-9]*' "$TMP/cut5/metrics.
 if [ "$steps" = "1 2 3 4 5 6 7 8 " ]; then pass resume_jsonl_steps_once
 else fail resume_jsonl_steps_once "step records: $steps"; fi
 
-# SIGKILL: nothing is saved at exit; resume from the every_steps checkpoint at step 3
-$RUN --out "$TMP/killed" > "$TMP/killed.log" 2>&1 &
+# SIGKILL: nothing is saved at exit; resume from the last checkpoint.every_steps one, taken
+# mid-epoch (12 steps of 2 images, a checkpoint after each)
+KRUN="$BIN --conf conf/demo.cfg --quiet --set data.root=$DATA --set data.img_size=32
+      --set train.threads=1 --set checkpoint.every_steps=1 --set train.epochs=2 --set train.batch=2
+      --set eval.every=0 --set train.optimizer=sgd --set train.nesterov=true --set train.lr=0.05
+      --set train.ema_decay=0.8"
+# shellcheck disable=SC2086
+$KRUN --out "$TMP/kref" > "$TMP/kref.log" 2>&1 || fail resume_sigkill_every_steps "$(tail -2 "$TMP/kref.log")"
+# shellcheck disable=SC2086
+$KRUN --out "$TMP/killed" > "$TMP/killed.log" 2>&1 &
 pid=$!
-seen=""
-for _ in $(seq 1 600); do
-    s=$(meta "$TMP/killed/last.ckpt" step 2>/dev/null)
-    if [ "$s" = 3 ]; then kill -KILL $pid 2>/dev/null; seen=3; break; fi
-    if [ -n "$s" ] && [ "$s" -gt 3 ]; then break; fi
+for _ in $(seq 1 1000); do
+    [ -s "$TMP/killed/last.ckpt" ] && break
     kill -0 $pid 2>/dev/null || break
-    sleep 0.02
+    sleep 0.01
 done
 kill -KILL $pid 2>/dev/null
 wait $pid 2>/dev/null
-if [ "$seen" != 3 ]; then
-    skip resume_sigkill_every_steps "did not catch the step-3 checkpoint before step 4 (busy machine?)"
-elif [ "$(meta "$TMP/killed/last.ckpt" batch)" = 0 ]; then
-    fail resume_sigkill_every_steps "the step-3 checkpoint is not mid-epoch"
+kstep=$(meta "$TMP/killed/last.ckpt" step)
+if [ -z "$kstep" ] || [ "$kstep" -ge 24 ]; then
+    skip resume_sigkill_every_steps "the run was not caught between two checkpoints (step '$kstep')"
+elif [ "$kstep" = 12 ] || [ "$(meta "$TMP/killed/last.ckpt" batch)" = 0 ]; then
+    fail resume_sigkill_every_steps "the checkpoint at step $kstep is not a mid-epoch one"
 elif ! $BIN --resume "$TMP/killed/last.ckpt" --quiet > "$TMP/killed_res.log" 2>&1; then
     fail resume_sigkill_every_steps "resume failed: $(tail -2 "$TMP/killed_res.log")"
-elif hashes "$TMP/killed/last.ckpt" | diff -q "$TMP/ref.hash" - > /dev/null; then
-    pass resume_sigkill_every_steps
+elif diff -q <(hashes "$TMP/kref/last.ckpt") <(hashes "$TMP/killed/last.ckpt") > /dev/null; then
+    pass "resume_sigkill_every_steps (killed after step $kstep)"
 else fail resume_sigkill_every_steps "tensors differ from the uninterrupted run"; fi
+
+# a real SIGINT from outside (Ctrl-C) once the first epoch's checkpoint is there
+$RUN --out "$TMP/int" > "$TMP/int.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 600); do
+    [ -s "$TMP/int/last.ckpt" ] && break
+    kill -0 $pid 2>/dev/null || break
+    sleep 0.02
+done
+kill -INT $pid 2>/dev/null
+wait $pid; rc=$?
+if [ $rc != 0 ]; then fail resume_sigint "exit $rc after SIGINT: $(tail -2 "$TMP/int.log")"
+elif [ "$(meta "$TMP/int/last.ckpt" step)" = 8 ]; then
+    skip resume_sigint "the run ended before the signal arrived"
+elif ! $BIN --resume "$TMP/int/last.ckpt" --quiet > "$TMP/int_res.log" 2>&1; then
+    fail resume_sigint "resume failed: $(tail -2 "$TMP/int_res.log")"
+elif hashes "$TMP/int/last.ckpt" | diff -q "$TMP/ref.hash" - > /dev/null; then pass resume_sigint
+else fail resume_sigint "tensors differ from the uninterrupted run"; fi
+
+# best.ckpt holds the EMA weights it was judged by: `eval` (EMA by default) reproduces the
+# training-time validation loss of the best epoch; --no-ema gives the raw weights' loss
+be=$(meta "$TMP/ref/best.ckpt" best_epoch)
+train_loss=$(grep "\"type\":\"eval\",\"epoch\":$be," "$TMP/ref/metrics.jsonl" | sed 's/.*"loss": *\([-0-9.e+]*\).*/\1/')
+ema_loss=$($BIN eval --ckpt "$TMP/ref/best.ckpt" --json 2>/dev/null | sed -n 's/.*"loss": *\([-0-9.e+]*\).*/\1/p')
+raw_loss=$($BIN eval --ckpt "$TMP/ref/best.ckpt" --json --no-ema 2>/dev/null | sed -n 's/.*"loss": *\([-0-9.e+]*\).*/\1/p')
+r4() { awk -v x="$1" 'BEGIN { printf "%.4f", x }'; }
+if [ -n "$train_loss" ] && [ -n "$ema_loss" ] && [ "$(r4 "$train_loss")" = "$(r4 "$ema_loss")" ] &&
+   [ -n "$raw_loss" ] && [ "$(r4 "$raw_loss")" != "$(r4 "$ema_loss")" ]; then
+    pass ema_used_for_eval_and_saved
+else fail ema_used_for_eval_and_saved "epoch $be: training loss '$train_loss', eval EMA '$ema_loss', raw '$raw_loss'"; fi
 
 # eval every 2 epochs with early stopping: a signal at the end of epoch 1 must not add an
 # evaluation (it would set best and count bad epochs differently from the run never stopped)

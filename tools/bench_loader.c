@@ -157,12 +157,11 @@ int main(void) {
            "rotation, jitter), batch %d\n", n, IMG_W, IMG_H, SIDE, SIDE, BATCH);
     printf("  reference: stbi JPEG decode alone, 1 thread     %7.1f img/s (%.1f per CPU-s)\n",
            ref, ref_cpu);
-    printf("  loader 1 worker, from JPEG                    %7.1f img/s  %.2fx ref (%.1f per CPU-s)\n",
-           jpeg, jpeg / ref, jpeg_cpu);
-    printf("  loader 2 workers, from JPEG                   %7.1f img/s  %.2fx ref (%.2fx 1 worker)\n",
+    const char *row = "  %-44s %7.1f img/s  %.2fx ref (%.1f per CPU-s)\n";
+    printf(row, "loader 1 worker, from JPEG", jpeg, jpeg / ref, jpeg_cpu);
+    printf("  %-44s %7.1f img/s  %.2fx ref (%.2fx 1 worker)\n", "loader 2 workers, from JPEG",
            jpeg2, jpeg2 / ref, jpeg2 / jpeg);
-    printf("  loader 1 worker, data.cache = decoded         %7.1f img/s  %.2fx ref (%.1f per CPU-s)\n",
-           cache, cache / ref, cache_cpu);
+    printf(row, "loader 1 worker, data.cache = decoded", cache, cache / ref, cache_cpu);
     printf("  steady-state share of a step's time spent waiting for data: %.1f%% (JPEG, steps "
            "at 0.9x its rate), %.1f%% (cache, steps at the JPEG rate)\n", 100 * wait_jpeg,
            100 * wait_cache);

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #ifdef CAMO_HAVE_CUDA
 #include <cuda_runtime.h>
@@ -146,10 +147,33 @@ static void check_allreduce(int n) {
 
 enum { STEP_N = 2, STEP_S = 96 };
 
+/* conf/models/unet_s.cfg from the working directory, or from the repository this binary
+ * was built in (build/tools/ or tools/) */
+static const char *model_path(char *buf, size_t size) {
+    const char *rel = "conf/models/unet_s.cfg";
+    if (access(rel, R_OK) == 0) return rel;
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return rel;
+    exe[n] = 0;
+    char *slash = strrchr(exe, '/');
+    if (slash) *slash = 0;
+    const char *ups[] = {"/../", "/../../"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(buf, size, "%s%s%s", exe, ups[i], rel);
+        if (access(buf, R_OK) == 0) return buf;
+    }
+    return rel;
+}
+
 /* loss and gradient norm of one unet_s step on `be`; -1 on error */
 static int train_step(camo_backend *be, double *loss_out, double *gnorm_out) {
-    camo_net *net = camo_net_load("conf/models/unet_s.cfg", be, 0);
-    if (!net || camo_net_set_input_size(net, STEP_N, STEP_S, STEP_S)) return -1;
+    char path[4200];
+    camo_net *net = camo_net_load(model_path(path, sizeof path), be, 0);
+    if (!net || camo_net_set_input_size(net, STEP_N, STEP_S, STEP_S)) {
+        if (net) camo_net_free(net);
+        return -1;
+    }
     camo_net_init_weights(net, 42);
     size_t plane = (size_t)STEP_N * STEP_S * STEP_S;
     float *img = malloc(plane * 3 * 4), *mask = malloc(plane * 4);

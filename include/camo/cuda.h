@@ -17,7 +17,8 @@ int camo_cuda_amp_parse(const char *s, camo_cuda_amp *out);
 /* Convolutions of a CUDA backend run in bf16/fp16 on tensor cores with fp32 accumulation
  * (operands are converted in scratch; the op table stays fp32, so master weights, optimizer
  * state and every other op stay fp32). bf16 on a GPU without bf16 (sm_75) falls back to fp16
- * with a notice. The CPU backend ignores it (returns 0). Returns the mode in effect. */
+ * with a notice. The CPU backend ignores it (returns 0). Returns the mode in effect.
+ * A new CUDA backend starts in the mode of the environment variable CAMO_AMP (default off). */
 camo_cuda_amp camo_cuda_set_amp(camo_backend *be, camo_cuda_amp mode);
 
 /* 0 while every CUDA call of this backend succeeded; -1 with camo_last_error() set to the

@@ -82,6 +82,9 @@ void camo_sample_scratch_free(camo_sample_scratch *sc);
  * ground truth's size), read with camo_sample_scratch_gt until the next load. */
 void camo_sample_scratch_keep_gt(camo_sample_scratch *sc, int keep);
 const uint8_t *camo_sample_scratch_gt(const camo_sample_scratch *sc, int *w, int *h);
+/* How many of stb_image's allocations in the last load did not fit the scratch's arena
+ * (0 in the steady state: the arena grows to the largest image's need between loads). */
+size_t camo_sample_scratch_heap_allocs(const camo_sample_scratch *sc);
 /* camo_sample_load with caller-owned scratch; camo_sample_load uses a temporary one. */
 int camo_sample_load_ex(const camo_dataset *ds, int index, const camo_augment *aug,
                         uint64_t key, camo_sample_scratch *sc, float *image, float *mask,

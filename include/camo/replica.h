@@ -28,6 +28,7 @@ typedef struct camo_replica {
     camo_ddp ddp;
     int ddp_on;
     int bn_error;           /* a sync-BN collective failed (the hook cannot return it) */
+    int ghost;              /* running the ghost pass of an empty slice (sync-BN) */
     double comm_s;          /* last step: seconds in gradient/parameter collectives */
     double wait_s;          /* last step: of which the compute thread waited for */
     void *user;             /* the run this replica belongs to (train.c) */

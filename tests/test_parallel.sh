@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# End-to-end tests of data parallelism through the binary: device specs, --devices cpu:N
+# with --parallel ddp|dp, uneven data, a replica that fails or stalls mid-run (the run
+# ends within the timeout, names the replica, keeps last.ckpt), a replica whose weights
+# differ at start, and SIGTERM with several replicas. PASS/FAIL/SKIP lines for tests/run.sh.
+set -u
+cd "$(dirname "$0")/.."
+BIN=${CAMOTRAIN:-./camotrain}
+TMP=${CAMO_TEST_TMP:-$(mktemp -d)}/parallel_sh
+mkdir -p "$TMP"
+export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+
+pass() { echo "PASS $1"; }
+fail() { echo "FAIL $1: $2"; }
+skip() { echo "SKIP $1: $2"; }
+
+# expect NAME RC PATTERN -- command...: exit code RC and PATTERN in stdout+stderr
+expect() {
+    local name=$1 want=$2 pat=$3; shift 4
+    local out rc
+    out=$("$@" 2>&1); rc=$?
+    if [ "$rc" != "$want" ]; then fail "$name" "exit $rc, expected $want; output: $(echo "$out" | tail -3)"
+    elif ! echo "$out" | grep -q -- "$pat"; then fail "$name" "output lacks '$pat': $(echo "$out" | tail -3)"
+    else pass "$name"; fi
+}
+
+# meta KEY CKPT: a metadata value of a checkpoint
+meta() { $BIN inspect "$2" --meta "$1" 2>/dev/null | tr -d '[:space:]'; }
+
+DATA=$TMP/synth
+if ! $BIN synth --out "$DATA" --train 22 --test 4 --size 32 --seed 3 > "$TMP/synth.log" 2>&1; then
+    fail synth "$(tail -3 "$TMP/synth.log")"; exit 0
+fi
+C="--conf conf/demo.cfg --set data.root=$DATA --set data.img_size=32 --set train.batch=8"
+C="$C --set eval.every=0 --set train.threads=1 --set data.workers=1 --set train.epochs=1 --quiet"
+
+# ---- device specs ----
+expect devices_cpu0 2 'cpu:N needs 1 <= N' -- $BIN $C --devices cpu:0 --out "$TMP/bad"
+expect devices_garbage 2 'expected cpu, cpu:N, auto or GPU ids' -- $BIN $C --devices gpu1 --out "$TMP/bad"
+expect parallel_mode 2 'mode' -- $BIN $C --devices cpu:2 --parallel ring --out "$TMP/bad"
+if command -v nvidia-smi > /dev/null 2>&1; then
+    skip devices_no_gpu "a GPU driver is present"
+else
+    expect devices_no_gpu 2 'GPU 0 does not exist' -- $BIN $C --devices 0,1 --out "$TMP/bad"
+    out=$($BIN ${C% --quiet} --devices auto --set train.max_steps=1 --out "$TMP/auto" 2>&1 | head -20)
+    echo "$out" | grep -q 'auto -> cpu' && pass devices_auto_cpu || fail devices_auto_cpu "$out"
+fi
+
+# ---- DDP and DP runs: per-step comm time in metrics.jsonl, uneven last batch ----
+for mode in ddp dp; do
+    expect "cpu2_$mode" 0 'done' -- $BIN $C --devices cpu:2 --parallel $mode --out "$TMP/$mode"
+    if grep -q '"replicas":2,"comm_time":' "$TMP/$mode/metrics.jsonl" &&
+       grep -q "\"mode\":\"$mode\",\"comm_s\":" "$TMP/$mode/metrics.jsonl"; then
+        pass "comm_time_$mode"; else fail "comm_time_$mode" "no comm_time in metrics.jsonl"; fi
+    # 22 images in batches of 5 on 4 replicas: the last batch (2) leaves 2 replicas empty
+    expect "uneven_$mode" 0 'done: 2 epochs, 10 steps' -- $BIN $C --devices cpu:4 --parallel $mode \
+        --set train.batch=5 --set train.epochs=2 --set parallel.sync_bn=true --out "$TMP/uneven_$mode"
+done
+
+# ---- a replica fails at step 3: all stop, exit 1 naming it, last.ckpt of step 2 intact ----
+start=$(date +%s)
+out=$(CAMO_TEST_FAIL_REPLICA=1 CAMO_TEST_FAIL_STEP=3 $BIN $C --devices cpu:3 \
+      --set checkpoint.every_steps=1 --set parallel.timeout_s=30 --out "$TMP/fail" 2>&1); rc=$?
+took=$(( $(date +%s) - start ))
+if [ $rc = 1 ] && echo "$out" | grep -q 'replica 1: test hook' && [ $took -lt 30 ]; then
+    pass fault_exit; else fail fault_exit "exit $rc after ${took}s: $(echo "$out" | tail -2)"; fi
+[ "$(meta step "$TMP/fail/last.ckpt")" = 2 ] && pass fault_last_ckpt \
+    || fail fault_last_ckpt "last.ckpt step is '$(meta step "$TMP/fail/last.ckpt")', expected 2"
+expect fault_resume 0 'done' -- $BIN --resume "$TMP/fail/last.ckpt" --set parallel.devices=cpu:2 --quiet
+
+# ---- a replica stalls at step 2: its peers time out after parallel.timeout_s ----
+start=$(date +%s)
+out=$(CAMO_TEST_FAIL_REPLICA=2 CAMO_TEST_FAIL_STEP=2 CAMO_TEST_FAIL_STALL=1 $BIN $C --devices cpu:3 \
+      --set checkpoint.every_steps=1 --set parallel.timeout_s=2 --out "$TMP/stall" 2>&1); rc=$?
+took=$(( $(date +%s) - start ))
+if [ $rc = 1 ] && echo "$out" | grep -q 'timed out after 2 s: replica 2 did not join' && [ $took -lt 20 ]; then
+    pass stall_timeout; else fail stall_timeout "exit $rc after ${took}s: $(echo "$out" | tail -2)"; fi
+[ "$(meta step "$TMP/stall/last.ckpt")" = 1 ] && pass stall_last_ckpt || fail stall_last_ckpt "step $(meta step "$TMP/stall/last.ckpt")"
+
+# ---- replicas that differ at start are refused ----
+expect start_checksum 1 'weights differ between replicas' -- env CAMO_TEST_CORRUPT_REPLICA=1 \
+    $BIN $C --devices cpu:2 --out "$TMP/corrupt"
+
+# ---- SIGTERM with 2 replicas: finish the step, save, exit 0 ----
+expect sigterm_cpu2 0 'interrupted' -- env CAMO_TEST_SIGNAL_AT_STEP=2 $BIN $C --devices cpu:2 \
+    --set train.epochs=3 --out "$TMP/sig"
+[ "$(meta step "$TMP/sig/last.ckpt")" = 2 ] && pass sigterm_ckpt || fail sigterm_ckpt "step $(meta step "$TMP/sig/last.ckpt")"
