@@ -52,7 +52,7 @@ static void pool_trim(camo_backend *be) {
     pool->n = j;
 }
 
-extern "C" void *cu_pool_alloc(camo_backend *be, size_t bytes) {
+static void *pool_alloc_locked(camo_backend *be, size_t bytes) {
     cuda_pool *pool = &cu_ctx(be)->pool;
     cu_bind(be);
     size_t size = pool_round(bytes);
@@ -82,16 +82,29 @@ extern "C" void *cu_pool_alloc(camo_backend *be, size_t bytes) {
     return p;
 }
 
-/* Back to the cache. Safe without a sync: the next user is on the same stream. */
+extern "C" void *cu_pool_alloc(camo_backend *be, size_t bytes) {
+    cuda_pool *pool = &cu_ctx(be)->pool;
+    pthread_mutex_lock(&pool->mu);
+    void *p = pool_alloc_locked(be, bytes);
+    pthread_mutex_unlock(&pool->mu);
+    return p;
+}
+
+/* Back to the cache. Safe without a sync as long as the next user of the block works on the
+ * same stream (every op of this backend does); a buffer another stream still reads (a
+ * collective in flight on the nccl comm stream) must not be freed before comm->wait(). */
 extern "C" void cu_pool_free(camo_backend *be, void *p) {
     if (!p) return;
     cuda_pool *pool = &cu_ctx(be)->pool;
+    pthread_mutex_lock(&pool->mu);
     for (int i = pool->n - 1; i >= 0; i--) {
         if (pool->blocks[i].ptr == p) {
             pool->blocks[i].in_use = 0;
+            pthread_mutex_unlock(&pool->mu);
             return;
         }
     }
+    pthread_mutex_unlock(&pool->mu);
     camo_warn("cuda backend: free of a pointer it did not allocate (%p) ignored", p);
 }
 
@@ -130,19 +143,22 @@ static void cu_upload(camo_backend *be, void *dst, const void *src, size_t bytes
                                          cu_stream(be))));
 }
 
-#define CU_BOUNCE (64u << 10)
+#define CU_BOUNCE (1u << 20)
 
 /* Synchronous: the host has the data when this returns. NaN-filled on a failed backend.
- * Small reads (the per-step loss) go through a pinned buffer: a copy into pageable memory
- * may take the driver's locks while peers' NCCL kernels wait (DESIGN.md hazards). */
+ * Every read goes through the backend's pinned buffer, in 1 MiB pieces: a copy into pageable
+ * memory may take the driver's locks while peers' NCCL kernels wait (DESIGN.md hazards). */
 static void cu_download(camo_backend *be, void *dst, const void *src, size_t bytes) {
     cuda_ctx *ctx = cu_ctx(be);
     if (!bytes) return;
-    int bounce = ctx->bounce && bytes <= CU_BOUNCE;
-    CU_OP(be, CUDA_CHECK(cudaMemcpyAsync(bounce ? ctx->bounce : dst, src, bytes,
-                                         cudaMemcpyDeviceToHost, cu_stream(be))));
-    CU_OP(be, CUDA_CHECK(cudaStreamSynchronize(cu_stream(be))));
-    if (bounce) memcpy(dst, ctx->bounce, bytes);
+    cudaStream_t st = cu_stream(be);
+    for (size_t off = 0; off < bytes && !ctx->failed; off += CU_BOUNCE) {
+        size_t m = bytes - off < CU_BOUNCE ? bytes - off : CU_BOUNCE;
+        CU_OP(be, CUDA_CHECK(cudaMemcpyAsync(ctx->bounce, (const char *)src + off, m,
+                                             cudaMemcpyDeviceToHost, st)));
+        CU_OP(be, CUDA_CHECK(cudaStreamSynchronize(st)));
+        if (!ctx->failed) memcpy((char *)dst + off, ctx->bounce, m);
+    }
     if (ctx->failed) memset(dst, 0xff, bytes); /* 0xffffffff is a float NaN */
 }
 
@@ -173,6 +189,7 @@ static void cu_destroy(camo_backend *be) {
         for (int i = 0; i < ctx->pool.n; i++) cudaFree(ctx->pool.blocks[i].ptr);
         if (ctx->bounce) cudaFreeHost(ctx->bounce);
         free(ctx->pool.blocks);
+        pthread_mutex_destroy(&ctx->pool.mu);
         if (ctx->stream) cudaStreamDestroy(ctx->stream);
         free(ctx);
     }
@@ -215,6 +232,7 @@ extern "C" camo_backend *camo_backend_cuda_create(int device) {
     cuda_ctx *ctx = (cuda_ctx *)camo_calloc(1, sizeof *ctx);
     ctx->device = device;
     ctx->sm = prop.major * 10 + prop.minor;
+    pthread_mutex_init(&ctx->pool.mu, NULL);
     be->name = "cuda";
     be->device = device;
     be->threads = 1;

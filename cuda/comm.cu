@@ -35,6 +35,8 @@ typedef struct comm_group {
     char reason[256];
     double *slots;                 /* (n, HOST_SLOT) */
     ncclComm_t *nccl;              /* nccl: comm of each rank */
+    int *nccl_dead;                /* nccl: rank's communicator was aborted (owner sets it) */
+    int *nccl_dev;                 /* nccl: device of each rank */
     /* local */
     const float *ptrs[LOCAL_MAX];  /* buffer each rank published */
     int rank_device[LOCAL_MAX];
@@ -158,6 +160,8 @@ static void group_free(comm_group *g) {
     pthread_cond_destroy(&g->cv);
     free(g->slots);
     free(g->nccl);
+    free(g->nccl_dead);
+    free(g->nccl_dev);
     free(g);
 }
 
@@ -178,6 +182,7 @@ static void nccl_abort_own(camo_comm *c) {
     comm_rank *r = R(c);
     if (r->own_aborted) return;
     r->own_aborted = 1;
+    r->g->nccl_dead[c->rank] = 1;
     cudaSetDevice(r->device);
     ncclCommAbort(own_comm(c));
 }
@@ -205,15 +210,14 @@ static int nccl_begin(camo_comm *c) {
     return 0;
 }
 
-/* After a collective that is not all_reduce_sum: the compute stream waits for it at once
- * (these are rare and callers read their results right away). */
-static int nccl_join(camo_comm *c) {
-    comm_rank *r = R(c);
-    if (CUDA_CHECK(cudaEventRecord(r->ev_done, r->side)) ||
-        CUDA_CHECK(cudaStreamWaitEvent(r->compute, r->ev_done, 0)))
-        return nccl_fail(c);
-    return 0;
-}
+static int nccl_wait(camo_comm *c);
+
+/* After a collective that is not all_reduce_sum: wait for it at once (these are rare and
+ * callers read their results right away). It must be the polling wait, not only a
+ * cross-stream event: if the compute stream merely waited on the comm stream, a peer that
+ * never issues its part (it failed) would leave this rank's next download/sync blocked in
+ * the driver for ever, where no timeout or abort can reach it. */
+static int nccl_join(camo_comm *c) { return nccl_wait(c); }
 
 static int nccl_all_reduce_sum(camo_comm *c, float *data, size_t n) {
     if (!n) return 0;
@@ -248,9 +252,9 @@ static int nccl_all_gather(camo_comm *c, float *out, const float *in, size_t n) 
     return nccl_join(c);
 }
 
-/* Polls the completion event and NCCL's asynchronous error until done, an error, an abort
- * by another rank or the timeout; then the compute stream waits for the comm stream. */
-static int nccl_wait(camo_comm *c) {
+/* Polls until everything this rank queued on its comm stream has completed, NCCL reports an
+ * asynchronous error, another rank aborts the group, or the timeout passes. */
+static int nccl_poll(camo_comm *c) {
     comm_rank *r = R(c);
     comm_group *g = r->g;
     if (group_aborted(g)) {
@@ -284,6 +288,14 @@ static int nccl_wait(camo_comm *c) {
         struct timespec ts = {0, 50000}; /* 50 us */
         nanosleep(&ts, NULL);
     }
+    return 0;
+}
+
+/* nccl_poll, then the compute stream is ordered after the comm stream (the collectives'
+ * results are complete, so this wait can never block on a peer). */
+static int nccl_wait(camo_comm *c) {
+    comm_rank *r = R(c);
+    if (nccl_poll(c)) return -1;
     if (CUDA_CHECK(cudaStreamWaitEvent(r->compute, r->ev_done, 0))) return nccl_fail(c);
     return 0;
 }
@@ -293,21 +305,60 @@ static int nccl_barrier(camo_comm *c) {
     return group_barrier(R(c)->g);
 }
 
+/* ncclCommFinalize/ncclCommDestroy synchronise with the peers of the communicator, so one
+ * thread finalizing its communicators one by one deadlocks (the trainer's teardown destroys
+ * the comms of all replicas from one thread). So each rank only drains its comm stream and
+ * drops its reference; the last one finalizes every live communicator of the group inside
+ * one ncclGroupStart/End (NCCL's own single-process example) and then destroys them. Aborted
+ * communicators are only aborted (once). */
+static void nccl_group_teardown(comm_group *g) {
+    int aborted = g->aborted, live = 0;
+    for (int i = 0; i < g->n; i++) {
+        if (!g->nccl[i] || g->nccl_dead[i]) continue;
+        if (aborted) {
+            cudaSetDevice(g->nccl_dev[i]);
+            ncclCommAbort(g->nccl[i]);
+            g->nccl_dead[i] = 1;
+        } else {
+            live++;
+        }
+    }
+    if (!live) return;
+    int ok = ncclGroupStart() == ncclSuccess;
+    for (int i = 0; ok && i < g->n; i++) {
+        if (g->nccl_dead[i]) continue;
+        cudaSetDevice(g->nccl_dev[i]);
+        if (NCCL_CHECK(ncclCommFinalize(g->nccl[i]))) ok = 0;
+    }
+    if (NCCL_CHECK(ncclGroupEnd())) ok = 0;
+    for (int i = 0; i < g->n; i++) {
+        if (g->nccl_dead[i]) continue;
+        cudaSetDevice(g->nccl_dev[i]);
+        if (ok) ncclCommDestroy(g->nccl[i]);
+        else ncclCommAbort(g->nccl[i]); /* finalize failed: do not wait for peers */
+        g->nccl_dead[i] = 1;
+    }
+    if (!ok) camo_warn("nccl comm: finalize failed (%s); communicators aborted",
+                       camo_last_error());
+}
+
 static void nccl_destroy(camo_comm *c) {
     if (!c) return;
     comm_rank *r = R(c);
     comm_group *g = r->g;
     cudaSetDevice(r->device);
-    if (group_aborted(g)) {
-        nccl_abort_own(c);
-    } else if (!r->own_aborted) {
-        cudaStreamSynchronize(r->side);
-        ncclCommDestroy(own_comm(c));
+    /* drain the comm stream with the polling wait (timeout, abort), never a blocking sync: a
+     * collective a peer never matched would hang here. The compute stream may already be
+     * gone (the trainer frees the backends first), so only the comm stream is touched. */
+    if (group_aborted(g)) nccl_abort_own(c);
+    else if (!r->own_aborted && r->side && nccl_poll(c)) camo_warn("%s", camo_last_error());
+    if (r->ev_ready) cudaEventDestroy(r->ev_ready);
+    if (r->ev_done) cudaEventDestroy(r->ev_done);
+    if (r->side) cudaStreamDestroy(r->side);
+    if (group_release(g)) {
+        nccl_group_teardown(g);
+        group_free(g);
     }
-    cudaEventDestroy(r->ev_ready);
-    cudaEventDestroy(r->ev_done);
-    cudaStreamDestroy(r->side);
-    if (group_release(g)) group_free(g);
     free(r);
     free(c);
 }
@@ -544,6 +595,9 @@ extern "C" int camo_comm_nccl_create(int n, const int *devices, void *const *str
     if (check_devices(n, devices, 1)) return -1;
     comm_group *g = group_new(n, timeout_s);
     g->nccl = (ncclComm_t *)camo_calloc(n, sizeof(ncclComm_t));
+    g->nccl_dead = (int *)camo_calloc(n, sizeof(int));
+    g->nccl_dev = (int *)camo_calloc(n, sizeof(int));
+    for (int i = 0; i < n; i++) g->nccl_dev[i] = devices[i];
     if (NCCL_CHECK(ncclCommInitAll(g->nccl, n, devices))) {
         group_free(g);
         return -1;
@@ -554,8 +608,7 @@ extern "C" int camo_comm_nccl_create(int n, const int *devices, void *const *str
             char msg[512];
             snprintf(msg, sizeof msg, "%s", camo_last_error());
             group_abort(g, msg); /* destroy aborts the communicators instead of flushing */
-            for (int j = i + 1; j < n; j++) ncclCommAbort(g->nccl[j]);
-            g->refs = i + 1; /* the last of these destroys frees the group */
+            g->refs = i + 1; /* the last of these destroys aborts the rest, frees the group */
             for (int j = 0; j <= i; j++) nccl_destroy(comms[j]);
             CAMO_ERR("nccl comm: %s", msg);
             return -1;

@@ -40,60 +40,90 @@ struct conv_plan {
     cudnnFilterDescriptor_t w;
     cudnnConvolutionDescriptor_t conv;
     int algo;       /* cudnnConvolution{Fwd,BwdData,BwdFilter}Algo_t of key.kind */
+    cudnnMathType_t math; /* math type the descriptor runs with */
     size_t ws;      /* workspace bytes of that algorithm */
     int direct;     /* cuDNN had no algorithm: direct fp32 kernel */
 };
 
 #define CONV_WS_LIMIT ((size_t)1 << 30) /* ignore algorithms wanting more than 1 GiB */
 
-/* Which heuristic results a plan may use. fp32: FMA kernels first (no TF32, which would
- * break 1e-4 parity with the CPU), then DEFAULT math only before Ampere (where DEFAULT has
- * no TF32); AMP: anything, in cuDNN's ranking. */
-static int math_ok(int fp32, int sm, int pass, cudnnMathType_t m) {
-    if (!fp32) return 1;
-    return pass == 0 ? m == CUDNN_FMA_MATH : sm < 80 && m == CUDNN_DEFAULT_MATH;
+/* Which heuristic results a plan may use. fp32: entries reported with FMA math first, then
+ * those reported with DEFAULT math; both then run with the descriptor in CUDNN_FMA_MATH,
+ * which restricts cuDNN to FMA kernels: no TF32 (it would break 1e-4 parity with the CPU)
+ * whatever the GPU. (Some cuDNN versions report DEFAULT for plain FMA algorithms; taking only
+ * FMA entries could leave every convolution on the slow direct kernel.) Tensor-op entries are
+ * never taken in fp32. AMP: anything, in cuDNN's ranking, with the reported math type. */
+static int math_ok(int fp32, int pass, cudnnMathType_t m) {
+    if (!fp32) return pass == 0;
+    return pass == 0 ? m == CUDNN_FMA_MATH : m == CUDNN_DEFAULT_MATH;
 }
 
 /* First heuristic result that works, fits the limit and passes math_ok. */
-#define PICK_ALGO(perf, count, plan, fp32, sm)                                                 \
+#define PICK_ALGO(perf, count, plan, fp32)                                                     \
     for (int pass_ = 0; pass_ < 2 && (plan)->direct; pass_++) {                              \
         for (int i_ = 0; i_ < (count); i_++) {                                               \
             cudnnMathType_t m_ = (perf)[i_].mathType;                                        \
             if ((perf)[i_].status != CUDNN_STATUS_SUCCESS ||                                 \
-                (perf)[i_].memory > CONV_WS_LIMIT || !math_ok(fp32, sm, pass_, m_))            \
+                (perf)[i_].memory > CONV_WS_LIMIT || !math_ok(fp32, pass_, m_))                \
                 continue;                                                                    \
             (plan)->algo = (int)(perf)[i_].algo;                                             \
-            (plan)->ws = (perf)[i_].memory;                                                  \
             (plan)->direct = 0;                                                              \
-            if (CUDNN_CHECK(cudnnSetConvolutionMathType((plan)->conv, (perf)[i_].mathType)))  \
-                return -1;                                                                   \
+            (plan)->math = (fp32) ? CUDNN_FMA_MATH : m_;                                     \
             break;                                                                           \
         }                                                                                    \
     }
 
-static int plan_pick(cudnnHandle_t h, int sm, conv_plan *p) {
+/* A failed heuristic query or workspace query is not fatal: the plan runs on the direct
+ * kernel (with a warning), as when cuDNN offers no algorithm. */
+static int pick_failed(conv_plan *p, cudnnStatus_t st, const char *what) {
+    const camo_conv_desc *d = &p->key.d;
+    camo_warn("cuDNN %s failed for %dx%dx%d -> %d, kernel %dx%d, groups %d, %s (%s): using "
+              "the direct kernel for this shape", what, d->H, d->W, d->C, d->K, d->R, d->S,
+              d->groups, p->key.amp ? "half" : "fp32", cudnnGetErrorString(st));
+    p->direct = 1;
+    return 0;
+}
+
+static int plan_pick(cudnnHandle_t h, conv_plan *p) {
     int fp32 = p->key.amp == CAMO_AMP_OFF, n = 0;
+    cudnnStatus_t st;
+    size_t ws = 0;
     p->direct = 1;
     if (p->key.kind == CONV_FWD) {
         cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-        if (CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(
-                h, p->x, p->w, p->conv, p->y, CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, perf)))
-            return -1;
-        PICK_ALGO(perf, n, p, fp32, sm);
+        st = cudnnGetConvolutionForwardAlgorithm_v7(h, p->x, p->w, p->conv, p->y,
+                                                    CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, perf);
+        if (st != CUDNN_STATUS_SUCCESS) return pick_failed(p, st, "forward heuristics");
+        PICK_ALGO(perf, n, p, fp32);
     } else if (p->key.kind == CONV_BWD_DATA) {
         cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-        if (CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(
-                h, p->w, p->y, p->conv, p->x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, perf)))
-            return -1;
-        PICK_ALGO(perf, n, p, fp32, sm);
+        st = cudnnGetConvolutionBackwardDataAlgorithm_v7(
+            h, p->w, p->y, p->conv, p->x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, perf);
+        if (st != CUDNN_STATUS_SUCCESS) return pick_failed(p, st, "backward-data heuristics");
+        PICK_ALGO(perf, n, p, fp32);
     } else {
         cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-        if (CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(
-                h, p->x, p->y, p->conv, p->w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n,
-                perf)))
-            return -1;
-        PICK_ALGO(perf, n, p, fp32, sm);
+        st = cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+            h, p->x, p->y, p->conv, p->w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, perf);
+        if (st != CUDNN_STATUS_SUCCESS) return pick_failed(p, st, "backward-filter heuristics");
+        PICK_ALGO(perf, n, p, fp32);
     }
+    if (p->direct) return 0;
+    /* the workspace for the math type the plan really runs with (it may differ from the
+     * heuristic entry's when fp32 forces FMA) */
+    st = cudnnSetConvolutionMathType(p->conv, p->math);
+    if (st != CUDNN_STATUS_SUCCESS) return pick_failed(p, st, "math type");
+    if (p->key.kind == CONV_FWD)
+        st = cudnnGetConvolutionForwardWorkspaceSize(h, p->x, p->w, p->conv, p->y,
+                                                     (cudnnConvolutionFwdAlgo_t)p->algo, &ws);
+    else if (p->key.kind == CONV_BWD_DATA)
+        st = cudnnGetConvolutionBackwardDataWorkspaceSize(
+            h, p->w, p->y, p->conv, p->x, (cudnnConvolutionBwdDataAlgo_t)p->algo, &ws);
+    else
+        st = cudnnGetConvolutionBackwardFilterWorkspaceSize(
+            h, p->x, p->y, p->conv, p->w, (cudnnConvolutionBwdFilterAlgo_t)p->algo, &ws);
+    if (st != CUDNN_STATUS_SUCCESS) return pick_failed(p, st, "workspace query");
+    p->ws = ws;
     return 0;
 }
 
@@ -102,7 +132,7 @@ static cudnnDataType_t amp_dtype(int amp) {
                                 : amp == CAMO_AMP_FP16 ? CUDNN_DATA_HALF : CUDNN_DATA_FLOAT;
 }
 
-static int plan_describe(cudnnHandle_t h, int sm, conv_plan *p) {
+static int plan_describe(cudnnHandle_t h, conv_plan *p) {
     const camo_conv_desc *d = &p->key.d;
     cudnnDataType_t t = amp_dtype(p->key.amp);
     if (CUDNN_CHECK(cudnnCreateTensorDescriptor(&p->x)) ||
@@ -124,7 +154,7 @@ static int plan_describe(cudnnHandle_t h, int sm, conv_plan *p) {
         CUDNN_CHECK(cudnnSetConvolutionMathType(
             p->conv, p->key.amp ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH)))
         return -1;
-    return plan_pick(h, sm, p);
+    return plan_pick(h, p);
 }
 
 static void plan_release(conv_plan *p) {
@@ -160,10 +190,17 @@ static conv_plan *plan_get(camo_backend *be, const camo_conv_desc *d, conv_kind 
     conv_plan *p = &ctx->plans[ctx->n_plans];
     memset(p, 0, sizeof *p);
     p->key = key;
-    if (plan_describe(ctx->dnn, ctx->sm, p)) {
-        plan_release(p);
-        cu_note_failure(be);
-        return NULL;
+    if (plan_describe(ctx->dnn, p)) {
+        if (amp == CAMO_AMP_OFF) {
+            plan_release(p);
+            cu_note_failure(be);
+            return NULL;
+        }
+        /* a half-precision set-up cuDNN rejects outright: cache it as "no algorithm", so
+         * this shape runs in fp32 (plan_for) instead of failing the backend */
+        camo_warn("cuDNN: no half-precision set-up for this convolution (%s); it runs in fp32",
+                  camo_last_error());
+        p->direct = 1;
     }
     ctx->n_plans++;
     return p;

@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 #include <cudnn.h>
 #include <nccl.h>
+#include <pthread.h>
 
 extern "C" {
 #include "camo/backend.h"
@@ -50,6 +51,7 @@ typedef struct cuda_pool {
     int n, cap;
     size_t reserved, peak_reserved; /* bytes taken from the driver */
     size_t n_mallocs;               /* cudaMalloc calls so far (tests: no growth after warm-up) */
+    pthread_mutex_t mu;             /* alloc/free may come from more than one thread */
 } cuda_pool;
 
 /* One cached cuDNN convolution set-up (cuda/conv_cudnn.cu). */

@@ -31,7 +31,7 @@ static const float img_mean[3] = {0.485f, 0.456f, 0.406f};
 static const float img_std[3] = {0.229f, 0.224f, 0.225f};
 
 struct camo_sample_scratch {
-    camo_grow_buf file, resize, base_img, base_mask, gt;
+    camo_grow_buf file, resize, base_img, base_mask, gt, taps;
     camo_arena arena; /* stb_image's decode memory */
     int keep_gt, gt_w, gt_h;
 };
@@ -47,6 +47,7 @@ void camo_sample_scratch_free(camo_sample_scratch *sc) {
     free(sc->base_img.buf);
     free(sc->base_mask.buf);
     free(sc->gt.buf);
+    free(sc->taps.buf);
     data_arena_free(&sc->arena);
     free(sc);
 }
@@ -358,35 +359,83 @@ static inline float lerp2(const uint8_t *p, int C, const bilin *b) {
            p[b->i11 * C] * b->w11;
 }
 
-/* image (S, S, 3) in 0..255, padding the ImageNet mean (0 after normalisation); binary mask
- * bilinear then > 127.5; class ids nearest via label_of, padding ignore_index. */
-static void warp(const camo_dataset *ds, const uint8_t *img, const uint8_t *m, int B,
-                 const xform *t, int S, float *image, float *mask, int32_t *labels) {
-    const float pad[3] = {255 * img_mean[0], 255 * img_mean[1], 255 * img_mean[2]};
-    int multi = ds->classes > 1;
+/* Output pixel o from the lookup b (in: inside the base; nn: the nearest base pixel):
+ * image in 0..255, padding the ImageNet mean (0 after normalisation); binary mask bilinear
+ * then > 127.5; class ids nearest via label_of, padding ignore_index. */
+static inline void put_pixel(const camo_dataset *ds, const uint8_t *img, const uint8_t *m,
+                             int in, const bilin *b, size_t nn, size_t o, float *image,
+                             float *mask, int32_t *labels) {
+    float *px = image + 3 * o;
+    if (in) {
+        px[0] = lerp2(img, 3, b);
+        px[1] = lerp2(img + 1, 3, b);
+        px[2] = lerp2(img + 2, 3, b);
+    } else {
+        px[0] = 255 * img_mean[0]; px[1] = 255 * img_mean[1]; px[2] = 255 * img_mean[2];
+    }
+    if (ds->classes == 1) {
+        if (mask) mask[o] = in && lerp2(m, 1, b) > 127.5f ? 1.0f : 0.0f;
+        return;
+    }
+    int lab = in ? ds->label_of[m[nn]] : ds->ignore_index;
+    if (labels) labels[o] = lab;
+    if (mask) mask[o] = lab > 0 && lab != ds->ignore_index ? 1.0f : 0.0f;
+}
+
+/* The general map (rotation): every pixel its own lookup. */
+static void warp_affine(const camo_dataset *ds, const uint8_t *img, const uint8_t *m, int B,
+                        const xform *t, int S, float *image, float *mask, int32_t *labels) {
     float du = (float)t->du, dv = (float)t->dv;
     for (int oy = 0; oy < S; oy++) {
         float u0 = (float)(t->u0 + oy * t->eu), v0 = (float)(t->v0 + oy * t->ev);
         for (int ox = 0; ox < S; ox++) {
             float u = u0 + ox * du, v = v0 + ox * dv;
-            size_t o = (size_t)oy * S + ox;
             bilin b;
             int in = bilin_at(u, v, B, &b);
-            float *px = image + 3 * o;
+            size_t nn = in ? (size_t)(int)v * B + (size_t)(int)u : 0;
+            put_pixel(ds, img, m, in, &b, nn, (size_t)oy * S + ox, image, mask, labels);
+        }
+    }
+}
+
+/* One axis of an axis-aligned lookup: the same arithmetic as bilin_at, done once per
+ * column (or row) instead of once per pixel. */
+typedef struct { int in, a, b, nn; float w; } axis_tap;
+
+static void axis_tap_at(float p, int B, axis_tap *t) {
+    t->in = p >= 0 && p < B;
+    if (!t->in) return;
+    float f = p - 0.5f;
+    int i0 = (int)(f + 1.0f) - 1;
+    t->w = f - i0;
+    t->a = i0 < 0 ? 0 : i0;
+    t->b = i0 + 1 < B ? i0 + 1 : B - 1;
+    t->nn = (int)p;
+}
+
+/* No rotation: u depends on the column only, v on the row only (bit-identical results to
+ * warp_affine, faster). xt: (S) scratch. */
+static void warp_axis(const camo_dataset *ds, const uint8_t *img, const uint8_t *m, int B,
+                      const xform *t, int S, axis_tap *xt, float *image, float *mask,
+                      int32_t *labels) {
+    float u0 = (float)t->u0, du = (float)t->du;
+    for (int ox = 0; ox < S; ox++) axis_tap_at(u0 + ox * du, B, &xt[ox]);
+    for (int oy = 0; oy < S; oy++) {
+        axis_tap ty;
+        axis_tap_at((float)(t->v0 + oy * t->ev), B, &ty);
+        for (int ox = 0; ox < S; ox++) {
+            const axis_tap *tx = &xt[ox];
+            int in = tx->in && ty.in;
+            bilin b;
+            size_t nn = 0;
             if (in) {
-                px[0] = lerp2(img, 3, &b);
-                px[1] = lerp2(img + 1, 3, &b);
-                px[2] = lerp2(img + 2, 3, &b);
-            } else {
-                px[0] = pad[0]; px[1] = pad[1]; px[2] = pad[2];
+                b.i00 = ty.a * B + tx->a; b.i01 = ty.a * B + tx->b;
+                b.i10 = ty.b * B + tx->a; b.i11 = ty.b * B + tx->b;
+                b.w00 = (1 - tx->w) * (1 - ty.w); b.w01 = tx->w * (1 - ty.w);
+                b.w10 = (1 - tx->w) * ty.w;       b.w11 = tx->w * ty.w;
+                nn = (size_t)ty.nn * B + tx->nn;
             }
-            if (!multi) {
-                if (mask) mask[o] = in && lerp2(m, 1, &b) > 127.5f ? 1.0f : 0.0f;
-                continue;
-            }
-            int lab = in ? ds->label_of[m[(size_t)(int)v * B + (int)u]] : ds->ignore_index;
-            if (labels) labels[o] = lab;
-            if (mask) mask[o] = lab > 0 && lab != ds->ignore_index ? 1.0f : 0.0f;
+            put_pixel(ds, img, m, in, &b, nn, (size_t)oy * S + ox, image, mask, labels);
         }
     }
 }
@@ -437,7 +486,11 @@ int camo_sample_load_ex(const camo_dataset *ds, int index, const camo_augment *a
     if (orig_w) *orig_w = ow;
     xform t;
     draw_xform(aug, key, B, &t);
-    warp(ds, img, m, B, &t, S, image, mask, labels);
+    if (t.dv == 0 && t.eu == 0)
+        warp_axis(ds, img, m, B, &t, S, camo_grow(&sc->taps, (size_t)S * sizeof(axis_tap)), image,
+                  mask, labels);
+    else
+        warp_affine(ds, img, m, B, &t, S, image, mask, labels);
     colour_and_normalise(image, (size_t)S * S, &t);
     return 0;
 }

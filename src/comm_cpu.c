@@ -47,16 +47,20 @@ static void deadline_after(struct timespec *ts, double s) {
     if (ts->tv_nsec >= 1000000000L) { ts->tv_sec++; ts->tv_nsec -= 1000000000L; }
 }
 
-/* The group barrier; also publishes this rank's pointers (under the mutex, so every rank
- * sees them after the barrier). 0, or -1 with an error once aborted or timed out. */
-static int group_barrier(camo_comm *c, void *ptr, const void *in) {
+/* The group barrier. publish: also posts this rank's pointers (under the mutex, so every
+ * rank sees them after the barrier); only the opening barrier of a collective does, since
+ * peers still read them until the closing one. 0, or -1 with an error once aborted or
+ * timed out. */
+static int group_barrier(camo_comm *c, int publish, void *ptr, const void *in) {
     cpu_group *g = group_of(c);
     pthread_mutex_lock(&g->mu);
     int rc = 0;
     if (g->aborted) rc = -1;
     else {
-        g->ptr[c->rank] = ptr;
-        g->in[c->rank] = in;
+        if (publish) {
+            g->ptr[c->rank] = ptr;
+            g->in[c->rank] = in;
+        }
         unsigned long gen = g->generation;
         g->arrived_gen[c->rank] = gen + 1;
         if (++g->arrived == g->size) {
@@ -95,20 +99,25 @@ static void my_chunk(const camo_comm *c, size_t n, size_t *lo, size_t *hi) {
     *hi = n * (size_t)(c->rank + 1) / (size_t)c->size;
 }
 
-/* Sums this rank's chunk over every rank's buffer in rank order; writes it to every
- * buffer (all_reduce) or only to root's (root >= 0). */
+/* dst[0..n) += src[0..n) */
+static void add_into(float *restrict dst, const float *restrict src, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] += src[i];
+}
+
+/* Sums this rank's chunk over every rank's buffer in rank order, in place in rank 0's
+ * buffer ((d0 + d1) + d2 ...: the same bits as an element-by-element loop), then copies it
+ * to every buffer (all_reduce) or only to root's (root >= 0). */
 static int reduce_floats(camo_comm *c, float *data, size_t n, int root) {
-    if (group_barrier(c, data, NULL)) return -1;
+    if (group_barrier(c, 1, data, NULL)) return -1;
     cpu_group *g = group_of(c);
     size_t lo, hi;
     my_chunk(c, n, &lo, &hi);
-    for (size_t i = lo; i < hi; i++) {
-        float s = ((float *)g->ptr[0])[i];
-        for (int r = 1; r < c->size; r++) s += ((float *)g->ptr[r])[i];
-        if (root >= 0) ((float *)g->ptr[root])[i] = s;
-        else for (int r = 0; r < c->size; r++) ((float *)g->ptr[r])[i] = s;
-    }
-    return group_barrier(c, data, NULL); /* nobody returns while a peer still writes */
+    float *acc = (float *)g->ptr[0] + lo;
+    for (int r = 1; r < c->size; r++) add_into(acc, (const float *)g->ptr[r] + lo, hi - lo);
+    for (int r = 1; r < c->size; r++)
+        if (root < 0 || r == root)
+            memcpy((float *)g->ptr[r] + lo, acc, (hi - lo) * sizeof(float));
+    return group_barrier(c, 0, data, NULL); /* nobody returns while a peer still writes */
 }
 
 static int cpu_all_reduce_sum(camo_comm *c, float *data, size_t n) {
@@ -120,21 +129,21 @@ static int cpu_reduce_to_root(camo_comm *c, float *data, size_t n, int root) {
 }
 
 static int cpu_broadcast(camo_comm *c, float *data, size_t n, int root) {
-    if (group_barrier(c, data, NULL)) return -1;
+    if (group_barrier(c, 1, data, NULL)) return -1;
     cpu_group *g = group_of(c);
     if (c->rank != root) memcpy(data, g->ptr[root], n * sizeof(float));
-    return group_barrier(c, data, NULL);
+    return group_barrier(c, 0, data, NULL);
 }
 
 static int cpu_all_gather(camo_comm *c, float *out, const float *in, size_t n) {
-    if (group_barrier(c, out, in)) return -1;
+    if (group_barrier(c, 1, out, in)) return -1;
     cpu_group *g = group_of(c);
     for (int r = 0; r < c->size; r++) memcpy(out + (size_t)r * n, g->in[r], n * sizeof(float));
-    return group_barrier(c, out, in);
+    return group_barrier(c, 0, out, in);
 }
 
 static int cpu_all_reduce_host(camo_comm *c, double *data, size_t n) {
-    if (group_barrier(c, data, NULL)) return -1;
+    if (group_barrier(c, 1, data, NULL)) return -1;
     cpu_group *g = group_of(c);
     size_t lo, hi;
     my_chunk(c, n, &lo, &hi);
@@ -143,10 +152,10 @@ static int cpu_all_reduce_host(camo_comm *c, double *data, size_t n) {
         for (int r = 1; r < c->size; r++) s += ((double *)g->ptr[r])[i];
         for (int r = 0; r < c->size; r++) ((double *)g->ptr[r])[i] = s;
     }
-    return group_barrier(c, data, NULL);
+    return group_barrier(c, 0, data, NULL);
 }
 
-static int cpu_barrier(camo_comm *c) { return group_barrier(c, NULL, NULL); }
+static int cpu_barrier(camo_comm *c) { return group_barrier(c, 0, NULL, NULL); }
 
 static int cpu_wait(camo_comm *c) {
     if (c->aborted(c)) {

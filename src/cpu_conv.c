@@ -119,6 +119,7 @@ static void add_bias(camo_backend *be, size_t M, int K, float *out, const float 
 /* sum (K) += column sums of x (M, K). Rows are split into a fixed number of blocks summed in
  * double and then added in block order: the same bits for any thread count. */
 static void col_sums_acc(camo_backend *be, size_t M, int K, float *sum, const float *x) {
+    (void)be;
     int B = M >= 4096 ? CONV_UNITS : 1;
     double *part = camo_calloc((size_t)B * K, sizeof(double));
 #pragma omp parallel for num_threads(CAMO_MIN(cpu_threads(be), B))
@@ -301,6 +302,7 @@ static void depthwise_backward_data(camo_backend *be, const camo_conv_desc *d, f
  * chunks with their own double sums, added in chunk order (any thread count: same bits). */
 static void depthwise_backward_filter(camo_backend *be, const camo_conv_desc *d, float *dw,
                                       const float *dout, const float *in) {
+    (void)be;
     int C = d->C, K = d->K, mult = K / C, RS = d->R * d->S, T = CONV_UNITS;
     size_t rows = (size_t)d->N * d->P; /* one (image, output row) per unit of work */
     double *part = camo_calloc((size_t)T * RS * K, sizeof(double));

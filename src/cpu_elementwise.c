@@ -75,8 +75,8 @@ static inline float act_df(camo_act act, float alpha, float x, const float *y) {
 /* y (n) = act(x); y may equal x (in place) */
 static void cpu_act_forward(camo_backend *be, camo_act act, float alpha, size_t n, float *y,
                             const float *x) {
-    (void)be;
     int T = n >= CPU_EW_PAR_MIN ? cpu_threads(be) : 1;
+    (void)T; /* only read by the OpenMP pragmas */
     switch (act) {
     case CAMO_ACT_IDENTITY:
         if (y != x) memcpy(y, x, n * sizeof(float));
@@ -94,8 +94,8 @@ static void cpu_act_forward(camo_backend *be, camo_act act, float alpha, size_t 
 /* dx (n) += dy * act'(x); y (n) = act(x) may be NULL */
 static void cpu_act_backward(camo_backend *be, camo_act act, float alpha, size_t n, float *dx,
                              const float *dy, const float *x, const float *y) {
-    (void)be;
     int T = n >= CPU_EW_PAR_MIN ? cpu_threads(be) : 1;
+    (void)T; /* only read by the OpenMP pragmas */
     switch (act) {
 #define BWD(A)                                                             \
     case A:                                                                \

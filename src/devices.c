@@ -1,7 +1,6 @@
 /* devices.c: device specs, per-replica backends and comm groups (see devices.h). */
 #include "camo/devices.h"
 
-#include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -77,8 +76,8 @@ int camo_devices_parse(const char *spec, int threads, camo_devices *d) {
 
 camo_backend *camo_devices_backend(const camo_devices *d, int i) {
     if (d->gpu) return camo_backend_cuda_create(d->id[i]);
-    /* OpenBLAS keeps one thread count for the process: give it each replica's share */
-    if (d->n > 1) openblas_set_num_threads(d->threads);
+    /* each CPU replica runs its own OpenMP team of d->threads; OpenBLAS's process-wide
+     * pool stays at 1 thread (backend_cpu.c), its sgemms run inside those teams */
     return camo_backend_cpu_create(d->threads);
 }
 

@@ -158,11 +158,10 @@ int camo_replica_micro_batch(camo_replica *r, const camo_config *c, camo_loss_ki
         camo_net_backward(net, 1);
         r->ghost = 0;
     } else if (n > 0) {
-        be->upload(be, net->input, b->image + (size_t)lo * plane * 3, (size_t)n * plane * 3 * sizeof(float));
-        if (loss == LOSS_CE)
-            be->upload(be, r->labels, b->labels + (size_t)lo * plane, (size_t)n * plane * sizeof(int32_t));
-        else
-            be->upload(be, r->target, b->mask + (size_t)lo * plane, (size_t)n * plane * sizeof(float));
+        size_t px = (size_t)n * plane, off = (size_t)lo * plane; /* this slice's pixels */
+        be->upload(be, net->input, b->image + off * 3, px * 3 * sizeof(float));
+        if (loss == LOSS_CE) be->upload(be, r->labels, b->labels + off, px * sizeof(int32_t));
+        else be->upload(be, r->target, b->mask + off, px * sizeof(float));
         camo_net_forward(net, n, 1);
         camo_net_zero_act_grads(net);
         camo_loss_forward_backward(net, loss, c->train.deep_supervision, n, r->target, r->labels,

@@ -357,7 +357,8 @@ static double step_pixels(const trainer *T, const camo_batch *b, double norm_ima
     size_t plane = (size_t)b->size * b->size;
     if (T->loss != LOSS_CE) return norm_images * (double)plane;
     size_t valid = 0;
-    for (size_t i = 0; i < (size_t)b->n * plane; i++) valid += b->labels[i] != T->c->data.ignore_index;
+    for (size_t i = 0; i < (size_t)b->n * plane; i++)
+        valid += b->labels[i] != T->c->data.ignore_index;
     return (valid ? (double)valid : 1.0) * norm_images / b->n;
 }
 
@@ -476,10 +477,12 @@ static int run_epoch(trainer *T, int epoch, int64_t steps_total, int *stop) {
         cmd.norm_pixels = step_pixels(T, bt, cmd.norm_images);
         cmd.lr = camo_lr_at(c, s, (epoch - e0) + (double)(b + 1) / nb);
         double loss = NAN, gnorm = NAN, lr = cmd.lr;
-        int mrc = train_micro_batch(T, &cmd, &loss, &gnorm);
+        if (train_micro_batch(T, &cmd, &loss, &gnorm)) {
+            rc = -4; /* a replica failed; others may still read bt: it is never released */
+            break;
+        }
         T->images += bt->n;
         camo_loader_release(T->loader, bt);
-        if (mrc) { rc = -4; break; }
         if (!cmd.last_micro) continue;
         T->st.step++;
         T->st.batch = b + 1;
@@ -532,7 +535,8 @@ static int setup_model(trainer *T, const camo_ckpt *ck) {
     const camo_config *c = T->c;
     if (camo_devices_parse(c->parallel.devices, c->train.threads, &T->dev)) return -1;
     if (camo_loss_parse(c->train.loss, &T->loss)) return -1;
-    for (int s = 0; s < c->train.n_stages; s++) T->max_batch = CAMO_MAX(T->max_batch, c->train.stages[s].batch);
+    for (int s = 0; s < c->train.n_stages; s++)
+        T->max_batch = CAMO_MAX(T->max_batch, c->train.stages[s].batch);
     T->n_rep = T->dev.n;
     int local = (T->max_batch + T->n_rep - 1) / T->n_rep;
     T->rep = camo_calloc((size_t)T->n_rep, sizeof *T->rep);

@@ -4,7 +4,8 @@
  * temporary folder, then measures, in this run:
  *   ref      stbi JPEG decode alone, one thread: the reference every ratio is against
  *   jpeg     the loader with 1 worker, training augmentation, from the JPEG files
- *   cache    the same from data.cache = decoded (second epoch; the first fills it)
+ *   cache    the same from data.cache = decoded (second epoch; the first fills it), also
+ *            with rotation
  *   jpeg x2  2 workers (the machine's cores permitting)
  *   wait     a consumer that "steps" for a fixed time per batch (sleeping, as a GPU step's
  *            host thread mostly does): the fraction of its time spent waiting for data
@@ -113,7 +114,7 @@ static double run_epoch(camo_loader *L, int n, int epoch, double step_s, double 
 
 static camo_augment train_aug(void) {
     return (camo_augment){.size = SIDE, .train = 1, .hflip = 1, .scale_min = 0.75f,
-                          .scale_max = 1.25f, .jitter = 0.2f, .rotate = 10};
+                          .scale_max = 1.25f, .jitter = 0.2f}; /* the config's defaults */
 }
 
 int main(void) {
@@ -152,9 +153,14 @@ int main(void) {
     double wait_cache;
     run_epoch(L, n, 2, BATCH / jpeg, &wait_cache, NULL);
     camo_loader_free(L);
+    camo_augment rot = aug; /* rotation: a per-pixel affine lookup instead of per-axis taps */
+    rot.rotate = 10;
+    L = camo_loader_create(ds, &rot, 1, BATCH, 4);
+    double rot_cpu, rot_ips = run_epoch(L, n, 1, 0, NULL, &rot_cpu);
+    camo_loader_free(L);
 
     printf("bench_loader: %d JPEGs of %dx%d -> %dx%d training samples (scale-crop, flip, "
-           "rotation, jitter), batch %d\n", n, IMG_W, IMG_H, SIDE, SIDE, BATCH);
+           "jitter), batch %d\n", n, IMG_W, IMG_H, SIDE, SIDE, BATCH);
     printf("  reference: stbi JPEG decode alone, 1 thread     %7.1f img/s (%.1f per CPU-s)\n",
            ref, ref_cpu);
     const char *row = "  %-44s %7.1f img/s  %.2fx ref (%.1f per CPU-s)\n";
@@ -162,6 +168,7 @@ int main(void) {
     printf("  %-44s %7.1f img/s  %.2fx ref (%.2fx 1 worker)\n", "loader 2 workers, from JPEG",
            jpeg2, jpeg2 / ref, jpeg2 / jpeg);
     printf(row, "loader 1 worker, data.cache = decoded", cache, cache / ref, cache_cpu);
+    printf(row, "the same with rotate = 10 degrees", rot_ips, rot_ips / ref, rot_cpu);
     printf("  steady-state share of a step's time spent waiting for data: %.1f%% (JPEG, steps "
            "at 0.9x its rate), %.1f%% (cache, steps at the JPEG rate)\n", 100 * wait_jpeg,
            100 * wait_cache);

@@ -20,8 +20,9 @@ typedef struct camo_devices {
  * 0, or -1 with an error naming the spec. */
 int camo_devices_parse(const char *spec, int threads, camo_devices *d);
 
-/* Backend of replica i. NULL + error. With several CPU replicas, OpenBLAS's (process-wide)
- * thread count is set to the per-replica share so replicas do not oversubscribe cores. */
+/* Backend of replica i. NULL + error. A CPU replica gets d->threads intra-op threads (its
+ * own OpenMP team; OpenBLAS stays single-threaded inside it), so N replicas share the
+ * cores instead of oversubscribing them. */
 camo_backend *camo_devices_backend(const camo_devices *d, int i);
 
 /* A group of comms, one per replica: cpu for CPU replicas, nccl for distinct GPUs, local
