@@ -17,6 +17,7 @@ extern "C" {
 }
 
 #include <errno.h>
+#include <stdlib.h>
 #include <pthread.h>
 #include <string.h>
 #include <time.h>
@@ -593,6 +594,11 @@ static int nccl_rank_init(camo_comm *c) {
 extern "C" int camo_comm_nccl_create(int n, const int *devices, void *const *streams,
                                      double timeout_s, camo_comm **comms) {
     if (check_devices(n, devices, 1)) return -1;
+    /* NCCL >= 2.22 connects peers lazily inside the first collective of each kind, where a
+     * rank's thread blocks until its peers arrive and NCCL allocates and maps memory while
+     * other ranks' kernels may already run (DESIGN.md hazards). Connect everything here,
+     * in ncclCommInitAll, from this one thread, unless the user chose otherwise. */
+    if (!getenv("NCCL_RUNTIME_CONNECT")) setenv("NCCL_RUNTIME_CONNECT", "0", 0);
     comm_group *g = group_new(n, timeout_s);
     g->nccl = (ncclComm_t *)camo_calloc(n, sizeof(ncclComm_t));
     g->nccl_dead = (int *)camo_calloc(n, sizeof(int));

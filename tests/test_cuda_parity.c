@@ -421,6 +421,163 @@ static void test_empty_slice(void **state) {
     gpu->free(gpu, w), gpu->free(gpu, b), gpu->free(gpu, x), gpu->free(gpu, loss);
 }
 
+/* ---- edge cases the per-op tests above do not reach ---- */
+
+/* conv without bias / bias gradient, and a conv large enough for real cuDNN algorithms
+ * (several blocks, channels that are not multiples of 8) */
+static void test_conv_more(void **state) {
+    (void)state;
+    NEED_GPU();
+    camo_conv_desc ds[2] = {{2, 9, 7, 6, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0, 0},
+                            {3, 33, 31, 19, 24, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0, 0}};
+    for (int k = 0; k < 2; k++) {
+        camo_conv_desc d = ds[k];
+        assert_int_equal(camo_conv_desc_finish(&d), 0);
+        size_t nx = (size_t)d.N * d.H * d.W * d.C, ny = (size_t)d.N * d.P * d.Q * d.K;
+        size_t nw = (size_t)d.K * d.R * d.S * (d.C / d.groups);
+        tt x = tt_new(nx, 131, -1, 1), w = tt_new(nw, 132, -0.3f, 0.3f), y = tt_new(ny, 133, -1, 1);
+        tt dy = tt_new(ny, 134, -1, 1), dx = tt_new(nx, 135, -1, 1), dw = tt_new(nw, 136, -1, 1);
+        cpu->conv2d_forward(cpu, &d, y.c, x.c, w.c, NULL);
+        gpu->conv2d_forward(gpu, &d, y.g, x.g, w.g, NULL);
+        cpu->conv2d_backward_data(cpu, &d, dx.c, dy.c, w.c);
+        gpu->conv2d_backward_data(gpu, &d, dx.g, dy.g, w.g);
+        cpu->conv2d_backward_filter(cpu, &d, dw.c, NULL, dy.c, x.c);
+        gpu->conv2d_backward_filter(gpu, &d, dw.g, NULL, dy.g, x.g);
+        fprintf(stderr, "  conv (no bias) case %d\n", k);
+        tt_check(&y, TOL, "conv forward, no bias");
+        tt_check(&dx, TOL, "conv backward data (accumulated twice)");
+        tt_check(&dw, TOL, "conv backward filter, no dbias");
+        /* a second backward must add again (beta = 1), not overwrite */
+        cpu->conv2d_backward_data(cpu, &d, dx.c, dy.c, w.c);
+        gpu->conv2d_backward_data(gpu, &d, dx.g, dy.g, w.g);
+        cpu->conv2d_backward_filter(cpu, &d, dw.c, NULL, dy.c, x.c);
+        gpu->conv2d_backward_filter(gpu, &d, dw.g, NULL, dy.g, x.g);
+        tt_check(&dx, TOL, "conv backward data, second accumulation");
+        tt_check(&dw, TOL, "conv backward filter, second accumulation");
+        tt_free(&x), tt_free(&w), tt_free(&y), tt_free(&dy), tt_free(&dx), tt_free(&dw);
+    }
+}
+
+/* gemm on sub-matrices (leading dimensions larger than the rows) and beta = 0 */
+static void test_gemm_ld(void **state) {
+    (void)state;
+    NEED_GPU();
+    int M = 6, N = 11, K = 3, pad = 4;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+            int ra = ta ? K : M, rb = tb ? N : K;
+            tt A = tt_new((size_t)ra * lda, 141, -1, 1), B = tt_new((size_t)rb * ldb, 142, -1, 1);
+            tt C = tt_new((size_t)M * ldc, 143, -1, 1);
+            float beta = ta ? 0.0f : 1.0f;
+            cpu->gemm(cpu, ta, tb, M, N, K, 1.3f, A.c, lda, B.c, ldb, beta, C.c, ldc);
+            gpu->gemm(gpu, ta, tb, M, N, K, 1.3f, A.g, lda, B.g, ldb, beta, C.g, ldc);
+            tt_check(&C, TOL, "gemm with padded leading dimensions");
+            tt_free(&A), tt_free(&B), tt_free(&C);
+        }
+}
+
+/* norms without affine parameters or running statistics, wide rows */
+static void test_norm_null(void **state) {
+    (void)state;
+    NEED_GPU();
+    int M = 300, C = 45;
+    size_t n = (size_t)M * C;
+    tt x = tt_new(n, 151, -2, 2), stats = tt_zero(2 * C), mean = tt_zero(C), inv = tt_zero(C);
+    tt y = tt_zero(n), dy = tt_new(n, 152, -1, 1), sums = tt_zero(2 * C);
+    tt dx = tt_new(n, 153, -1, 1), mu = tt_zero(M), rs = tt_zero(M);
+    camo_backend *bes[2] = {cpu, gpu};
+    for (int k = 0; k < 2; k++) {
+        camo_backend *be = bes[k];
+#define P(t) (k ? (t).g : (t).c)
+        be->bn_stats(be, M, C, P(stats), P(x));
+        be->bn_finalize(be, C, P(stats), M, 1e-5f, 0.1f, P(mean), P(inv), NULL, NULL);
+        be->bn_apply(be, M, C, P(y), P(x), P(mean), P(inv), NULL, NULL);
+        be->bn_backward_reduce(be, M, C, P(sums), P(dy), P(x), P(mean), P(inv));
+        be->bn_backward_data(be, M, C, P(dx), P(dy), P(x), P(mean), P(inv), NULL, P(sums), M);
+#undef P
+    }
+    tt_check(&stats, TOL, "bn_stats (300 rows)");
+    tt_check(&inv, TOL, "bn invstd, no running stats");
+    tt_check(&y, TOL, "bn_apply without gamma/beta");
+    tt_check(&dx, TOL, "bn_backward_data without gamma");
+    cpu->layernorm_forward(cpu, M, C, y.c, mu.c, rs.c, x.c, NULL, NULL, 1e-5f);
+    gpu->layernorm_forward(gpu, M, C, y.g, mu.g, rs.g, x.g, NULL, NULL, 1e-5f);
+    cpu->layernorm_backward(cpu, M, C, dx.c, NULL, NULL, dy.c, x.c, mu.c, rs.c, NULL);
+    gpu->layernorm_backward(gpu, M, C, dx.g, NULL, NULL, dy.g, x.g, mu.g, rs.g, NULL);
+    tt_check(&y, TOL, "layernorm without gamma/beta");
+    tt_check(&dx, TOL, "layernorm backward without gamma");
+    /* softmax and the channel-broadcast multiply with C > 32 (several lanes per row) */
+    cpu->softmax_forward(cpu, M, C, y.c, x.c), gpu->softmax_forward(gpu, M, C, y.g, x.g);
+    tt_check(&y, TOL, "softmax forward, 45 channels");
+    tt *all[] = {&x, &stats, &mean, &inv, &y, &dy, &sums, &dx, &mu, &rs};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) tt_free(all[i]);
+}
+
+/* losses on an image smaller than the 31x31 window and one spanning several 4096-pixel
+ * blocks; cross-entropy with every pixel ignored (norm 0 adds nothing) */
+static void test_losses_more(void **state) {
+    (void)state;
+    NEED_GPU();
+    int shapes[2][3] = {{3, 13, 9}, {2, 70, 65}};
+    for (int s = 0; s < 2; s++) {
+        int N = shapes[s][0], H = shapes[s][1], W = shapes[s][2];
+        size_t n = (size_t)N * H * W;
+        tt x = tt_new(n, 161, -4, 4), t = tt_new(n, 162, 0, 1), loss = tt_zero(1);
+        tt dx = tt_zero(n);
+        for (size_t i = 0; i < n; i++) t.c[i] = t.c[i] > 0.5f;
+        gpu->upload(gpu, t.g, t.c, n * 4);
+        for (int k = 0; k < 3; k++) {
+            camo_backend *bes[2] = {cpu, gpu};
+            for (int b = 0; b < 2; b++) {
+                camo_backend *be = bes[b];
+                float *X = b ? x.g : x.c, *T = b ? t.g : t.c, *L = b ? loss.g : loss.c;
+                float *D = b ? dx.g : dx.c;
+                if (k == 0) be->loss_structure(be, N, H, W, L, D, X, T, (float)N);
+                if (k == 1) be->loss_bce_logits(be, N, H, W, L, D, X, T, (float)n);
+                if (k == 2) be->loss_dice(be, N, H, W, L, D, X, T, (float)N);
+            }
+            fprintf(stderr, "  loss %d on %dx%dx%d\n", k, N, H, W);
+            tt_check(&loss, TOL, "loss value (edge shapes)");
+            tt_check(&dx, TOL, "loss gradient (edge shapes)");
+        }
+        tt_free(&x), tt_free(&t), tt_free(&loss), tt_free(&dx);
+    }
+    int N = 1, H = 5, W = 3, C = 4;
+    size_t n = (size_t)N * H * W;
+    tt lx = tt_new(n * C, 163, -3, 3), ldx = tt_new(n * C, 164, -1, 1), lab = tt_zero(n);
+    tt loss = tt_new(1, 165, 1, 2);
+    for (size_t i = 0; i < n; i++) ((int *)lab.c)[i] = -1;
+    gpu->upload(gpu, lab.g, lab.c, n * 4);
+    cpu->loss_cross_entropy(cpu, N, H, W, C, loss.c, ldx.c, lx.c, (int *)lab.c, -1, 0.0f);
+    gpu->loss_cross_entropy(gpu, N, H, W, C, loss.g, ldx.g, lx.g, (int *)lab.g, -1, 0.0f);
+    tt_check(&loss, TOL, "cross-entropy, every pixel ignored");
+    tt_check(&ldx, TOL, "cross-entropy gradient, every pixel ignored");
+    tt_free(&lx), tt_free(&ldx), tt_free(&lab), tt_free(&loss);
+}
+
+/* SGD without momentum (buffer untouched), AdamW with a gradient scale, sumsq of nothing */
+static void test_optim_more(void **state) {
+    (void)state;
+    NEED_GPU();
+    size_t n = 3001;
+    tt w = tt_new(n, 171, -1, 1), g = tt_new(n, 172, -1, 1), buf = tt_new(n, 173, -1, 1);
+    tt m = tt_new(n, 174, -1, 1), v = tt_new(n, 175, 0, 1), s = tt_new(1, 176, 1, 2);
+    cpu->sgd_step(cpu, n, w.c, g.c, buf.c, 0.05f, 0.0f, 0, 1e-3f, 1.0f, 0);
+    gpu->sgd_step(gpu, n, w.g, g.g, buf.g, 0.05f, 0.0f, 0, 1e-3f, 1.0f, 0);
+    cpu->sgd_step(cpu, n, w.c, g.c, buf.c, 0.05f, 0.9f, 1, 0.0f, 0.25f, 1);
+    gpu->sgd_step(gpu, n, w.g, g.g, buf.g, 0.05f, 0.9f, 1, 0.0f, 0.25f, 1);
+    cpu->adamw_step(cpu, n, w.c, g.c, m.c, v.c, 3e-4f, 0.8f, 0.99f, 1e-6f, 0.05f, 0.125f, 7);
+    gpu->adamw_step(gpu, n, w.g, g.g, m.g, v.g, 3e-4f, 0.8f, 0.99f, 1e-6f, 0.05f, 0.125f, 7);
+    tt_check(&w, TOL, "sgd (no momentum, nesterov first step) + adamw (scaled)");
+    tt_check(&buf, TOL, "sgd buffer");
+    tt_check(&m, TOL, "adamw m");
+    tt_check(&v, TOL, "adamw v");
+    cpu->sumsq(cpu, 0, s.c, g.c), gpu->sumsq(gpu, 0, s.g, g.g);
+    tt_check(&s, TOL, "sumsq of 0 elements");
+    tt_free(&w), tt_free(&g), tt_free(&buf), tt_free(&m), tt_free(&v), tt_free(&s);
+}
+
 /* ---- whole networks ---- */
 
 typedef struct net_run {
@@ -620,9 +777,21 @@ static void run_comm(int n, const int *devs, int local) {
     }
     for (int i = 0; i < n; i++) pthread_join(th[i], NULL);
     for (int i = 0; i < n; i++) assert_true(args[i].ok);
-    /* abort ends every later collective with an error, promptly */
+    /* an orderly teardown from ONE thread, as the trainer does it (NCCL's finalize waits for
+     * the peers: destroying communicators one by one must not deadlock) */
+    for (int i = 0; i < n; i++) comms[i]->destroy(comms[i]);
+    /* a second group: abort ends every later collective with an error, promptly */
+    rc = local ? camo_comm_local_create(n, devs, streams, 30, comms)
+               : camo_comm_nccl_create(n, devs, streams, 30, comms);
+    assert_int_equal(rc, 0);
     comms[0]->abort(comms[0], "test abort");
     assert_true(comms[n - 1]->aborted(comms[n - 1]));
+    float *d = bes[n - 1]->alloc(bes[n - 1], 64);
+    double t0 = camo_now();
+    assert_int_not_equal(comms[n - 1]->all_reduce_sum(comms[n - 1], d, 16), 0);
+    assert_int_not_equal(comms[n - 1]->barrier(comms[n - 1]), 0);
+    assert_true(camo_now() - t0 < 5);
+    bes[n - 1]->free(bes[n - 1], d);
     for (int i = 0; i < n; i++) comms[i]->destroy(comms[i]);
     for (int i = 0; i < n; i++) bes[i]->destroy(bes[i]);
 }
@@ -651,7 +820,9 @@ int main(void) {
         cmocka_unit_test(test_mul),           cmocka_unit_test(test_slice_softmax),
         cmocka_unit_test(test_pool),          cmocka_unit_test(test_adaptive_resize),
         cmocka_unit_test(test_losses),        cmocka_unit_test(test_optim),
-        cmocka_unit_test(test_empty_slice),
+        cmocka_unit_test(test_empty_slice),   cmocka_unit_test(test_conv_more),
+        cmocka_unit_test(test_gemm_ld),       cmocka_unit_test(test_norm_null),
+        cmocka_unit_test(test_losses_more),   cmocka_unit_test(test_optim_more),
         cmocka_unit_test(test_unet_s),        cmocka_unit_test(test_fpn_r18),
         cmocka_unit_test(test_bf16_curve),    cmocka_unit_test(test_comm_local),
         cmocka_unit_test(test_comm_nccl),

@@ -85,3 +85,14 @@ expect start_checksum 1 'weights differ between replicas' -- env CAMO_TEST_CORRU
 expect sigterm_cpu2 0 'interrupted' -- env CAMO_TEST_SIGNAL_AT_STEP=2 $BIN $C --devices cpu:2 \
     --set train.epochs=3 --out "$TMP/sig"
 [ "$(meta step "$TMP/sig/last.ckpt")" = 2 ] && pass sigterm_ckpt || fail sigterm_ckpt "step $(meta step "$TMP/sig/last.ckpt")"
+
+# ---- tools/dp_vs_ddp: both modes on 1..2 replicas, a CSV row each (and a plot) ----
+out=$(tools/dp_vs_ddp --conf conf/demo.cfg --bin "$BIN" --max 2 --steps 3 --out "$TMP/dvd" \
+      --set data.root="$DATA" --set data.img_size=32 --set train.batch=8 --set train.threads=1 \
+      --set data.workers=1 2>&1); rc=$?
+rows=$(grep -cE '^(ddp|dp),[12],8,[0-9.]+,[0-9.]+,[0-9.]+,[0-9.]+,[0-9.]+,[0-9.]+$' "$TMP/dvd/dp_vs_ddp.csv" 2>/dev/null)
+if [ $rc = 0 ] && [ "$rows" = 4 ]; then pass dp_vs_ddp_csv
+else fail dp_vs_ddp_csv "exit $rc, $rows rows: $(echo "$out" | tail -2)"; fi
+if command -v gnuplot > /dev/null 2>&1; then
+    [ -s "$TMP/dvd/dp_vs_ddp.png" ] && pass dp_vs_ddp_png || fail dp_vs_ddp_png "no plot"
+else skip dp_vs_ddp_png "gnuplot not installed"; fi

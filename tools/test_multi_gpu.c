@@ -71,11 +71,12 @@ typedef struct ar_bufs {
 
 static int ar_run(ar_bufs *b, size_t count) {
     if (ncclGroupStart() != ncclSuccess) return -1;
-    for (int r = 0; r < b->n; r++)
-        if (ncclAllReduce(b->buf[r], b->buf[r], count, ncclFloat, ncclSum, b->comm[r],
-                          b->stream[r]) != ncclSuccess)
-            return -1;
-    if (ncclGroupEnd() != ncclSuccess) return -1;
+    int bad = 0;
+    for (int r = 0; r < b->n && !bad; r++)
+        bad = ncclAllReduce(b->buf[r], b->buf[r], count, ncclFloat, ncclSum, b->comm[r],
+                            b->stream[r]) != ncclSuccess;
+    /* the group is always closed, even after a failed call, or NCCL stays in group mode */
+    if (ncclGroupEnd() != ncclSuccess || bad) return -1;
     for (int r = 0; r < b->n; r++) {
         cudaSetDevice(r);
         if (cudaStreamSynchronize(b->stream[r]) != cudaSuccess) return -1;
@@ -134,11 +135,27 @@ static void check_allreduce(int n) {
         }
         report(correct, "NCCL all-reduce results correct on every GPU (1 MiB .. 256 MiB)");
     }
+    /* Finalizing a communicator waits for its peers, so one thread holding all of them
+     * finalizes them inside one group (as NCCL's single-process example does), then
+     * destroys them; only then the buffers and streams they used go. */
+    int have = 0;
+    for (int r = 0; r < b.n; r++) have |= b.comm[r] != NULL;
+    if (have) {
+        int fin = ncclGroupStart() == ncclSuccess;
+        for (int r = 0; fin && r < b.n; r++)
+            if (b.comm[r]) fin = ncclCommFinalize(b.comm[r]) == ncclSuccess;
+        fin = ncclGroupEnd() == ncclSuccess && fin;
+        for (int r = 0; r < b.n; r++) {
+            if (!b.comm[r]) continue;
+            cudaSetDevice(r);
+            if (fin) ncclCommDestroy(b.comm[r]);
+            else ncclCommAbort(b.comm[r]);
+        }
+    }
     for (int r = 0; r < b.n; r++) {
         cudaSetDevice(r);
         if (b.buf[r]) cudaFree(b.buf[r]);
         if (b.stream[r]) cudaStreamDestroy(b.stream[r]);
-        if (b.comm[r]) ncclCommDestroy(b.comm[r]);
     }
     free(host);
 }
