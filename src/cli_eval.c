@@ -24,6 +24,22 @@ typedef struct {
     int n_sets;
 } eval_args;
 
+static void eval_usage(FILE *f) {
+    fputs("usage: camotrain eval --ckpt C [--data DIR] [--split S] [--set k=v] [--json] "
+          "[--no-ema]\n"
+          "       camotrain eval --pred DIR --gt DIR [--json]\n"
+          "       camotrain eval --pred DIR --gt DIR --classes K [--ignore-index I] "
+          "[--format ade20k] [--json]\n"
+          "  scores a checkpoint on a data set split (default: its validation split) or saved\n"
+          "  prediction PNGs against ground-truth masks (matched by file stem)\n", f);
+}
+
+static void predict_usage(FILE *f) {
+    fputs("usage: camotrain predict --ckpt C --input DIR --output DIR [--overlay] [--no-ema]\n"
+          "  writes OUTPUT/NAME.png: foreground probability 0..255 (binary) or class\n"
+          "  index (multi-class); --overlay also OUTPUT/overlay/NAME.png\n", f);
+}
+
 static int parse(int argc, char **argv, eval_args *a, const char *cmd) {
     for (int i = 0; i < argc; i++) {
         const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -39,6 +55,9 @@ static int parse(int argc, char **argv, eval_args *a, const char *cmd) {
             if (dst) *dst = v;
             else if (a->n_sets < 64) a->sets[a->n_sets++] = argv[i + 1];
             i++;
+        } else if (!strcmp(f, "--help") || !strcmp(f, "-h")) {
+            (!strcmp(cmd, "eval") ? eval_usage : predict_usage)(stdout);
+            return 1;
         } else if (!strcmp(f, "--json")) a->json = 1;
         else if (!strcmp(f, "--overlay")) a->overlay = 1;
         else if (!strcmp(f, "--no-ema")) a->no_ema = 1;
@@ -94,7 +113,8 @@ static int eval_checkpoint(const eval_args *a) {
 int cli_eval(int argc, char **argv) {
     eval_args a;
     memset(&a, 0, sizeof a);
-    if (parse(argc, argv, &a, "eval")) return CAMO_ERR_INPUT;
+    int prc = parse(argc, argv, &a, "eval"); /* 1: --help printed */
+    if (prc) return prc > 0 ? CAMO_OK : CAMO_ERR_INPUT;
     if (a.pred || a.gt) {
         if (!a.pred || !a.gt) {
             fprintf(stderr, "camotrain eval: --pred and --gt go together\n");
@@ -119,11 +139,7 @@ int cli_eval(int argc, char **argv) {
         return rc;
     }
     if (!a.ckpt) {
-        fprintf(stderr, "usage: camotrain eval --ckpt C [--data DIR] [--split S] [--json] "
-                        "[--no-ema]\n"
-                        "       camotrain eval --pred DIR --gt DIR [--json]\n"
-                        "       camotrain eval --pred DIR --gt DIR --classes K "
-                        "[--ignore-index I] [--format ade20k] [--json]\n");
+        eval_usage(stderr);
         return CAMO_ERR_INPUT;
     }
     return eval_checkpoint(&a);
@@ -254,12 +270,10 @@ static int predict_all(camo_net *net, const eval_args *a, char **names, int n) {
 int cli_predict(int argc, char **argv) {
     eval_args a;
     memset(&a, 0, sizeof a);
-    if (parse(argc, argv, &a, "predict")) return CAMO_ERR_INPUT;
+    int prc = parse(argc, argv, &a, "predict"); /* 1: --help printed */
+    if (prc) return prc > 0 ? CAMO_OK : CAMO_ERR_INPUT;
     if (!a.ckpt || !a.input || !a.output) {
-        fprintf(stderr, "usage: camotrain predict --ckpt C --input DIR --output DIR [--overlay] "
-                        "[--no-ema]\n"
-                        "  writes OUTPUT/NAME.png: foreground probability 0..255 (binary) or class\n"
-                        "  index (multi-class); --overlay also OUTPUT/overlay/NAME.png\n");
+        predict_usage(stderr);
         return CAMO_ERR_INPUT;
     }
     camo_backend *be = camo_backend_cpu_create(0);

@@ -35,17 +35,27 @@ static void print_meta(const char *key, const char *value) {
            strlen(value), key);
 }
 
+static void inspect_usage(FILE *f) {
+    fputs("usage: camotrain inspect CHECKPOINT [--hash] [--meta KEY]\n"
+          "  lists tensors (name, dtype, shape; --hash adds a content hash) and metadata;\n"
+          "  --meta KEY prints one metadata value (e.g. config, network)\n", f);
+}
+
 int cli_inspect(int argc, char **argv) {
     const char *path = NULL, *meta_key = NULL;
     int hash = 0;
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--meta") && i + 1 < argc) meta_key = argv[++i];
         else if (!strcmp(argv[i], "--hash")) hash = 1;
+        else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            inspect_usage(stdout);
+            return CAMO_OK;
+        }
         else if (argv[i][0] != '-' && !path) path = argv[i];
         else { fprintf(stderr, "camotrain inspect: unexpected argument '%s'\n", argv[i]); return CAMO_ERR_INPUT; }
     }
     if (!path) {
-        fprintf(stderr, "usage: camotrain inspect CHECKPOINT [--hash] [--meta KEY]\n");
+        inspect_usage(stderr);
         return CAMO_ERR_INPUT;
     }
     camo_st_file *f = camo_st_open(path);
