@@ -2,26 +2,7 @@
 # End-to-end tests of the camotrain binary: usage errors, summaries, a small training run,
 # kill-and-resume bit-identity, checkpoints (inspect, corrupt files, PyTorch loading),
 # eval and predict, and bad data. Prints PASS/FAIL/SKIP lines for tests/run.sh.
-set -u
-cd "$(dirname "$0")/.."
-BIN=${CAMOTRAIN:-./camotrain}
-TMP=${CAMO_TEST_TMP:-$(mktemp -d)}/cli
-mkdir -p "$TMP"
-export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
-
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; }
-skip() { echo "SKIP $1: $2"; }
-
-# expect NAME RC PATTERN -- command...: exit code RC and PATTERN in stdout+stderr
-expect() {
-    local name=$1 want=$2 pat=$3; shift 4
-    local out rc
-    out=$("$@" 2>&1); rc=$?
-    if [ "$rc" != "$want" ]; then fail "$name" "exit $rc, expected $want; output: $(echo "$out" | tail -3)"
-    elif ! echo "$out" | grep -q -- "$pat"; then fail "$name" "output lacks '$pat': $(echo "$out" | tail -3)"
-    else pass "$name"; fi
-}
+. "$(dirname "$0")/lib.sh" cli
 
 # ---- usage and configs ----
 expect help 0 "--conf" -- $BIN --help
@@ -64,7 +45,6 @@ first=$(ls "$DATA/Test/Image" | head -1); stem=${first%.*}
 if [ -s "$TMP/pred/$stem.png" ]; then pass predict_png; else fail predict_png "no $stem.png"; fi
 
 # ---- kill and resume: identical weights, bit for bit ----
-hashes() { $BIN inspect --hash "$1" | awk '$2 ~ /^(F32|I64)$/ && NF >= 4 {print $1, $NF}'; }
 RUN="$BIN --conf conf/demo.cfg $COMMON --set train.epochs=3 --set eval.every=1 --set train.ema_decay=0.9"
 $RUN --out "$TMP/full" > "$TMP/full.log" 2>&1 || fail resume_reference "$(tail -3 "$TMP/full.log")"
 CAMO_TEST_SIGNAL_AT_STEP=4 $RUN --out "$TMP/cut" > "$TMP/cut.log" 2>&1

@@ -7,53 +7,7 @@
 
 #include "test_util.h"
 
-static camo_backend *be;
-
-static int setup(void **state) {
-    (void)state;
-    be = camo_backend_cpu_create(2);
-    return be ? 0 : -1;
-}
-
-static int teardown(void **state) {
-    (void)state;
-    be->destroy(be);
-    return 0;
-}
-
-/* ---- finite differences ---- */
-
-typedef void (*fwd_fn)(void *ctx); /* recomputes ctx's output y from its inputs */
-
-static double dot(const float *y, const float *dy, size_t n) {
-    double s = 0;
-    for (size_t i = 0; i < n; i++) s += (double)y[i] * dy[i];
-    return s;
-}
-
-/* Compares grad (nx) with central differences of f(x) = sum(y * dy) over every element of
- * x; restores x and y. */
-static void fd_check(fwd_fn fwd, void *ctx, float *x, size_t nx, const float *y,
-                     const float *dy, size_t ny, const float *grad, float eps, double floor_,
-                     double tol, const char *what) {
-    float *num = malloc(nx * sizeof(float));
-    for (size_t i = 0; i < nx; i++) {
-        float save = x[i], xp = save + eps, xm = save - eps;
-        x[i] = xp;
-        fwd(ctx);
-        double fp = dot(y, dy, ny);
-        x[i] = xm;
-        fwd(ctx);
-        double fm = dot(y, dy, ny);
-        x[i] = save;
-        num[i] = (float)((fp - fm) / ((double)xp - (double)xm));
-    }
-    fwd(ctx);
-    TU_ASSERT_CLOSE(grad, num, nx, floor_, tol, what);
-    free(num);
-}
-
-static float *falloc(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
+TU_CPU_BACKEND_FIXTURE(2)
 
 /* ---- activations ---- */
 
@@ -90,7 +44,8 @@ static void fill_away_from_zero(float *x, size_t n, uint32_t seed) {
 static void test_act(void **state) {
     (void)state;
     const size_t n = 97;
-    float *x = falloc(n), *y = falloc(n), *want = falloc(n), *dy = falloc(n), *dx = falloc(n);
+    float *x = tu_falloc(n), *y = tu_falloc(n), *want = tu_falloc(n);
+    float *dy = tu_falloc(n), *dx = tu_falloc(n);
     fill_away_from_zero(x, n, 1);
     tu_fill(dy, n, 2, -1, 1);
     for (int a = CAMO_ACT_IDENTITY; a <= CAMO_ACT_TANH; a++) {
@@ -103,9 +58,9 @@ static void test_act(void **state) {
         for (size_t i = 0; i < n; i++) dx[i] = 0.5f;
         be->act_backward(be, (camo_act)a, alpha, n, dx, dy, x, y);
         for (size_t i = 0; i < n; i++) dx[i] -= 0.5f;
-        fd_check(act_fwd, &c, x, n, y, dy, n, dx, 1e-3f, 0.1, 1e-2, act_name[a]);
+        tu_fd_check(act_fwd, &c, x, n, y, dy, n, dx, 1e-3f, 0.1, 1e-2, act_name[a]);
         /* y == NULL: the op recomputes what it needs from x */
-        float *dx2 = falloc(n);
+        float *dx2 = tu_falloc(n);
         for (size_t i = 0; i < n; i++) dx2[i] = 0.5f;
         be->act_backward(be, (camo_act)a, alpha, n, dx2, dy, x, NULL);
         for (size_t i = 0; i < n; i++) dx2[i] -= 0.5f;
@@ -119,7 +74,7 @@ static void test_act(void **state) {
 static void test_act_large(void **state) {
     (void)state;
     const size_t n = 100003;
-    float *x = falloc(n), *y = falloc(n), *want = falloc(n);
+    float *x = tu_falloc(n), *y = tu_falloc(n), *want = tu_falloc(n);
     tu_fill(x, n, 3, -30, 30);
     x[0] = -1e30f; x[1] = 1e30f; x[2] = -100; x[3] = 100;
     for (int a = CAMO_ACT_IDENTITY; a <= CAMO_ACT_TANH; a++) {
@@ -136,7 +91,7 @@ static void test_act_large(void **state) {
 static void test_add_axpy_scale(void **state) {
     (void)state;
     const size_t n = 40000; /* over the OpenMP threshold */
-    float *a = falloc(n), *b = falloc(n), *y = falloc(n), *want = falloc(n);
+    float *a = tu_falloc(n), *b = tu_falloc(n), *y = tu_falloc(n), *want = tu_falloc(n);
     tu_fill(a, n, 4, -2, 2);
     tu_fill(b, n, 5, -2, 2);
     be->add(be, n, y, a, b);
@@ -174,9 +129,9 @@ static double ref_b(camo_bcast mode, const float *b, int HW, int C, int n, int m
 static void check_mul(camo_bcast mode, int N, int HW, int C, int grad_check) {
     const char *names[] = {"mul none", "mul channel", "mul spatial"};
     size_t na = (size_t)N * HW * C, nb = b_numel(mode, N, HW, C);
-    float *a = falloc(na), *b = falloc(nb), *y = falloc(na), *want = falloc(na);
-    float *dy = falloc(na), *da = falloc(na), *db = falloc(nb), *da2 = falloc(na);
-    float *db2 = falloc(nb);
+    float *a = tu_falloc(na), *b = tu_falloc(nb), *y = tu_falloc(na), *want = tu_falloc(na);
+    float *dy = tu_falloc(na), *da = tu_falloc(na), *db = tu_falloc(nb), *da2 = tu_falloc(na);
+    float *db2 = tu_falloc(nb);
     tu_fill(a, na, 6, -2, 2);
     tu_fill(b, nb, 7, -2, 2);
     tu_fill(dy, na, 8, -1, 1);
@@ -191,8 +146,8 @@ static void check_mul(camo_bcast mode, int N, int HW, int C, int grad_check) {
     TU_ASSERT_CLOSE(y, want, na, 1e-3, 1e-6, names[mode]);
     be->mul_backward(be, mode, N, HW, C, da, db, dy, a, b);
     if (grad_check) {
-        fd_check(mul_fwd, &c, a, na, y, dy, na, da, 1e-2f, 0.1, 1e-2, names[mode]);
-        fd_check(mul_fwd, &c, b, nb, y, dy, na, db, 1e-2f, 0.1, 1e-2, names[mode]);
+        tu_fd_check(mul_fwd, &c, a, na, y, dy, na, da, 1e-2f, 0.1, 1e-2, names[mode]);
+        tu_fd_check(mul_fwd, &c, b, nb, y, dy, na, db, 1e-2f, 0.1, 1e-2, names[mode]);
     } else { /* large case: db against a double reference of the reduction */
         double *ref = calloc(nb, sizeof(double));
         for (int n = 0; n < N; n++)
@@ -240,12 +195,12 @@ static void slice_fwd(void *p) {
 static void test_channel_slice(void **state) {
     (void)state;
     const int M = 13, Cd = 9, off = 3, Cs = 4;
-    float *dst = falloc((size_t)M * Cd), *src = falloc((size_t)M * Cs);
-    float *ddst = falloc((size_t)M * Cd), *dsrc = falloc((size_t)M * Cs);
+    float *dst = tu_falloc((size_t)M * Cd), *src = tu_falloc((size_t)M * Cs);
+    float *ddst = tu_falloc((size_t)M * Cd), *dsrc = tu_falloc((size_t)M * Cs);
     tu_fill(dst, (size_t)M * Cd, 9, -1, 1);
     tu_fill(src, (size_t)M * Cs, 10, -1, 1);
     tu_fill(ddst, (size_t)M * Cd, 11, -1, 1);
-    float *before = falloc((size_t)M * Cd);
+    float *before = tu_falloc((size_t)M * Cd);
     memcpy(before, dst, (size_t)M * Cd * sizeof(float));
     slice_ctx c = {M, Cd, off, Cs, dst, src};
     slice_fwd(&c);
@@ -256,8 +211,8 @@ static void test_channel_slice(void **state) {
         }
     /* backward twice = twice the slice */
     be->channel_slice(be, 1, M, Cd, off, Cs, ddst, dsrc);
-    fd_check(slice_fwd, &c, src, (size_t)M * Cs, dst, ddst, (size_t)M * Cd, dsrc, 1e-2f, 0.1,
-             1e-2, "channel_slice");
+    tu_fd_check(slice_fwd, &c, src, (size_t)M * Cs, dst, ddst, (size_t)M * Cd, dsrc, 1e-2f, 0.1,
+                1e-2, "channel_slice");
     be->channel_slice(be, 1, M, Cd, off, Cs, ddst, dsrc);
     for (int m = 0; m < M; m++)
         for (int k = 0; k < Cs; k++) assert_true(dsrc[m * Cs + k] == 2 * ddst[m * Cd + off + k]);
@@ -286,7 +241,8 @@ static void test_softmax(void **state) {
     (void)state;
     const int M = 11, C = 6;
     size_t n = (size_t)M * C;
-    float *x = falloc(n), *y = falloc(n), *want = falloc(n), *dy = falloc(n), *dx = falloc(n);
+    float *x = tu_falloc(n), *y = tu_falloc(n), *want = tu_falloc(n);
+    float *dy = tu_falloc(n), *dx = tu_falloc(n);
     tu_fill(x, n, 12, -3, 3);
     tu_fill(dy, n, 13, -1, 1);
     sm_ctx c = {M, C, y, x};
@@ -294,9 +250,9 @@ static void test_softmax(void **state) {
     ref_softmax(M, C, x, want);
     TU_ASSERT_CLOSE(y, want, n, 1e-3, 1e-5, "softmax");
     be->softmax_backward(be, M, C, dx, dy, y);
-    fd_check(sm_fwd, &c, x, n, y, dy, n, dx, 1e-2f, 0.1, 1e-2, "softmax backward");
+    tu_fd_check(sm_fwd, &c, x, n, y, dy, n, dx, 1e-2f, 0.1, 1e-2, "softmax backward");
     /* accumulation: a second call doubles dx */
-    float *dx1 = falloc(n);
+    float *dx1 = tu_falloc(n);
     memcpy(dx1, dx, n * sizeof(float));
     be->softmax_backward(be, M, C, dx, dy, y);
     for (size_t i = 0; i < n; i++) dx1[i] *= 2;

@@ -11,21 +11,7 @@
 
 #include "test_util.h"
 
-static camo_backend *be;
-
-static int setup(void **state) {
-    (void)state;
-    be = camo_backend_cpu_create(2);
-    return be ? 0 : -1;
-}
-
-static int teardown(void **state) {
-    (void)state;
-    be->destroy(be);
-    return 0;
-}
-
-static float *falloc(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
+TU_CPU_BACKEND_FIXTURE(2)
 
 /* ---- one interface over the four losses ---- */
 
@@ -116,9 +102,9 @@ static case_buf make_case(int kind, int N, int H, int W, int C, uint32_t seed) {
     case_buf b = {0};
     if (kind != L_CE) C = 1;
     size_t P = (size_t)N * H * W;
-    b.x = falloc(P * C);
+    b.x = tu_falloc(P * C);
     tu_fill(b.x, P * C, seed, -3, 3);
-    b.t = falloc(P);
+    b.t = tu_falloc(P);
     b.labels = calloc(P, sizeof(int));
     for (int n = 0; n < N; n++)
         for (int h = 0; h < H; h++)
@@ -179,7 +165,7 @@ static void check_loss(int kind, int N, int H, int W, int C, int grad_check) {
     case_buf b = make_case(kind, N, H, W, C, 20 + kind);
     loss_case *c = &b.c;
     size_t n = numel(c);
-    float loss = 0, *dx = falloc(n), *num = falloc(n);
+    float loss = 0, *dx = tu_falloc(n), *num = tu_falloc(n);
     run_loss_on(be, c, &loss, dx);
     float want = (float)ref_loss(c);
     assert_true(tu_max_rel_err(&loss, &want, 1, 1e-6, 1e-5, loss_name[kind]) <= 1e-5);
@@ -198,7 +184,7 @@ static void check_loss(int kind, int N, int H, int W, int C, int grad_check) {
         }
         TU_ASSERT_CLOSE(dx, num, n, 0.01 * gmax, 1e-3, loss_name[kind]);
     }
-    float loss2 = loss, *dx2 = falloc(n);
+    float loss2 = loss, *dx2 = tu_falloc(n);
     memcpy(dx2, dx, n * sizeof(float));
     run_loss_on(be, c, &loss2, dx2);
     for (size_t i = 0; i < n; i++) dx[i] *= 2;
@@ -231,7 +217,7 @@ static void test_loss_deterministic(void **state) {
     for (int kind = L_BCE; kind <= L_CE; kind++) {
         case_buf b = make_case(kind, 3, 64, 96, 3, 40 + kind); /* 2 blocks an image */
         size_t n = numel(&b.c);
-        float l1 = 0, l3 = 0, *d1 = falloc(n), *d3 = falloc(n);
+        float l1 = 0, l3 = 0, *d1 = tu_falloc(n), *d3 = tu_falloc(n);
         run_loss_on(b1, &b.c, &l1, d1);
         run_loss_on(b3, &b.c, &l3, d3);
         assert_memory_equal(&l1, &l3, sizeof l1);
@@ -248,7 +234,7 @@ static void test_loss_deterministic(void **state) {
 static void test_sumsq(void **state) {
     (void)state;
     const size_t n = 100003;
-    float *x = falloc(n), out = 0;
+    float *x = tu_falloc(n), out = 0;
     tu_fill(x, n, 50, -2, 2);
     double s = 0;
     for (size_t i = 0; i < n; i++) s += (double)x[i] * x[i];
@@ -288,10 +274,10 @@ static void test_sgd(void **state) {
     const size_t n = 40000; /* over the OpenMP threshold */
     const sgd_cfg cfgs[] = {{0.1f, 0.9f, 1e-4f, 1.0f, 0}, {0.05f, 0.9f, 0.1f, 0.5f, 1},
                             {0.2f, 0.0f, 0.01f, 2.0f, 0}, {0.1f, 0.5f, 0.0f, 1.0f, 1}};
-    float *grads[STEPS], *w = falloc(n), *buf = falloc(n), *got = falloc(n);
+    float *grads[STEPS], *w = tu_falloc(n), *buf = tu_falloc(n), *got = tu_falloc(n);
     double *rw = calloc(n, sizeof(double)), *rbuf = calloc(n, sizeof(double));
     for (int s = 0; s < STEPS; s++) {
-        grads[s] = falloc(n);
+        grads[s] = tu_falloc(n);
         tu_fill(grads[s], n, 60 + s, -1, 1);
     }
     for (size_t k = 0; k < sizeof cfgs / sizeof cfgs[0]; k++) {
@@ -337,11 +323,12 @@ static void test_adamw(void **state) {
     const adamw_cfg cfgs[] = {{1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 1.0f},
                               {0.05f, 0.8f, 0.99f, 1e-6f, 0.1f, 0.25f},
                               {0.01f, 0.3f, 0.9f, 1e-8f, 0.0f, 1.0f}}; /* lerp weight > 0.5 */
-    float *grads[STEPS], *w = falloc(n), *m = falloc(n), *v = falloc(n), *got = falloc(n);
+    float *grads[STEPS], *w = tu_falloc(n), *m = tu_falloc(n), *v = tu_falloc(n);
+    float *got = tu_falloc(n);
     double *rw = calloc(n, sizeof(double)), *rm = calloc(n, sizeof(double));
     double *rv = calloc(n, sizeof(double));
     for (int s = 0; s < STEPS; s++) {
-        grads[s] = falloc(n);
+        grads[s] = tu_falloc(n);
         tu_fill(grads[s], n, 80 + s, -1, 1);
     }
     for (size_t k = 0; k < sizeof cfgs / sizeof cfgs[0]; k++) {
@@ -368,7 +355,7 @@ static void test_adamw(void **state) {
 static void test_ema(void **state) {
     (void)state;
     const size_t n = 40000;
-    float *ema = falloc(n), *w = falloc(n), *want = falloc(n);
+    float *ema = tu_falloc(n), *w = tu_falloc(n), *want = tu_falloc(n);
     tu_fill(ema, n, 100, -1, 1);
     double *ref = calloc(n, sizeof(double));
     for (size_t i = 0; i < n; i++) ref[i] = ema[i];

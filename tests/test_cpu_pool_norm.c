@@ -7,51 +7,7 @@
 
 #include "test_util.h"
 
-static camo_backend *be;
-
-static int setup(void **state) {
-    (void)state;
-    be = camo_backend_cpu_create(2);
-    return be ? 0 : -1;
-}
-
-static int teardown(void **state) {
-    (void)state;
-    be->destroy(be);
-    return 0;
-}
-
-/* ---- finite differences ---- */
-
-typedef void (*fwd_fn)(void *ctx); /* recomputes ctx's output y from its inputs */
-
-static double dot(const float *y, const float *dy, size_t n) {
-    double s = 0;
-    for (size_t i = 0; i < n; i++) s += (double)y[i] * dy[i];
-    return s;
-}
-
-/* Compares grad (nx) with central differences of f(x) = sum(y * dy) over every element of
- * x; restores x and y. */
-static void fd_check(fwd_fn fwd, void *ctx, float *x, size_t nx, const float *y,
-                     const float *dy, size_t ny, const float *grad, float eps, double floor_,
-                     double tol, const char *what) {
-    float *num = malloc(nx * sizeof(float));
-    for (size_t i = 0; i < nx; i++) {
-        float save = x[i], xp = save + eps, xm = save - eps;
-        x[i] = xp;
-        fwd(ctx);
-        double fp = dot(y, dy, ny);
-        x[i] = xm;
-        fwd(ctx);
-        double fm = dot(y, dy, ny);
-        x[i] = save;
-        num[i] = (float)((fp - fm) / ((double)xp - (double)xm));
-    }
-    fwd(ctx);
-    TU_ASSERT_CLOSE(grad, num, nx, floor_, tol, what);
-    free(num);
-}
+TU_CPU_BACKEND_FIXTURE(2)
 
 /* x (n) = distinct values spaced 0.05 apart, shuffled, plus `offset`: no max-pool ties, and
  * a 1e-2 perturbation never reorders a window */
@@ -68,8 +24,6 @@ static void fill_distinct(float *x, size_t n, uint32_t seed, float offset) {
     for (size_t i = 0; i < n; i++) x[i] = 0.05f * (x[i] - (float)n / 2) + offset;
     free(r);
 }
-
-static float *zalloc(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
 
 /* ---- batch norm ---- */
 
@@ -176,9 +130,9 @@ static void check_bn_backward(int eval) {
     TU_ASSERT_CLOSE(dgamma, rg, BN_C, 1.0, 1e-5, "bn dgamma = sum dy*xhat");
     TU_ASSERT_CLOSE(dbeta, rb, BN_C, 1.0, 1e-5, "bn dbeta = sum dy");
     size_t n = BN_M * BN_C;
-    fd_check(bn_fwd, b, b->x, n, b->y, b->dy, n, b->dx, 1e-2f, 0.1, 1e-2, "bn dx");
-    fd_check(bn_fwd, b, b->gamma, BN_C, b->y, b->dy, n, dgamma, 1e-2f, 1.0, 1e-2, "bn dgamma");
-    fd_check(bn_fwd, b, b->beta, BN_C, b->y, b->dy, n, dbeta, 1e-2f, 1.0, 1e-2, "bn dbeta");
+    tu_fd_check(bn_fwd, b, b->x, n, b->y, b->dy, n, b->dx, 1e-2f, 0.1, 1e-2, "bn dx");
+    tu_fd_check(bn_fwd, b, b->gamma, BN_C, b->y, b->dy, n, dgamma, 1e-2f, 1.0, 1e-2, "bn dgamma");
+    tu_fd_check(bn_fwd, b, b->beta, BN_C, b->y, b->dy, n, dbeta, 1e-2f, 1.0, 1e-2, "bn dbeta");
     float *dx1 = malloc(n * sizeof(float)); /* backward accumulates: twice doubles dx */
     for (size_t i = 0; i < n; i++) dx1[i] = 2 * b->dx[i];
     bn_backward(b);
@@ -254,9 +208,9 @@ static void test_layernorm(void **state) {
 
     ln_backward(&l);
     size_t n = LN_M * LN_C;
-    fd_check(ln_fwd, &l, l.x, n, l.y, l.dy, n, l.dx, 1e-2f, 0.1, 1e-2, "ln dx");
-    fd_check(ln_fwd, &l, l.gamma, LN_C, l.y, l.dy, n, l.dgamma, 1e-2f, 1.0, 1e-2, "ln dgamma");
-    fd_check(ln_fwd, &l, l.beta, LN_C, l.y, l.dy, n, l.dbeta, 1e-2f, 1.0, 1e-2, "ln dbeta");
+    tu_fd_check(ln_fwd, &l, l.x, n, l.y, l.dy, n, l.dx, 1e-2f, 0.1, 1e-2, "ln dx");
+    tu_fd_check(ln_fwd, &l, l.gamma, LN_C, l.y, l.dy, n, l.dgamma, 1e-2f, 1.0, 1e-2, "ln dgamma");
+    tu_fd_check(ln_fwd, &l, l.beta, LN_C, l.y, l.dy, n, l.dbeta, 1e-2f, 1.0, 1e-2, "ln dbeta");
     float dx1[LN_M * LN_C], dg1[LN_C];
     for (size_t i = 0; i < n; i++) dx1[i] = 2 * l.dx[i];
     for (int c = 0; c < LN_C; c++) dg1[c] = 2 * l.dgamma[c];
@@ -334,8 +288,9 @@ static void pool_fwd(void *p) {
 static void check_pool(camo_pool_desc d, float offset) {
     assert_int_equal(camo_pool_desc_finish(&d), 0);
     size_t nx = (size_t)d.N * d.H * d.W * d.C, ny = (size_t)d.N * d.P * d.Q * d.C;
-    pool_ctx c = {d, zalloc(nx), zalloc(ny), zalloc(ny), zalloc(nx), calloc(ny, sizeof(int))};
-    float *ry = zalloc(ny);
+    pool_ctx c = {d, tu_falloc(nx), tu_falloc(ny), tu_falloc(ny), tu_falloc(nx),
+                  calloc(ny, sizeof(int))};
+    float *ry = tu_falloc(ny);
     int *ram = calloc(ny, sizeof(int));
     fill_distinct(c.x, nx, 40, offset);
     tu_fill(c.dy, ny, 41, -1, 1);
@@ -344,7 +299,7 @@ static void check_pool(camo_pool_desc d, float offset) {
     TU_ASSERT_CLOSE(c.y, ry, ny, 1.0, 1e-6, "pool forward");
     if (d.type == CAMO_POOL_MAX) assert_memory_equal(c.am, ram, ny * sizeof(int));
     be->pool_backward(be, &c.d, c.dx, c.dy, c.am);
-    fd_check(pool_fwd, &c, c.x, nx, c.y, c.dy, ny, c.dx, 1e-2f, 1.0, 1e-2, "pool dx");
+    tu_fd_check(pool_fwd, &c, c.x, nx, c.y, c.dy, ny, c.dx, 1e-2f, 1.0, 1e-2, "pool dx");
     free(c.x), free(c.y), free(c.dy), free(c.dx), free(c.am), free(ry), free(ram);
 }
 
@@ -401,8 +356,8 @@ static void adapt_fwd(void *p) {
 
 static void check_adaptive(int N, int H, int W, int C, int P, int Q) {
     size_t nx = (size_t)N * H * W * C, ny = (size_t)N * P * Q * C;
-    adapt_ctx a = {N, H, W, C, P, Q, zalloc(nx), zalloc(ny), zalloc(ny), zalloc(nx)};
-    float *ry = zalloc(ny);
+    adapt_ctx a = {N, H, W, C, P, Q, tu_falloc(nx), tu_falloc(ny), tu_falloc(ny), tu_falloc(nx)};
+    float *ry = tu_falloc(ny);
     tu_fill(a.x, nx, 50, -1, 1);
     tu_fill(a.dy, ny, 51, -1, 1);
     for (int n = 0; n < N; n++) /* PyTorch's bins, with floor/ceil written out */
@@ -419,7 +374,7 @@ static void check_adaptive(int N, int H, int W, int C, int P, int Q) {
     adapt_fwd(&a);
     TU_ASSERT_CLOSE(a.y, ry, ny, 1.0, 1e-5, "adaptive forward");
     be->adaptive_avg_backward(be, N, H, W, C, P, Q, a.dx, a.dy);
-    fd_check(adapt_fwd, &a, a.x, nx, a.y, a.dy, ny, a.dx, 1e-2f, 1.0, 1e-2, "adaptive dx");
+    tu_fd_check(adapt_fwd, &a, a.x, nx, a.y, a.dy, ny, a.dx, 1e-2f, 1.0, 1e-2, "adaptive dx");
     free(a.x), free(a.y), free(a.dy), free(a.dx), free(ry);
 }
 
@@ -476,8 +431,8 @@ static void ref_resize(const resize_ctx *r, float *y) {
 static void check_resize(int N, int H, int W, int C, int P, int Q, int ac, float scale) {
     size_t nx = (size_t)N * H * W * C, ny = (size_t)N * P * Q * C;
     resize_ctx r = {N, H, W, C, P, Q, ac, scale, scale,
-                    zalloc(nx), zalloc(ny), zalloc(ny), zalloc(nx)};
-    float *ry = zalloc(ny);
+                    tu_falloc(nx), tu_falloc(ny), tu_falloc(ny), tu_falloc(nx)};
+    float *ry = tu_falloc(ny);
     /* a ramp x = 2h - 3w + c maps to the ramp of the source coordinates: checks the index
      * rule independently of the interpolation reference */
     for (size_t i = 0; i < nx; i++) {
@@ -501,7 +456,7 @@ static void check_resize(int N, int H, int W, int C, int P, int Q, int ac, float
     resize_fwd(&r);
     TU_ASSERT_CLOSE(r.y, ry, ny, 1.0, 1e-5, "resize forward");
     be->resize_backward(be, N, H, W, C, P, Q, ac, scale, scale, r.dx, r.dy);
-    fd_check(resize_fwd, &r, r.x, nx, r.y, r.dy, ny, r.dx, 1e-2f, 1.0, 1e-2, "resize dx");
+    tu_fd_check(resize_fwd, &r, r.x, nx, r.y, r.dy, ny, r.dx, 1e-2f, 1.0, 1e-2, "resize dx");
     free(r.x), free(r.y), free(r.dy), free(r.dx), free(ry);
 }
 

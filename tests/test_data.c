@@ -13,48 +13,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <stb_image_write.h> /* declarations only: the implementation lives in libcamo */
-
 #include "camo/cli.h"
 #include "camo/common.h"
 #include "camo/data.h"
 #include "test_util.h"
-
-static char root[512]; /* this run's scratch tree */
+#include "data_util.h"
 
 /* ---------------------------------------------------------------- file helpers */
-
-static const char *P(const char *fmt, ...) { /* a path under root (rotating buffers) */
-    static char buf[8][1024];
-    static int k;
-    char rel[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(rel, sizeof rel, fmt, ap);
-    va_end(ap);
-    char *out = buf[k++ % 8];
-    snprintf(out, 1024, "%s/%s", root, rel);
-    return out;
-}
-
-static void mkdirs(const char *path) {
-    char tmp[1024];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    for (char *s = tmp + 1; *s; s++) {
-        if (*s != '/') continue;
-        *s = 0;
-        mkdir(tmp, 0777);
-        *s = '/';
-    }
-    mkdir(tmp, 0777);
-}
-
-static void parent_dirs(const char *path) {
-    char tmp[1024];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    char *slash = strrchr(tmp, '/');
-    if (slash) { *slash = 0; mkdirs(tmp); }
-}
 
 /* A deterministic, left-right asymmetric RGB image. */
 static uint8_t *pattern(int w, int h, int seed) {
@@ -69,17 +34,6 @@ static uint8_t *pattern(int w, int h, int seed) {
     return p;
 }
 
-static void write_img(const char *path, const uint8_t *px, int w, int h, int ch) {
-    parent_dirs(path);
-    const char *ext = strrchr(path, '.');
-    int ok;
-    if (!strcasecmp(ext, ".jpg") || !strcasecmp(ext, ".jpeg"))
-        ok = stbi_write_jpg(path, w, h, ch, px, 95);
-    else if (!strcasecmp(ext, ".bmp")) ok = stbi_write_bmp(path, w, h, ch, px);
-    else ok = stbi_write_png(path, w, h, ch, px, w * ch);
-    assert_true(ok);
-}
-
 /* An image (pattern) and a mask (left `frac` of the columns foreground) of the same size. */
 static void write_pair(const char *img, const char *mask, int w, int h, int seed) {
     uint8_t *px = pattern(w, h, seed), *m = malloc((size_t)w * h);
@@ -88,14 +42,6 @@ static void write_pair(const char *img, const char *mask, int w, int h, int seed
     write_img(mask, m, w, h, 1);
     free(px);
     free(m);
-}
-
-static void write_bytes(const char *path, const void *data, size_t n) {
-    parent_dirs(path);
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(data, 1, n, f), n);
-    fclose(f);
 }
 
 static uint8_t *read_bytes(const char *path, size_t *n) {
@@ -108,17 +54,6 @@ static uint8_t *read_bytes(const char *path, size_t *n) {
     assert_int_equal(fread(b, 1, *n, f), *n);
     fclose(f);
     return b;
-}
-
-static void assert_error_names(const char *what) {
-    const char *e = camo_last_error();
-    if (!strstr(e, what)) fprintf(stderr, "  error '%s' does not name '%s'\n", e, what);
-    assert_non_null(strstr(e, what));
-}
-
-static int ends_with(const char *s, const char *suffix) {
-    size_t a = strlen(s), b = strlen(suffix);
-    return a >= b && !strcmp(s + a - b, suffix);
 }
 
 static camo_augment aug_train(int size) {
@@ -641,8 +576,7 @@ static void test_synth_classes_and_args(void **state) {
 }
 
 int main(void) {
-    snprintf(root, sizeof root, "%s/camo_test_data_%ld", tu_tmpdir(), (long)getpid());
-    mkdirs(root);
+    du_root_create("data");
     camo_log_set_quiet(1);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cod10k_layout),
@@ -664,8 +598,6 @@ int main(void) {
         cmocka_unit_test(test_synth_classes_and_args),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", root);
+    du_root_remove();
     return rc;
 }

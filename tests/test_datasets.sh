@@ -5,15 +5,7 @@
 # evaluated; the multi-class path (ce loss, mIoU table and JSON, predict with class-index
 # PNGs and --overlay); bad labels and sizes named in the error; data.cache = decoded.
 # Prints PASS/FAIL/SKIP lines for tests/run.sh.
-set -u
-cd "$(dirname "$0")/.."
-BIN=${CAMOTRAIN:-./camotrain}
-TMP=${CAMO_TEST_TMP:-$(mktemp -d)}/datasets
-rm -rf "$TMP"; mkdir -p "$TMP"
-export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
-
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; }
+. "$(dirname "$0")/lib.sh" datasets
 
 # A binary and a 4-class synthetic set (COD10K layout) to rearrange into the others.
 $BIN synth --out "$TMP/bin" --train 4 --test 2 --size 40 --seed 1 > /dev/null &&

@@ -13,70 +13,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <stb_image_write.h> /* declarations only: the implementation lives in libcamo */
-
 #include "camo/common.h"
 #include "camo/data.h"
 #include "test_util.h"
+#include "data_util.h"
 
 /* In stb_image_write's implementation section only (compiled into libcamo, not static). */
 unsigned char *stbi_write_png_to_mem(const unsigned char *pixels, int stride_bytes, int x, int y,
                                      int n, int *out_len);
-
-static char root[512];
-
-static const char *P(const char *fmt, ...) {
-    static char buf[8][1024];
-    static int k;
-    char rel[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(rel, sizeof rel, fmt, ap);
-    va_end(ap);
-    char *out = buf[k++ % 8];
-    snprintf(out, 1024, "%s/%s", root, rel);
-    return out;
-}
-
-static void mkdirs(const char *path) {
-    char tmp[1024];
-    snprintf(tmp, sizeof tmp, "%s", path);
-    for (char *s = tmp + 1; *s; s++) {
-        if (*s != '/') continue;
-        *s = 0;
-        mkdir(tmp, 0777);
-        *s = '/';
-    }
-    mkdir(tmp, 0777);
-}
-
-static void write_file(const char *path, const void *data, size_t n) {
-    char dir[1024];
-    snprintf(dir, sizeof dir, "%s", path);
-    *strrchr(dir, '/') = 0;
-    mkdirs(dir);
-    FILE *f = fopen(path, "wb");
-    assert_non_null(f);
-    assert_int_equal(fwrite(data, 1, n, f), n);
-    fclose(f);
-}
-
-static void write_img(const char *path, const uint8_t *px, int w, int h, int ch) {
-    int len;
-    const char *ext = strrchr(path, '.');
-    if (!strcasecmp(ext, ".jpg")) {
-        char dir[1024];
-        snprintf(dir, sizeof dir, "%s", path);
-        *strrchr(dir, '/') = 0;
-        mkdirs(dir);
-        assert_true(stbi_write_jpg(path, w, h, ch, px, 95));
-        return;
-    }
-    uint8_t *png = stbi_write_png_to_mem(px, w * ch, w, h, ch, &len);
-    assert_non_null(png);
-    write_file(path, png, (size_t)len);
-    free(png);
-}
 
 static uint32_t crc32_png(const uint8_t *p, size_t n) {
     uint32_t c = 0xffffffffu;
@@ -104,20 +48,9 @@ static void write_png16(const char *path, const uint16_t *v, int w, int h) {
     png[25] = 0;  /* colour type grey */
     uint32_t crc = crc32_png(png + 12, 17); /* "IHDR" + 13 data bytes */
     for (int k = 0; k < 4; k++) png[29 + k] = (uint8_t)(crc >> (24 - 8 * k));
-    write_file(path, png, (size_t)len);
+    write_bytes(path, png, (size_t)len);
     free(png);
     free(be);
-}
-
-static void assert_error_names(const char *what) {
-    const char *e = camo_last_error();
-    if (!strstr(e, what)) fprintf(stderr, "  error '%s' does not name '%s'\n", e, what);
-    assert_non_null(strstr(e, what));
-}
-
-static int ends_with(const char *s, const char *suffix) {
-    size_t a = strlen(s), b = strlen(suffix);
-    return a >= b && !strcmp(s + a - b, suffix);
 }
 
 /* An RGB pattern and a mask, the same size. */
@@ -493,8 +426,7 @@ static void test_no_heap_in_steady_state(void **state) {
 }
 
 int main(void) {
-    snprintf(root, sizeof root, "%s/camo_test_loader_%ld", tu_tmpdir(), (long)getpid());
-    mkdirs(root);
+    du_root_create("loader");
     camo_log_set_quiet(1);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_carla_and_split_aliases),
@@ -509,8 +441,6 @@ int main(void) {
         cmocka_unit_test(test_no_heap_in_steady_state),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", root);
+    du_root_remove();
     return rc;
 }

@@ -3,26 +3,7 @@
 # with --parallel ddp|dp, uneven data, a replica that fails or stalls mid-run (the run
 # ends within the timeout, names the replica, keeps last.ckpt), a replica whose weights
 # differ at start, and SIGTERM with several replicas. PASS/FAIL/SKIP lines for tests/run.sh.
-set -u
-cd "$(dirname "$0")/.."
-BIN=${CAMOTRAIN:-./camotrain}
-TMP=${CAMO_TEST_TMP:-$(mktemp -d)}/parallel_sh
-mkdir -p "$TMP"
-export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
-
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; }
-skip() { echo "SKIP $1: $2"; }
-
-# expect NAME RC PATTERN -- command...: exit code RC and PATTERN in stdout+stderr
-expect() {
-    local name=$1 want=$2 pat=$3; shift 4
-    local out rc
-    out=$("$@" 2>&1); rc=$?
-    if [ "$rc" != "$want" ]; then fail "$name" "exit $rc, expected $want; output: $(echo "$out" | tail -3)"
-    elif ! echo "$out" | grep -q -- "$pat"; then fail "$name" "output lacks '$pat': $(echo "$out" | tail -3)"
-    else pass "$name"; fi
-}
+. "$(dirname "$0")/lib.sh" parallel_sh
 
 # meta KEY CKPT: a metadata value of a checkpoint
 meta() { $BIN inspect "$2" --meta "$1" 2>/dev/null | tr -d '[:space:]'; }

@@ -3,15 +3,8 @@
 # trains two steps; early stopping stops where the evaluations say it must; the progress
 # line, the JSONL log (every step, every eval, the summary) and the end summary.
 # Prints PASS/FAIL/SKIP lines for tests/run.sh.
-set -u
-cd "$(dirname "$0")/.."
-BIN=${CAMOTRAIN:-./camotrain}
-TMP=${CAMO_TEST_TMP:-$(mktemp -d)}/train_recipe
-rm -rf "$TMP"; mkdir -p "$TMP"
-export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 OMP_WAIT_POLICY=passive
-
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; }
+. "$(dirname "$0")/lib.sh" train_recipe
+export OMP_WAIT_POLICY=passive
 
 DATA=$TMP/synth
 $BIN synth --out "$DATA" --train 24 --test 4 --size 40 --seed 4 > "$TMP/synth.log" 2>&1 ||

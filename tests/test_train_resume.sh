@@ -5,16 +5,8 @@
 # stage 1, exactly at the stage boundary, inside stage 2) or killed with SIGKILL (resumed
 # from the periodic checkpoint) must end with the same tensors, bit for bit, as the run
 # never stopped. Prints PASS/FAIL/SKIP lines for tests/run.sh.
-set -u
-cd "$(dirname "$0")/.."
-BIN=${CAMOTRAIN:-./camotrain}
-TMP=${CAMO_TEST_TMP:-$(mktemp -d)}/train_resume
-rm -rf "$TMP"; mkdir -p "$TMP"
-export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 OMP_WAIT_POLICY=passive
-
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; }
-skip() { echo "SKIP $1: $2"; }
+. "$(dirname "$0")/lib.sh" train_resume
+export OMP_WAIT_POLICY=passive
 
 DATA=$TMP/synth
 if ! $BIN synth --out "$DATA" --train 24 --test 6 --size 40 --seed 5 > "$TMP/synth.log" 2>&1; then
@@ -44,8 +36,6 @@ checkpoint = { every_steps = 3; metric = "dice"; };
 log = { every = 100; };
 EOF
 
-# name and hash of every tensor (weights, BN statistics, EMA, optimizer slots)
-hashes() { $BIN inspect --hash "$1" | awk '$2 ~ /^(F32|I64)$/ && NF >= 4 {print $1, $NF}'; }
 meta() { $BIN inspect "$1" | awk -v k="$2" '$1 == k {print $2}'; }
 RUN="$BIN --conf $TMP/recipe.cfg --quiet"
 

@@ -42,6 +42,69 @@ static inline void tu_fill(float *x, size_t n, uint32_t seed, float lo, float hi
     }
 }
 
+/* calloc'ed floats, never a NULL for n == 0. */
+static inline float *tu_falloc(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
+
+/* ---- backward ops against central differences ---- */
+
+typedef void (*tu_fwd_fn)(void *ctx); /* recomputes ctx's output y from its inputs */
+
+static inline double tu_dot(const float *y, const float *dy, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) s += (double)y[i] * dy[i];
+    return s;
+}
+
+/* Compares grad (nx) with central differences of f(x) = sum(y * dy) at up to max_checks
+ * evenly spread elements of x (relative error, floor_ as in tu_max_rel_err); restores x
+ * and y. */
+static inline void tu_fd_check_some(tu_fwd_fn fwd, void *ctx, float *x, size_t nx,
+                                    const float *y, const float *dy, size_t ny,
+                                    const float *grad, float eps, double floor_,
+                                    size_t max_checks, double tol, const char *what) {
+    size_t step = nx > max_checks ? (nx + max_checks - 1) / max_checks : 1, k = 0;
+    float *num = malloc(nx * sizeof(float)), *ana = malloc(nx * sizeof(float));
+    for (size_t i = 0; i < nx; i += step, k++) {
+        float save = x[i], xp = save + eps, xm = save - eps;
+        x[i] = xp;
+        fwd(ctx);
+        double fp = tu_dot(y, dy, ny);
+        x[i] = xm;
+        fwd(ctx);
+        double fm = tu_dot(y, dy, ny);
+        x[i] = save;
+        num[k] = (float)((fp - fm) / ((double)xp - (double)xm));
+        ana[k] = grad[i];
+    }
+    fwd(ctx);
+    TU_ASSERT_CLOSE(ana, num, k, floor_, tol, what);
+    free(num);
+    free(ana);
+}
+
+/* tu_fd_check_some over every element of x. */
+static inline void tu_fd_check(tu_fwd_fn fwd, void *ctx, float *x, size_t nx, const float *y,
+                               const float *dy, size_t ny, const float *grad, float eps,
+                               double floor_, double tol, const char *what) {
+    tu_fd_check_some(fwd, ctx, x, nx, y, dy, ny, grad, eps, floor_, nx, tol, what);
+}
+
+/* The cmocka fixture of the CPU op tests: a file-wide backend `be` with `threads` threads,
+ * created by setup and destroyed by teardown (pass both to cmocka_run_group_tests). Needs
+ * camo/backend.h. */
+#define TU_CPU_BACKEND_FIXTURE(threads)                \
+    static camo_backend *be;                           \
+    static int setup(void **state) {                   \
+        (void)state;                                   \
+        be = camo_backend_cpu_create(threads);         \
+        return be ? 0 : -1;                            \
+    }                                                  \
+    static int teardown(void **state) {                \
+        (void)state;                                   \
+        be->destroy(be);                               \
+        return 0;                                      \
+    }
+
 /* Scratch directory for a test (created by tests/run.sh; /tmp when run alone). */
 static inline const char *tu_tmpdir(void) {
     const char *d = getenv("CAMO_TEST_TMP");

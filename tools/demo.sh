@@ -15,16 +15,8 @@ SYNTH_ARGS="--train 600 --test 100 --size 128 --seed 0 --difficulty 0.5"
 
 say() { printf '\n== %s\n' "$*"; }
 
-# OpenMP threads that spin while waiting starve OpenBLAS's threads (and anything else) on
-# a 2-core machine: let them sleep. OpenBLAS 0.3.21 does not recognise recent Xeons and
-# falls back to its SSE3 (Prescott) kernels: name the AVX-512 or AVX2 kernels instead.
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
-if [ -z "${OPENBLAS_CORETYPE:-}" ] &&
-   OPENBLAS_VERBOSE=2 "$BIN" --help 2>&1 | grep -q '^Core: Prescott'; then
-    if grep -qw avx512f /proc/cpuinfo; then export OPENBLAS_CORETYPE=SkylakeX
-    elif grep -qw avx2 /proc/cpuinfo; then export OPENBLAS_CORETYPE=Haswell
-    fi
-fi
+# OMP_WAIT_POLICY (passive) and OPENBLAS_CORETYPE (for OpenBLAS's Prescott fallback) need
+# no setting here: the binary sets them itself when unset (camo_cpu_env_reexec).
 
 say "synthetic data: $DATA"
 stamp="$DATA/.synth-args"
