@@ -7,6 +7,9 @@
 # ---- usage and configs ----
 expect help 0 "--conf" -- $BIN --help
 expect no_args 2 "usage" -- $BIN
+for sub in eval predict inspect synth; do
+    expect "help_$sub" 0 "usage: camotrain $sub" -- $BIN $sub --help
+done
 expect unknown_option 2 "unknown option '--frobnicate'" -- $BIN --conf conf/demo.cfg --frobnicate
 expect unknown_command 2 "unknown command" -- $BIN frobnicate
 expect summary_unet 0 "parameters:" -- $BIN --conf conf/models/unet_s.cfg --summary
