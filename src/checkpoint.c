@@ -70,6 +70,10 @@ static int add_meta(camo_st_writer *w, const camo_net *net, const camo_optim *op
     rc = rc || camo_st_add_meta(w, "best_metric", buf);
     snprintf(buf, sizeof buf, "%.3f", st->elapsed_s);
     rc = rc || camo_st_add_meta(w, "elapsed_s", buf);
+    if (st->loss_scale > 0) { /* optional key: older readers ignore it, older files lack it */
+        snprintf(buf, sizeof buf, "%.17g", st->loss_scale);
+        rc = rc || camo_st_add_meta(w, "loss_scale", buf);
+    }
     if (opt) {
         rc = rc || camo_st_add_meta(w, "optimizer", opt->slot_name[0][0] == 'm' ? "sgd" : "adamw") ||
              meta_int(w, "optimizer_t", opt->t) || meta_int(w, "ema", opt->ema != NULL);
@@ -145,6 +149,9 @@ camo_ckpt *camo_ckpt_open(const char *path) {
     const char *bm = camo_st_meta(f, "best_metric"), *el = camo_st_meta(f, "elapsed_s");
     ck->st.best_metric = bm ? strtod(bm, NULL) : NAN;
     ck->st.elapsed_s = el ? strtod(el, NULL) : 0;
+    const char *ls = camo_st_meta(f, "loss_scale");
+    ck->st.loss_scale = ls ? strtod(ls, NULL) : 0;
+    if (!(ck->st.loss_scale > 0 && ck->st.loss_scale < 1e300)) ck->st.loss_scale = 0;
     return ck;
 fail:
     camo_ckpt_close(ck);

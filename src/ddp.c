@@ -48,12 +48,40 @@ static void plan_buckets(camo_ddp *d, double first_mb, double bucket_mb) {
     if (start < total || d->n_buckets == 0) d->bucket_end[d->n_buckets++] = total;
 }
 
+/* The side request, issued once the buckets queued before it are issued (called and
+ * returns with d->mu held). The wait makes its result readable by the compute stream. */
+static void run_side(camo_ddp *d) {
+    float *data = d->side_data;
+    size_t n = d->side_n;
+    pthread_mutex_unlock(&d->mu);
+    double t0 = camo_now();
+    int rc = d->comm->all_reduce_sum(d->comm, data, n) || d->comm->wait(d->comm);
+    double dt = camo_now() - t0;
+    char msg[512];
+    if (rc) snprintf(msg, sizeof msg, "%s", camo_last_error());
+    pthread_mutex_lock(&d->mu);
+    if (rc && !d->failed) {
+        d->failed = 1;
+        snprintf(d->error, sizeof d->error, "%s", msg);
+    }
+    d->side_rc = rc ? -1 : 0;
+    d->side_pending = 0;
+    d->busy_s += dt;
+    pthread_cond_broadcast(&d->cv);
+}
+
 static void *comm_thread(void *arg) {
     camo_ddp *d = arg;
     pthread_mutex_lock(&d->mu);
     for (;;) {
-        while (!d->quit && d->done == d->launched) pthread_cond_wait(&d->cv, &d->mu);
+        while (!d->quit && d->done == d->launched &&
+               !(d->side_pending && d->side_after == d->done))
+            pthread_cond_wait(&d->cv, &d->mu);
         if (d->quit) break;
+        if (d->side_pending && d->side_after == d->done) { /* FIFO: its turn */
+            run_side(d);
+            continue;
+        }
         int b = d->done;
         pthread_mutex_unlock(&d->mu);
         size_t lo = b ? d->bucket_end[b - 1] : 0, hi = d->bucket_end[b];
@@ -108,13 +136,13 @@ int camo_ddp_init(camo_ddp *d, camo_net *net, camo_comm *comm, double first_mb,
     return 0;
 }
 
-void camo_ddp_arm(camo_ddp *d) {
+void camo_ddp_arm(camo_ddp *d, int overlap) {
     pthread_mutex_lock(&d->mu);
     d->launched = d->done = 0;
     d->busy_s = 0;
     pthread_mutex_unlock(&d->mu);
-    d->net->on_layer_grads = on_layer_grads;
-    d->net->on_layer_grads_ctx = d;
+    d->net->on_layer_grads = overlap ? on_layer_grads : NULL;
+    d->net->on_layer_grads_ctx = overlap ? d : NULL;
 }
 
 int camo_ddp_finish(camo_ddp *d, double *busy_s) {
@@ -131,6 +159,22 @@ int camo_ddp_finish(camo_ddp *d, double *busy_s) {
         return -1;
     }
     return d->comm->wait(d->comm);
+}
+
+int camo_ddp_side_all_reduce(camo_ddp *d, float *data, size_t n) {
+    pthread_mutex_lock(&d->mu);
+    d->side_data = data;
+    d->side_n = n;
+    d->side_after = d->launched; /* launches come from this thread: none can slip in */
+    d->side_pending = 1;
+    pthread_cond_broadcast(&d->cv);
+    while (d->side_pending) pthread_cond_wait(&d->cv, &d->mu);
+    int rc = d->side_rc;
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", d->error);
+    pthread_mutex_unlock(&d->mu);
+    if (rc) CAMO_ERR("%s", msg);
+    return rc;
 }
 
 void camo_ddp_free(camo_ddp *d) {

@@ -44,9 +44,20 @@ bad:
     return -1;
 }
 
+/* CUDA 12 loads kernel modules lazily, at a kernel's first launch, holding the context lock
+ * and waiting for the device queue; in the first overlapped step that can wait for an NCCL
+ * kernel whose peer thread is itself blocked: a deadlock (docs/cuda.md). Eager loading
+ * avoids it. The driver reads the variable at its initialisation, so this runs before the
+ * first CUDA call of the process (camo_cuda_device_count below); a user's value is kept. */
+static void cuda_eager_loading(void) { setenv("CUDA_MODULE_LOADING", "EAGER", 0); }
+
 int camo_devices_parse(const char *spec, int threads, camo_devices *d) {
     memset(d, 0, sizeof *d);
     int total = threads > 0 ? threads : cores();
+    if (strcmp(spec, "cpu") && strncmp(spec, "cpu:", 4) && strchr(spec, ','))
+        cuda_eager_loading(); /* several GPU replicas: NCCL or local comm */
+    else if (!strcmp(spec, "auto"))
+        cuda_eager_loading(); /* may be several GPUs; counting them initialises CUDA */
     if (!strcmp(spec, "auto")) {
         int g = camo_cuda_device_count();
         if (g > 0) {

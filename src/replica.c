@@ -45,7 +45,17 @@ int camo_replica_init(camo_replica *r, const camo_config *c, const camo_ckpt *ck
 
 /* net->bn_sync: global BN sums (and row count) across replicas. A ghost pass (a replica
  * with no images, see micro_batch) adds nothing, and in backward (count == NULL) keeps
- * zero sums, so that its zero output gradients give exactly zero parameter gradients. */
+ * zero sums, so that its zero output gradients give exactly zero parameter gradients.
+ *
+ * Which communicator: on NCCL two communicators with kernels in flight at once on the same
+ * GPUs can deadlock unless every rank issues them in the same order. Under DDP the buckets
+ * run on `comm` while backward (and its BN sums) goes on, so with DDP every device
+ * collective of this hook goes through the same comm thread and communicator as the
+ * buckets, in one FIFO: backward's order of layers, BN sums and bucket launches is the same
+ * on every rank, so the FIFOs are too. Without DDP nothing else is in flight, and `ctl` is
+ * used. Either way the result is waited for (NCCL is asynchronous) before it is read; the
+ * count is a host sum (no device kernel). The cpu comm sums the same way on both groups,
+ * so CPU results do not change. */
 static void bn_sync(void *ctx, float *data, size_t n, double *count) {
     camo_replica *r = ctx;
     if (r->bn_error) return;
@@ -53,8 +63,9 @@ static void bn_sync(void *ctx, float *data, size_t n, double *count) {
         r->be->zero(r->be, data, n * sizeof(float));
         if (count) *count = 0;
     }
-    if (r->ctl->all_reduce_sum(r->ctl, data, n) ||
-        (count && r->ctl->all_reduce_host(r->ctl, count, 1)))
+    int rc = r->ddp_on ? camo_ddp_side_all_reduce(&r->ddp, data, n)
+                       : r->ctl->all_reduce_sum(r->ctl, data, n) || r->ctl->wait(r->ctl);
+    if (rc || (count && r->ctl->all_reduce_host(r->ctl, count, 1)))
         r->bn_error = 1;
     if (r->ghost && !count) r->be->zero(r->be, data, n * sizeof(float));
 }
@@ -71,6 +82,29 @@ int camo_replica_attach(camo_replica *r, const camo_config *c, camo_comm *comm,
     if (!r->dp) {
         if (camo_ddp_init(&r->ddp, r->net, comm, 1.0, c->parallel.bucket_mb)) return -1;
         r->ddp_on = 1;
+    }
+    return 0;
+}
+
+/* ---- fp16 loss scaling ---- */
+
+void camo_loss_scale_init(camo_loss_scale *s, double scale) {
+    memset(s, 0, sizeof *s);
+    s->scale = scale > 0 ? scale : CAMO_LOSS_SCALE_INIT;
+}
+
+int camo_loss_scale_update(camo_loss_scale *s, int finite) {
+    if (!finite) {
+        s->good = 0;
+        s->bad_run++;
+        s->skipped++;
+        if (s->scale > CAMO_LOSS_SCALE_MIN) s->scale *= 0.5;
+        return 1;
+    }
+    s->bad_run = 0;
+    if (++s->good >= CAMO_LOSS_SCALE_GROWTH) {
+        s->good = 0;
+        if (s->scale < CAMO_LOSS_SCALE_MAX) s->scale *= 2;
     }
     return 0;
 }
@@ -137,6 +171,21 @@ void camo_replica_slice(int n, int rank, int size, int *lo, int *count) {
     *lo = rank * base + CAMO_MIN(rank, extra);
 }
 
+/* Whether a step of global batch n ran before (and records it). The first step at each
+ * global batch size runs without overlap: its buckets are all-reduced only after the whole
+ * backward is queued. That step launches kernels (and may load their modules, take the
+ * context lock and drain the GPU) for the first time; with an NCCL kernel of ours in flight
+ * waiting for a peer whose threads are stuck the same way, that would deadlock
+ * (docs/cuda.md "Lazy module loading"). The decision depends only on the global batch
+ * size, so every rank takes it alike and its comm thread's FIFO keeps the same order. */
+static int seen_batch(camo_replica *r, int n) {
+    for (int i = 0; i < r->n_seen; i++)
+        if (r->seen_n[i] == n) return 1;
+    if (r->n_seen < (int)(sizeof r->seen_n / sizeof r->seen_n[0])) r->seen_n[r->n_seen++] = n;
+    else return 1; /* more than 16 sizes: later new ones overlap (the list is full) */
+    return 0;
+}
+
 int camo_replica_micro_batch(camo_replica *r, const camo_config *c, camo_loss_kind loss,
                              const camo_batch *b, double norm_images, double norm_pixels,
                              int last_micro) {
@@ -145,7 +194,7 @@ int camo_replica_micro_batch(camo_replica *r, const camo_config *c, camo_loss_ki
     int lo, n;
     camo_replica_slice(b->n, r->rank, r->size, &lo, &n);
     size_t plane = (size_t)b->size * b->size;
-    if (r->ddp_on && last_micro) camo_ddp_arm(&r->ddp);
+    if (r->ddp_on && last_micro) camo_ddp_arm(&r->ddp, seen_batch(r, b->n));
     /* An empty slice contributes zero gradients. With sync-BN it must still join the BN
      * collectives of every layer: it runs a ghost pass on one image whose BN sums count
      * for nothing and whose output gradients are zero (no loss), so every gradient it
@@ -164,8 +213,11 @@ int camo_replica_micro_batch(camo_replica *r, const camo_config *c, camo_loss_ki
         else be->upload(be, r->target, b->mask + off, px * sizeof(float));
         camo_net_forward(net, n, 1);
         camo_net_zero_act_grads(net);
+        /* fp16: loss (and every gradient) times S, exactly (S is a power of two) */
+        double S = r->scaling ? r->ls.scale : 1.0;
         camo_loss_forward_backward(net, loss, c->train.deep_supervision, n, r->target, r->labels,
-                                   c->data.ignore_index, norm_images, norm_pixels, r->loss_dev);
+                                   c->data.ignore_index, norm_images / S, norm_pixels / S,
+                                   r->loss_dev);
         camo_net_backward(net, n);
     }
     if (r->bn_error) return -1;
@@ -191,15 +243,45 @@ static int exchange_grads(camo_replica *r) {
     return rc ? -1 : 0;
 }
 
-static void update(camo_replica *r, const camo_config *c, double lr, double *grad_norm) {
-    double scale = 1.0;
+/* The update; norm: the gradient norm (>= 0) if already known, else < 0. Gradients are
+ * times S under fp16 loss scaling: unscaled by grad_scale 1/S, clipped on norm/S (exact,
+ * S being a power of two). */
+static void update(camo_replica *r, const camo_config *c, double lr, double norm,
+                   double *grad_norm) {
+    double S = r->scaling ? r->ls.scale : 1.0, scale = 1.0;
     *grad_norm = NAN;
-    if (c->train.clip_grad_norm > 0) {
-        *grad_norm = camo_grad_norm(r->net, r->opt);
-        if (*grad_norm > c->train.clip_grad_norm)
+    if (c->train.clip_grad_norm > 0 || norm >= 0) {
+        *grad_norm = (norm >= 0 ? norm : camo_grad_norm(r->net, r->opt)) / S;
+        if (c->train.clip_grad_norm > 0 && *grad_norm > c->train.clip_grad_norm)
             scale = c->train.clip_grad_norm / (*grad_norm + 1e-6);
     }
-    camo_optim_step(r->net, r->opt, lr, scale);
+    camo_optim_step(r->net, r->opt, lr, scale / S);
+}
+
+/* Test hook CAMO_TEST_GRAD_OVERFLOW=k: at this replica's k-th step (1-based) one summed
+ * gradient becomes inf on the replica that checks last (the last one in DDP, replica 0 in
+ * DP), as an fp16 overflow would: every replica must skip that step. */
+static void overflow_for_test(camo_replica *r) {
+    const char *e = getenv("CAMO_TEST_GRAD_OVERFLOW");
+    r->steps++;
+    if (!e || atoll(e) != r->steps || r->rank != (r->dp ? 0 : r->size - 1)) return;
+    float v = INFINITY;
+    r->be->upload(r->be, r->net->grad_block, &v, sizeof v);
+}
+
+/* fp16 loss scaling: whether the summed gradients are finite, decided from all-reduced
+ * data so that every replica skips together (in DP only replica 0 holds the sum). *norm:
+ * the scaled gradient norm where computed, else -1. 1 = finite, 0 = overflow, -1 = error. */
+static int grads_finite(camo_replica *r, double *norm) {
+    *norm = -1;
+    double bad = 0;
+    overflow_for_test(r);
+    if (!r->dp || r->rank == 0 || r->size == 1) {
+        *norm = camo_grad_norm(r->net, r->opt);
+        bad = !isfinite(*norm);
+    }
+    if (r->size > 1 && r->ctl->all_reduce_host(r->ctl, &bad, 1)) return -1;
+    return bad == 0;
 }
 
 int camo_replica_step(camo_replica *r, const camo_config *c, double lr, double *loss,
@@ -210,10 +292,20 @@ int camo_replica_step(camo_replica *r, const camo_config *c, double lr, double *
     float l = 0;
     r->be->download(r->be, &l, r->loss_dev, sizeof l);
     r->be->zero(r->be, r->loss_dev, sizeof(float));
-    double total = l;
+    double total = r->scaling ? l / r->ls.scale : l; /* exact: S is a power of two */
     if (r->size > 1 && r->ctl->all_reduce_host(r->ctl, &total, 1)) return -1;
     *loss = total;
-    if (!r->dp || r->rank == 0 || r->size == 1) update(r, c, lr, grad_norm);
+    double norm = -1;
+    r->skipped = 0;
+    if (r->scaling) { /* S of this step stays in force for the update; then the new S */
+        int finite = grads_finite(r, &norm);
+        if (finite < 0) return -1;
+        r->skipped = !finite;
+        if (!finite) *grad_norm = INFINITY;
+    }
+    if (!r->skipped && (!r->dp || r->rank == 0 || r->size == 1))
+        update(r, c, lr, norm, grad_norm);
+    if (r->scaling) camo_loss_scale_update(&r->ls, !r->skipped);
     camo_net_zero_param_grads(net);
     if (r->dp && r->size > 1) { /* DP: replica 0 stepped; everyone takes its weights */
         double t0 = camo_now();

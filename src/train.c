@@ -20,6 +20,7 @@
 #include "camo/cfgutil.h"
 #include "camo/checkpoint.h"
 #include "camo/common.h"
+#include "camo/cuda.h"
 #include "camo/data.h"
 #include "camo/devices.h"
 #include "camo/loss.h"
@@ -319,6 +320,10 @@ static int run_command(trainer *T, camo_replica *r, const command *cmd, double *
     apply_freeze(r->net, T->c, cmd->stage, cmd->epoch_in_stage);
     int rc = camo_replica_micro_batch(r, T->c, T->loss, cmd->b, cmd->norm_images,
                                       cmd->norm_pixels, cmd->last_micro);
+    /* GPU batches are pinned and uploads from them asynchronous: the batch may go back to
+     * the loader (and be refilled) only once this replica's uploads are done (after a
+     * failure the batch is never released, see run_epoch) */
+    if (T->dev.gpu && rc == 0) r->be->sync(r->be);
     if (r->rank) board_take(T); /* replica 0 may release the batch now */
     if (rc || !cmd->last_micro) return rc;
     return camo_replica_step(r, T->c, cmd->lr, loss, gnorm);
@@ -368,6 +373,7 @@ static int save_checkpoint(trainer *T, const char *file) {
     char path[CAMO_PATH_MAX + 32];
     out_path(T, file, path, sizeof path);
     T->st.elapsed_s = T->elapsed0 + camo_now() - T->t0;
+    T->st.loss_scale = T->rep[0].scaling ? T->rep[0].ls.scale : 0;
     if (camo_ckpt_save(path, T->net, T->opt, &T->st, T->c->text, T->network_text, T->c->seed)) {
         camo_warn("%s", camo_last_error());
         return -1;
@@ -385,7 +391,11 @@ static void log_step(trainer *T, int epoch, int batch, int n_batches, double lr,
     if (T->jsonl) {
         fprintf(T->jsonl, "{\"type\":\"step\",\"epoch\":%d,\"step\":%lld,\"loss\":%.6g,\"lr\":%.6g",
                 epoch + 1, (long long)T->st.step, loss, lr);
-        if (!isnan(gnorm)) fprintf(T->jsonl, ",\"grad_norm\":%.6g", gnorm);
+        if (!isnan(gnorm) && !isinf(gnorm)) fprintf(T->jsonl, ",\"grad_norm\":%.6g", gnorm);
+        if (T->rep[0].scaling) /* the scale for the next step, after this one's update */
+            fprintf(T->jsonl, ",\"loss_scale\":%.9g,\"skipped\":%s,\"skipped_total\":%lld",
+                    T->rep[0].ls.scale, T->rep[0].skipped ? "true" : "false",
+                    (long long)T->rep[0].ls.skipped);
         if (T->n_rep > 1)
             fprintf(T->jsonl, ",\"replicas\":%d,\"comm_time\":%.6f,\"comm_wait\":%.6f", T->n_rep,
                     T->rep[0].comm_s, T->rep[0].wait_s);
@@ -486,7 +496,18 @@ static int run_epoch(trainer *T, int epoch, int64_t steps_total, int *stop) {
         if (!cmd.last_micro) continue;
         T->st.step++;
         T->st.batch = b + 1;
-        if (!isfinite(loss)) {
+        const camo_replica *r0 = &T->rep[0];
+        if (r0->skipped) /* fp16 overflow: no update; the data and the schedule move on */
+            camo_info("step %lld skipped: fp16 gradient overflow, loss scale now %g",
+                      (long long)T->st.step, r0->ls.scale);
+        if (r0->skipped && r0->ls.bad_run >= 40) {
+            CAMO_ERR("40 steps in a row overflowed in fp16 (loss scale now %g) at epoch %d, "
+                     "step %lld: use train.amp = bf16 or off, or lower train.lr",
+                     r0->ls.scale, epoch + 1, (long long)T->st.step);
+            rc = -2;
+            break;
+        }
+        if (!isfinite(loss) && !r0->skipped) {
             CAMO_ERR("loss is %g at epoch %d, step %lld: training diverged (lower train.lr or "
                      "set train.clip_grad_norm); the last good checkpoint is kept",
                      loss, epoch + 1, (long long)T->st.step);
@@ -530,6 +551,25 @@ static int open_data(trainer *T) {
     return 0;
 }
 
+/* train.amp on backend be (NULL: before any backend, for the CPU notice). Returns whether
+ * fp16 loss scaling is on: a GPU whose convolutions run in fp16 (asked for, or bf16 falling
+ * back on sm_75). CPU replicas compute in fp32: one notice, no scaling, except under the
+ * test hook CAMO_TEST_LOSS_SCALE=1, which scales on CPU replicas too (exact in fp32, so the
+ * numbers must not change: tests/test_loss_scale.sh). */
+static int setup_amp(trainer *T, camo_backend *be) {
+    camo_cuda_amp mode = CAMO_AMP_OFF;
+    camo_cuda_amp_parse(T->c->train.amp, &mode); /* validated by the config parser */
+    if (!T->dev.gpu) {
+        if (be == NULL && mode != CAMO_AMP_OFF)
+            camo_info("train.amp = %s applies to GPUs only: CPU replicas compute in fp32",
+                      T->c->train.amp);
+        const char *t = getenv("CAMO_TEST_LOSS_SCALE");
+        return t && atoi(t) == 1;
+    }
+    if (be == NULL) return 0;
+    return camo_cuda_set_amp(be, mode) == CAMO_AMP_FP16;
+}
+
 /* The replicas of parallel.devices, each with its backend and model, and their comms. */
 static int setup_model(trainer *T, const camo_ckpt *ck) {
     const camo_config *c = T->c;
@@ -541,13 +581,17 @@ static int setup_model(trainer *T, const camo_ckpt *ck) {
     int local = (T->max_batch + T->n_rep - 1) / T->n_rep;
     T->rep = camo_calloc((size_t)T->n_rep, sizeof *T->rep);
     camo_backend *bes[CAMO_MAX_REPLICAS];
+    int scaling = setup_amp(T, NULL);
     for (int i = 0; i < T->n_rep; i++) {
         camo_backend *be = camo_devices_backend(&T->dev, i);
         if (!be) return -1;
+        if (T->dev.gpu) scaling = setup_amp(T, be);
         if (camo_replica_init(&T->rep[i], c, ck, be, i, T->n_rep, local,
                               i == 0 ? &T->network_text : NULL))
             return -1;
         T->rep[i].user = T;
+        T->rep[i].scaling = scaling;
+        camo_loss_scale_init(&T->rep[i].ls, ck ? ck->st.loss_scale : 0);
         bes[i] = be;
     }
     T->be = T->rep[0].be;
@@ -598,15 +642,31 @@ static int setup_run_folder(trainer *T, const char *resume_path) {
     return 0;
 }
 
+/* Every replica thread has been joined. Order matters on GPUs: the DDP comm threads stop;
+ * each comm waits for what it issued (an aborted one returns at once) and is destroyed
+ * (NCCL: ncclCommAbort if aborted, which ends kernels still waiting for peers); then each
+ * backend drains its stream, so no collective or upload still reads a buffer; only then
+ * are the pinned loader batches, the replicas' buffers and the backends freed. */
 static void teardown(trainer *T) {
+    for (int i = 0; T->rep && i < T->n_rep; i++)
+        if (T->rep[i].ddp_on) {
+            camo_ddp_free(&T->rep[i].ddp);
+            T->rep[i].ddp_on = 0;
+        }
+    for (int i = 0; T->comms && i < T->n_rep; i++) {
+        camo_comm *cs[2] = {T->comms[i], T->ctls[i]};
+        for (int k = 0; k < 2; k++) {
+            if (!cs[k]) continue;
+            if (!cs[k]->aborted(cs[k])) cs[k]->wait(cs[k]);
+            cs[k]->destroy(cs[k]);
+        }
+    }
+    for (int i = 0; T->rep && i < T->n_rep; i++)
+        if (T->rep[i].be) T->rep[i].be->sync(T->rep[i].be);
     if (T->loader) camo_loader_free(T->loader);
     if (T->train_ds) camo_dataset_free(T->train_ds);
     if (T->val_ds) camo_dataset_free(T->val_ds);
     for (int i = 0; T->rep && i < T->n_rep; i++) camo_replica_free(&T->rep[i]);
-    for (int i = 0; T->comms && i < T->n_rep; i++) {
-        if (T->comms[i]) T->comms[i]->destroy(T->comms[i]);
-        if (T->ctls[i]) T->ctls[i]->destroy(T->ctls[i]);
-    }
     free(T->comms);
     free(T->ctls);
     free(T->rep);
@@ -691,7 +751,13 @@ int camo_train_run(camo_config *c, const char *resume_path) {
         camo_info("resuming %s at epoch %d, batch %d, step %lld", resume_path, T.st.epoch + 1,
                   T.st.batch, (long long)T.st.step);
     }
-    T.loader = camo_loader_create(T.train_ds, &c->data.aug, c->data.workers, T.max_batch, 4);
+    if (T.dev.gpu) { /* pinned batches: true async uploads, no pageable-copy driver path */
+        camo_loader_opts lo = {.alloc = camo_cuda_loader_alloc, .free = camo_cuda_loader_free};
+        T.loader = camo_loader_create_ex(T.train_ds, &c->data.aug, c->data.workers,
+                                         T.max_batch, 4, &lo);
+    } else {
+        T.loader = camo_loader_create(T.train_ds, &c->data.aug, c->data.workers, T.max_batch, 4);
+    }
     install_signals();
     const char *sig_step = getenv("CAMO_TEST_SIGNAL_AT_STEP");
     T.signal_at_step = sig_step ? atoll(sig_step) : 0;

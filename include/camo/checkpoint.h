@@ -22,6 +22,7 @@ typedef struct camo_train_state {
     int best_epoch;       /* 1-based epoch of the best metric, 0 = none */
     int bad_epochs;       /* evals since the best one (early stopping) */
     double elapsed_s;     /* training time so far, across resumes */
+    double loss_scale;    /* fp16 dynamic loss scale; 0 = none (saved only when > 0) */
 } camo_train_state;
 
 /* Writes everything needed to continue exactly. opt may be NULL (weights only). */

@@ -26,6 +26,11 @@ typedef struct camo_ddp {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int launched, done;       /* buckets handed to / finished by the comm thread */
+    /* One side request (a sync-BN sum) queued behind the first `side_after` buckets; the
+     * compute thread waits for it, so there is at most one. */
+    float *side_data;
+    size_t side_n;
+    int side_after, side_pending, side_rc;
     int quit, failed;
     char error[512];          /* the comm thread's first error */
     double busy_s;            /* comm thread time in all-reduces since camo_ddp_arm */
@@ -35,13 +40,22 @@ typedef struct camo_ddp {
  * 0, or -1 with an error. */
 int camo_ddp_init(camo_ddp *d, camo_net *net, camo_comm *comm, double first_mb,
                   double bucket_mb);
-/* Installs the backward hook for the next camo_net_backward: call before the backward of
- * the last micro-batch of an optimizer step (earlier ones accumulate locally). */
-void camo_ddp_arm(camo_ddp *d);
+/* Starts an optimizer step's exchange: call before the backward of the last micro-batch of
+ * the step (earlier ones accumulate locally). overlap: install the backward hook, so
+ * buckets go out while backward runs; 0: every bucket waits for camo_ddp_finish (the same
+ * collectives in the same order; every rank must pass the same value). */
+void camo_ddp_arm(camo_ddp *d, int overlap);
 /* Launches the buckets not yet launched, waits for all of them and removes the hook.
  * busy_s: comm thread seconds in all-reduces for this step. 0, or -1 with the comm's
  * error (aborted, timed out). */
 int camo_ddp_finish(camo_ddp *d, double *busy_s);
+/* All-reduces data[0..n) (backend memory) through the comm thread, after every bucket
+ * launched so far and before any launched later, and waits for the result (comm->wait
+ * included). With it a replica has one communicator and one FIFO for every device
+ * collective of backward: sync-BN sums cannot interleave with buckets in a different
+ * order on different ranks (docs/parallel.md "One communicator in backward"). Compute
+ * thread only. 0, or -1 with the comm's error. */
+int camo_ddp_side_all_reduce(camo_ddp *d, float *data, size_t n);
 void camo_ddp_free(camo_ddp *d);
 
 #endif

@@ -14,6 +14,26 @@
 #include "camo/net.h"
 #include "camo/optim.h"
 
+/* Dynamic loss scaling for fp16 convolutions (docs/cuda.md "Mixed precision"): losses are
+ * multiplied by `scale`; a step whose all-reduced gradients hold an inf or NaN is skipped
+ * and the scale halved; after CAMO_LOSS_SCALE_GROWTH good steps in a row it doubles.
+ * Powers of two only, so scaling and unscaling are exact. */
+#define CAMO_LOSS_SCALE_INIT 65536.0
+#define CAMO_LOSS_SCALE_GROWTH 2000
+#define CAMO_LOSS_SCALE_MIN 0x1p-24
+#define CAMO_LOSS_SCALE_MAX 0x1p24
+typedef struct camo_loss_scale {
+    double scale;
+    int good;               /* good steps in a row since the last change */
+    int bad_run;            /* skipped steps in a row */
+    int64_t skipped;        /* skipped steps in all */
+} camo_loss_scale;
+/* Starts at `scale` (<= 0: CAMO_LOSS_SCALE_INIT). */
+void camo_loss_scale_init(camo_loss_scale *s, double scale);
+/* The state after a step whose (all-reduced, so identical on every replica) gradients were
+ * finite or not. Returns 1 when the step must be skipped. Pure: no I/O, no collective. */
+int camo_loss_scale_update(camo_loss_scale *s, int finite);
+
 typedef struct camo_replica {
     int rank, size;
     int dp;                 /* parallel.mode = "dp": master-gather */
@@ -31,6 +51,11 @@ typedef struct camo_replica {
     int ghost;              /* running the ghost pass of an empty slice (sync-BN) */
     double comm_s;          /* last step: seconds in gradient/parameter collectives */
     double wait_s;          /* last step: of which the compute thread waited for */
+    int scaling;            /* fp16 loss scaling on (set after init by the trainer) */
+    camo_loss_scale ls;
+    int skipped;            /* the last step was skipped (gradient overflow) */
+    int64_t steps;          /* steps checked for overflow by this replica (test hook) */
+    int seen_n[16], n_seen; /* global batch sizes stepped so far (first one: no overlap) */
     void *user;             /* the run this replica belongs to (train.c) */
 } camo_replica;
 
