@@ -6,17 +6,8 @@
 # the scale halves, metrics.jsonl and the checkpoint say so), sync-BN under DDP (its BN
 # sums go through the DDP comm thread's queue) against DP, bitwise, and the AMP notice on
 # CPU replicas. PASS/FAIL/SKIP lines for tests/run.sh.
-set -u
-cd "$(dirname "$0")/.."
-BIN=${CAMOTRAIN:-./camotrain}
-TMP=${CAMO_TEST_TMP:-$(mktemp -d)}/loss_scale_sh
-mkdir -p "$TMP"
-export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
+. "$(dirname "$0")/lib.sh" loss_scale_sh
 
-pass() { echo "PASS $1"; }
-fail() { echo "FAIL $1: $2"; }
-
-hashes() { $BIN inspect --hash "$1" | awk '$2 ~ /^(F32|I64)$/ && NF >= 4 {print $1, $NF}'; }
 meta() { $BIN inspect "$2" --meta "$1" 2>/dev/null | tr -d '[:space:]'; }
 
 DATA=$TMP/synth
