@@ -293,6 +293,11 @@ extern "C" camo_cuda_amp camo_cuda_set_amp(camo_backend *be, camo_cuda_amp mode)
     return mode;
 }
 
+extern "C" void camo_cuda_set_deterministic(camo_backend *be, int on) {
+    if (!be || strcmp(be->name, "cuda") != 0) return;
+    cu_ctx(be)->deterministic = on != 0;
+}
+
 extern "C" int camo_cuda_backend_status(camo_backend *be) {
     if (!be || strcmp(be->name, "cuda") != 0) return 0;
     cuda_ctx *ctx = cu_ctx(be);

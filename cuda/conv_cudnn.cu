@@ -1,10 +1,11 @@
 /* conv_cudnn.cu: gemm on cuBLAS and the three convolution ops on cuDNN (NHWC activations,
- * NHWC "KRSC" filters = our OHWI weights). One plan per (op, geometry, precision) holds the
- * descriptors and the algorithm picked once by cuDNN's heuristics; plans and workspaces are
- * cached, so a steady-state step creates nothing. fp32 mode forbids TF32 (CUDNN_FMA_MATH)
- * so results match the CPU backend to 1e-4; AMP mode converts operands to bf16/fp16 scratch
- * and runs tensor-core algorithms with fp32 accumulation (docs/cuda.md). A geometry cuDNN
- * has no algorithm for runs on a direct fp32 kernel instead of failing. */
+ * NHWC "KRSC" filters = our OHWI weights). One plan per (op, geometry, precision,
+ * train.deterministic) holds the descriptors and the algorithm picked once by cuDNN's
+ * heuristics; plans and workspaces are cached, so a steady-state step creates nothing.
+ * fp32 mode forbids TF32 (CUDNN_FMA_MATH) so results match the CPU backend to 1e-4; AMP
+ * mode converts operands to bf16/fp16 scratch and runs tensor-core algorithms with fp32
+ * accumulation (docs/cuda.md). A geometry cuDNN has no algorithm for runs on a direct fp32
+ * kernel instead of failing. */
 #include "cuda_common.cuh"
 
 #include <cuda_bf16.h>
@@ -32,6 +33,7 @@ typedef enum { CONV_FWD, CONV_BWD_DATA, CONV_BWD_FILTER } conv_kind;
 typedef struct conv_key {
     camo_conv_desc d;
     int kind, amp;
+    int det; /* train.deterministic: only CUDNN_DETERMINISTIC algorithms (else direct) */
 } conv_key;
 
 struct conv_plan {
@@ -58,13 +60,18 @@ static int math_ok(int fp32, int pass, cudnnMathType_t m) {
     return pass == 0 ? m == CUDNN_FMA_MATH : m == CUDNN_DEFAULT_MATH;
 }
 
-/* First heuristic result that works, fits the limit and passes math_ok. */
+/* First heuristic result that works, fits the limit and passes math_ok; with the plan's
+ * key.det (train.deterministic) also one that cuDNN reports CUDNN_DETERMINISTIC (backward
+ * ALGO_0 / ALGO_3 of the filter and ALGO_0 of the data, which accumulate with atomics, are
+ * not). None left: the direct kernel, which is deterministic (one thread per output
+ * element, fixed loop order, no atomics). */
 #define PICK_ALGO(perf, count, plan, fp32)                                                     \
     for (int pass_ = 0; pass_ < 2 && (plan)->direct; pass_++) {                              \
         for (int i_ = 0; i_ < (count); i_++) {                                               \
             cudnnMathType_t m_ = (perf)[i_].mathType;                                        \
             if ((perf)[i_].status != CUDNN_STATUS_SUCCESS ||                                 \
-                (perf)[i_].memory > CONV_WS_LIMIT || !math_ok(fp32, pass_, m_))                \
+                (perf)[i_].memory > CONV_WS_LIMIT || !math_ok(fp32, pass_, m_) ||            \
+                ((plan)->key.det && (perf)[i_].determinism != CUDNN_DETERMINISTIC))          \
                 continue;                                                                    \
             (plan)->algo = (int)(perf)[i_].algo;                                             \
             (plan)->direct = 0;                                                              \
@@ -172,8 +179,10 @@ extern "C" void cuda_conv_free_plans(camo_backend *be) {
     ctx->n_plans = ctx->cap_plans = 0;
 }
 
-/* The cached plan for (kind, d, amp), made on first use; NULL on failure. A plan whose
- * half-precision set-up has no algorithm is tried again in fp32 by the caller. */
+/* The cached plan for (kind, d, amp, deterministic), made on first use; NULL on failure. A
+ * plan whose half-precision set-up has no algorithm is tried again in fp32 by the caller.
+ * The backend's deterministic flag is part of the key, so turning it on or off later never
+ * reuses a plan picked under the other setting. */
 static conv_plan *plan_get(camo_backend *be, const camo_conv_desc *d, conv_kind kind, int amp) {
     cuda_ctx *ctx = cu_ctx(be);
     conv_key key;
@@ -181,6 +190,7 @@ static conv_plan *plan_get(camo_backend *be, const camo_conv_desc *d, conv_kind 
     key.d = *d;
     key.kind = kind;
     key.amp = amp;
+    key.det = ctx->deterministic;
     for (int i = 0; i < ctx->n_plans; i++)
         if (!memcmp(&ctx->plans[i].key, &key, sizeof key)) return &ctx->plans[i];
     if (ctx->n_plans == ctx->cap_plans) {

@@ -73,6 +73,7 @@ typedef struct cuda_ctx {
     conv_plan *plans;             /* algorithm cache, one entry per (op, shape, precision) */
     int n_plans, cap_plans;
     camo_cuda_amp amp;
+    int deterministic;            /* train.deterministic: no atomics, deterministic cuDNN */
     int failed;                   /* sticky: a call failed; later results are unreliable */
     char first_error[512];
 } cuda_ctx;

@@ -650,7 +650,8 @@ __global__ static void resize_fwd_k(int N, int H, int W, int C, int P, int Q, in
 }
 
 /* scatter with atomics: the inverse of the tap map is irregular (order of the four adds
- * per element may vary between runs, within fp32 rounding) */
+ * per element may vary between runs, within fp32 rounding). The default: one thread per
+ * output gradient, read once. train.deterministic uses resize_bwd_gather_k instead. */
 __global__ static void resize_bwd_k(int N, int H, int W, int C, int P, int Q, int ac, float sh,
                                     float sw, float *dx, const float *dy) {
     size_t n_out = (size_t)N * P * Q * C;
@@ -668,6 +669,63 @@ __global__ static void resize_bwd_k(int N, int H, int W, int C, int P, int Q, in
     }
 }
 
+/* The first p in [0, P) whose tap i0 is >= v (P if none). i0 never decreases as p grows:
+ * every step of linear_tap is monotone (a product by scale >= 0, then -0.5, in round-to-
+ * nearest; the clamp at 0; floor; the min with H-1), so the binary search is exact. */
+__device__ static int first_tap_from(int v, int H, int P, int ac, float scale_factor) {
+    int lo = 0, hi = P;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        if (linear_tap(mid, H, P, ac, scale_factor).i0 >= v) hi = mid;
+        else lo = mid + 1;
+    }
+    return lo;
+}
+
+/* acc + (la * lb) * g, rounded step by step (no FMA), as the CPU computes it */
+__device__ static float tap_add(float acc, float la, float lb, float g) {
+    return __fadd_rn(acc, __fmul_rn(__fmul_rn(la, lb), g));
+}
+
+/* Deterministic backward (train.deterministic): a gather. One thread owns one input
+ * gradient dx[n][h][w][c] and adds to it every contribution of the output gradients whose
+ * taps touch (h, w), one at a time, in a fixed order, so no atomics and the same bits every
+ * run. The taps are recomputed with linear_tap, the forward's own formula. Candidate output
+ * rows: a tap pair (i0, i1 = i0 or i0 + 1) touches row h only when i0 is h - 1 or h, and i0
+ * is monotone in p, so the candidates are exactly p in [first_tap_from(h - 1),
+ * first_tap_from(h + 1)); likewise the columns. Membership is then tested tap by tap
+ * (at the last row or column both taps are the same pixel and both count, as in the
+ * scatter). The order, p then q then taps (i0,i0), (i0,i1), (i1,i0), (i1,i1), and the
+ * unfused products (a.l * e.l) * g are those of the CPU's cpu_resize_backward, whose adds
+ * reach each element in that same order.
+ * Not the default: each output gradient is read by up to four threads and every thread
+ * runs four binary searches, against one read and four mostly uncontended atomics in the
+ * scatter; without a GPU to measure, the faster-looking scatter stays the default. */
+__global__ static void resize_bwd_gather_k(int N, int H, int W, int C, int P, int Q, int ac,
+                                           float sh, float sw, float *dx, const float *dy) {
+    size_t n_in = (size_t)N * H * W * C;
+    CU_GRID_LOOP(i, n_in) {
+        int c = (int)(i % C), w = (int)(i / C % W), h = (int)(i / C / W % H);
+        int n = (int)(i / ((size_t)C * W * H));
+        int p0 = first_tap_from(h - 1, H, P, ac, sh), p1 = first_tap_from(h + 1, H, P, ac, sh);
+        int q0 = first_tap_from(w - 1, W, Q, ac, sw), q1 = first_tap_from(w + 1, W, Q, ac, sw);
+        float acc = dx[i];
+        for (int p = p0; p < p1; p++) {
+            lin_tap a = linear_tap(p, H, P, ac, sh);
+            const float *g = dy + ((size_t)n * P + p) * Q * C + c;
+            for (int q = q0; q < q1; q++) {
+                lin_tap e = linear_tap(q, W, Q, ac, sw);
+                float gv = g[(size_t)q * C];
+                if (a.i0 == h && e.i0 == w) acc = tap_add(acc, a.l0, e.l0, gv);
+                if (a.i0 == h && e.i1 == w) acc = tap_add(acc, a.l0, e.l1, gv);
+                if (a.i1 == h && e.i0 == w) acc = tap_add(acc, a.l1, e.l0, gv);
+                if (a.i1 == h && e.i1 == w) acc = tap_add(acc, a.l1, e.l1, gv);
+            }
+        }
+        dx[i] = acc;
+    }
+}
+
 static void cu_resize_forward(camo_backend *be, int N, int H, int W, int C, int P, int Q,
                               int align_corners, float scale_h, float scale_w, float *y,
                               const float *x) {
@@ -680,9 +738,13 @@ static void cu_resize_forward(camo_backend *be, int N, int H, int W, int C, int 
 static void cu_resize_backward(camo_backend *be, int N, int H, int W, int C, int P, int Q,
                                int align_corners, float scale_h, float scale_w, float *dx,
                                const float *dy) {
-    size_t n = (size_t)N * P * Q * C;
-    if (!n) return;
-    resize_bwd_k LAUNCH(be, n)(N, H, W, C, P, Q, align_corners, scale_h, scale_w, dx, dy);
+    size_t n = (size_t)N * P * Q * C, n_in = (size_t)N * H * W * C;
+    if (!n || !n_in) return;
+    if (cu_ctx(be)->deterministic)
+        resize_bwd_gather_k LAUNCH(be, n_in)(N, H, W, C, P, Q, align_corners, scale_h, scale_w,
+                                             dx, dy);
+    else
+        resize_bwd_k LAUNCH(be, n)(N, H, W, C, P, Q, align_corners, scale_h, scale_w, dx, dy);
     CU_LAUNCHED(be);
 }
 

@@ -65,6 +65,8 @@ camo_cuda_amp camo_cuda_set_amp(camo_backend *be, camo_cuda_amp mode) {
     return CAMO_AMP_OFF;
 }
 
+void camo_cuda_set_deterministic(camo_backend *be, int on) { (void)be, (void)on; }
+
 int camo_cuda_backend_status(camo_backend *be) {
     (void)be;
     return 0;

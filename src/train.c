@@ -585,7 +585,10 @@ static int setup_model(trainer *T, const camo_ckpt *ck) {
     for (int i = 0; i < T->n_rep; i++) {
         camo_backend *be = camo_devices_backend(&T->dev, i);
         if (!be) return -1;
-        if (T->dev.gpu) scaling = setup_amp(T, be);
+        if (T->dev.gpu) {
+            scaling = setup_amp(T, be);
+            camo_cuda_set_deterministic(be, c->train.deterministic);
+        }
         if (camo_replica_init(&T->rep[i], c, ck, be, i, T->n_rep, local,
                               i == 0 ? &T->network_text : NULL))
             return -1;

@@ -1,6 +1,7 @@
 /* test_cuda_parity.c: every op of the CUDA backend against the CPU backend (the reference)
  * on small odd shapes, whole unet_s / fpn_r18 training steps, the caching allocator (no
- * cudaMalloc after warm-up), a bf16 loss curve, and the local / nccl comms. Every test is
+ * cudaMalloc after warm-up), a bf16 loss curve, the local / nccl comms, and
+ * train.deterministic (resize backward and a unet_s step repeat bit for bit). Every test is
  * skipped (and counted as skipped) when no GPU is usable.
  * Tolerances (fp32): per op 1e-4 relative, with a floor of 1e-2 of the tensor's largest
  * magnitude so that values near zero are compared absolutely (summation order differs);
@@ -335,6 +336,44 @@ static void test_adaptive_resize(void **state) {
             }
         tt_free(&x), tt_free(&y), tt_free(&dy), tt_free(&dx);
     }
+}
+
+/* train.deterministic: the resize backward gathers (no atomics). Two runs from the same
+ * dx must agree bit for bit, and match the CPU; shapes up to 8x up and down, with and
+ * without align_corners and scale factors (one that is not P/H). */
+static void test_resize_deterministic(void **state) {
+    (void)state;
+    NEED_GPU();
+    camo_cuda_set_deterministic(gpu, 1);
+    int shapes[][4] = {{9, 7, 4, 3}, {3, 5, 5, 7}, {1, 1, 4, 3}, {10, 6, 80, 48},
+                       {64, 40, 8, 5}, {7, 7, 17, 17}, {5, 9, 5, 9}};
+    for (int s = 0; s < 7; s++) {
+        int N = 2, C = 6, H = shapes[s][0], W = shapes[s][1], P = shapes[s][2], Q = shapes[s][3];
+        size_t nx = (size_t)N * H * W * C, ny = (size_t)N * P * Q * C;
+        tt dy = tt_new(ny, 201, -1, 1);
+        for (int ac = 0; ac < 2; ac++)
+            for (int sf = 0; sf < 3; sf++) {
+                float sh = 0, sw = 0;
+                if (sf == 1 && !ac) sh = (float)P / H, sw = (float)Q / W;
+                if (sf == 2 && !ac) sh = 2.5f, sw = 1.75f; /* PyTorch: scale != P/H allowed */
+                tt dx = tt_new(nx, 202, -1, 1), dx2 = tt_new(nx, 202, -1, 1);
+                cpu->resize_backward(cpu, N, H, W, C, P, Q, ac, sh, sw, dx.c, dy.c);
+                gpu->resize_backward(gpu, N, H, W, C, P, Q, ac, sh, sw, dx.g, dy.g);
+                gpu->resize_backward(gpu, N, H, W, C, P, Q, ac, sh, sw, dx2.g, dy.g);
+                float *a = malloc(nx * 4), *b = malloc(nx * 4);
+                gpu->download(gpu, a, dx.g, nx * 4);
+                gpu->download(gpu, b, dx2.g, nx * 4);
+                assert_int_equal(camo_cuda_backend_status(gpu), 0);
+                if (memcmp(a, b, nx * 4) != 0)
+                    fail_msg("resize backward %dx%d -> %dx%d ac %d sf %d: two runs differ", H, W,
+                             P, Q, ac, sf);
+                tt_check(&dx, TOL, "deterministic resize backward");
+                free(a), free(b);
+                tt_free(&dx), tt_free(&dx2);
+            }
+        tt_free(&dy);
+    }
+    camo_cuda_set_deterministic(gpu, 0);
 }
 
 /* ---- losses ---- */
@@ -677,6 +716,36 @@ static void test_fpn_r18(void **state) {
     net_case("conf/models/fpn_r18.cfg");
 }
 
+/* train.deterministic: a whole unet_s step run twice (the second on cached conv plans)
+ * gives the same loss and gradients bit for bit, and still matches the CPU. */
+static void test_unet_s_deterministic(void **state) {
+    (void)state;
+    NEED_GPU();
+    int N = 2, S = 64;
+    camo_cuda_set_deterministic(gpu, 1);
+    net_run c, g;
+    assert_int_equal(net_open(&c, cpu, "conf/models/unet_s.cfg", N, S), 0);
+    assert_int_equal(net_open(&g, gpu, "conf/models/unet_s.cfg", N, S), 0);
+    size_t nw = g.net->n_weight_floats;
+    float *g1 = malloc(nw * 4), *g2 = malloc(nw * 4);
+    float lc = net_step(&c, N, S), l1 = net_step(&g, N, S);
+    gpu->download(gpu, g1, g.net->grad_block, nw * 4);
+    float l2 = net_step(&g, N, S);
+    gpu->download(gpu, g2, g.net->grad_block, nw * 4);
+    assert_int_equal(camo_cuda_backend_status(gpu), 0);
+    double eg = rel_l2(g1, c.net->grad_block, nw);
+    fprintf(stderr, "  deterministic unet_s: loss cpu %.7f gpu %.7f %.7f, rel L2 error "
+            "gradients %.3g\n", lc, l1, l2, eg);
+    assert_true(memcmp(&l1, &l2, sizeof l1) == 0);
+    assert_true(memcmp(g1, g2, nw * 4) == 0);
+    assert_true(fabs(lc - l1) <= TOL * fabs(lc));
+    assert_true(eg <= 5e-4);
+    free(g1), free(g2);
+    net_close(&c);
+    net_close(&g);
+    camo_cuda_set_deterministic(gpu, 0);
+}
+
 /* 15 SGD steps on one batch: bf16 convolutions on the GPU vs fp32 on the CPU */
 static void test_bf16_curve(void **state) {
     (void)state;
@@ -825,7 +894,8 @@ int main(void) {
         cmocka_unit_test(test_losses_more),   cmocka_unit_test(test_optim_more),
         cmocka_unit_test(test_unet_s),        cmocka_unit_test(test_fpn_r18),
         cmocka_unit_test(test_bf16_curve),    cmocka_unit_test(test_comm_local),
-        cmocka_unit_test(test_comm_nccl),
+        cmocka_unit_test(test_comm_nccl),     cmocka_unit_test(test_resize_deterministic),
+        cmocka_unit_test(test_unet_s_deterministic),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

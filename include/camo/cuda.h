@@ -1,7 +1,7 @@
-/* cuda.h: CUDA-only extras beyond the op table (backend.h): mixed precision, the sticky
- * error state, pinned host memory and allocator statistics. Declared in every build; without
- * CUDA they are harmless no-ops or fail clearly (src/backend_cuda_stub.c), so callers never
- * #ifdef. docs/cuda.md describes the design. */
+/* cuda.h: CUDA-only extras beyond the op table (backend.h): mixed precision, determinism,
+ * the sticky error state, pinned host memory and allocator statistics. Declared in every
+ * build; without CUDA they are harmless no-ops or fail clearly (src/backend_cuda_stub.c), so
+ * callers never #ifdef. docs/cuda.md describes the design. */
 #ifndef CAMO_CUDA_H
 #define CAMO_CUDA_H
 
@@ -20,6 +20,14 @@ int camo_cuda_amp_parse(const char *s, camo_cuda_amp *out);
  * with a notice. The CPU backend ignores it (returns 0). Returns the mode in effect.
  * A new CUDA backend starts in the mode of the environment variable CAMO_AMP (default off). */
 camo_cuda_amp camo_cuda_set_amp(camo_backend *be, camo_cuda_amp mode);
+
+/* train.deterministic: with on != 0, a CUDA backend gives bitwise-identical results from run
+ * to run on the same GPU and software: its convolutions take only cuDNN algorithms reported
+ * CUDNN_DETERMINISTIC (else the direct kernel, one thread per output), and the bilinear
+ * resize backward gathers in a fixed order instead of scattering with atomicAdd. A little
+ * slower. Off by default. The CPU backend is deterministic always and ignores it. Set it
+ * right after creating the backend (it may be changed later: conv plans are keyed by it). */
+void camo_cuda_set_deterministic(camo_backend *be, int on);
 
 /* 0 while every CUDA call of this backend succeeded; -1 with camo_last_error() set to the
  * first failure otherwise (ops return void; a failed backend also makes download() write
