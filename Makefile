@@ -14,7 +14,7 @@ CUDA_ARCH ?= -gencode arch=compute_75,code=sm_75 -gencode arch=compute_80,code=s
 
 # Targets a user types first install missing Debian packages, then re-run make, so that
 # pkg-config below is evaluated with the packages present (a fresh machine has none).
-USER_GOALS := all test demo bench
+USER_GOALS := all test demo bench bench-gpu
 DEPS_GOALS := $(if $(CAMO_DEPS_OK),,$(if $(MAKECMDGOALS),$(filter $(USER_GOALS),$(MAKECMDGOALS)),all))
 ifneq ($(DEPS_GOALS),)
 .PHONY: $(DEPS_GOALS)
@@ -118,7 +118,7 @@ bench-gpu: $(BIN) camotrain
 	@CAMOTRAIN=$(BIN) tools/bench_gpu.sh
 
 clean:
-	rm -rf build build-san build-tsan camotrain
+	rm -rf build build-* camotrain tools/test_multi_gpu
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 endif
