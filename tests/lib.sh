@@ -3,8 +3,8 @@
 #     . "$(dirname "$0")/lib.sh" NAME
 # Goes to the repository root; sets BIN (the binary: $CAMOTRAIN, else ./camotrain) and TMP
 # (an empty scratch folder NAME under $CAMO_TEST_TMP, else under a new temporary folder);
-# one OpenMP and one OpenBLAS thread; defines pass, fail, skip, expect, expect_str and
-# hashes (all but hashes print the PASS/FAIL/SKIP lines tests/run.sh counts).
+# one OpenMP and one OpenBLAS thread; defines pass, fail, skip, expect, expect_str,
+# hashes and meta (all but hashes and meta print the PASS/FAIL/SKIP lines tests/run.sh counts).
 set -u
 cd "$(dirname "$0")/.."
 BIN=${CAMOTRAIN:-./camotrain}
@@ -18,6 +18,9 @@ skip() { echo "SKIP $1: $2"; }
 
 # hashes CKPT: name and hash of every tensor (weights, BN statistics, EMA, optimizer slots)
 hashes() { $BIN inspect --hash "$1" | awk '$2 ~ /^(F32|I64)$/ && NF >= 4 {print $1, $NF}'; }
+
+# meta KEY CKPT: a metadata value of a checkpoint, whitespace removed
+meta() { $BIN inspect "$2" --meta "$1" 2>/dev/null | tr -d '[:space:]'; }
 
 # expect NAME RC PATTERN -- command...: exit code RC and PATTERN (a grep regex) in stdout+stderr
 expect() { expect_grep -q "$@"; }

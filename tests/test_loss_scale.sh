@@ -8,8 +8,6 @@
 # CPU replicas. PASS/FAIL/SKIP lines for tests/run.sh.
 . "$(dirname "$0")/lib.sh" loss_scale_sh
 
-meta() { $BIN inspect "$2" --meta "$1" 2>/dev/null | tr -d '[:space:]'; }
-
 DATA=$TMP/synth
 if ! $BIN synth --out "$DATA" --train 20 --test 4 --size 32 --seed 5 > "$TMP/synth.log" 2>&1; then
     fail loss_scale_synth "$(tail -3 "$TMP/synth.log")"; exit 0

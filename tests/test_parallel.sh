@@ -5,9 +5,6 @@
 # differ at start, and SIGTERM with several replicas. PASS/FAIL/SKIP lines for tests/run.sh.
 . "$(dirname "$0")/lib.sh" parallel_sh
 
-# meta KEY CKPT: a metadata value of a checkpoint
-meta() { $BIN inspect "$2" --meta "$1" 2>/dev/null | tr -d '[:space:]'; }
-
 DATA=$TMP/synth
 if ! $BIN synth --out "$DATA" --train 22 --test 4 --size 32 --seed 3 > "$TMP/synth.log" 2>&1; then
     fail synth "$(tail -3 "$TMP/synth.log")"; exit 0

@@ -36,12 +36,11 @@ checkpoint = { every_steps = 3; metric = "dice"; };
 log = { every = 100; };
 EOF
 
-meta() { $BIN inspect "$1" | awk -v k="$2" '$1 == k {print $2}'; }
 RUN="$BIN --conf $TMP/recipe.cfg --quiet"
 
 $RUN --out "$TMP/ref" > "$TMP/ref.log" 2>&1 || { fail resume_reference "$(tail -3 "$TMP/ref.log")"; exit 0; }
 hashes "$TMP/ref/last.ckpt" > "$TMP/ref.hash"
-if [ "$(meta "$TMP/ref/last.ckpt" step)" = 8 ] && grep -q '^ema\.' "$TMP/ref.hash" &&
+if [ "$(meta step "$TMP/ref/last.ckpt")" = 8 ] && grep -q '^ema\.' "$TMP/ref.hash" &&
    grep -q '^optim\.momentum_buffer\.' "$TMP/ref.hash"; then
     pass resume_reference
 else fail resume_reference "expected 8 steps with ema.* and optim.momentum_buffer.* tensors"; fi
@@ -51,8 +50,8 @@ for n in 3 4 5; do
     name=resume_sigterm_step$n
     CAMO_TEST_SIGNAL_AT_STEP=$n $RUN --out "$TMP/cut$n" > "$TMP/cut$n.log" 2>&1
     rc=$?
-    if [ $rc -ne 0 ] || [ "$(meta "$TMP/cut$n/last.ckpt" step)" != "$n" ]; then
-        fail $name "exit $rc, last.ckpt at step $(meta "$TMP/cut$n/last.ckpt" step), expected $n"
+    if [ $rc -ne 0 ] || [ "$(meta step "$TMP/cut$n/last.ckpt")" != "$n" ]; then
+        fail $name "exit $rc, last.ckpt at step $(meta step "$TMP/cut$n/last.ckpt"), expected $n"
         continue
     fi
     hashes "$TMP/cut$n/last.ckpt" > "$TMP/step$n.hash"
@@ -85,10 +84,10 @@ for _ in $(seq 1 1000); do
 done
 kill -KILL $pid 2>/dev/null
 wait $pid 2>/dev/null
-kstep=$(meta "$TMP/killed/last.ckpt" step)
+kstep=$(meta step "$TMP/killed/last.ckpt")
 if [ -z "$kstep" ] || [ "$kstep" -ge 24 ]; then
     skip resume_sigkill_every_steps "the run was not caught between two checkpoints (step '$kstep')"
-elif [ "$kstep" = 12 ] || [ "$(meta "$TMP/killed/last.ckpt" batch)" = 0 ]; then
+elif [ "$kstep" = 12 ] || [ "$(meta batch "$TMP/killed/last.ckpt")" = 0 ]; then
     fail resume_sigkill_every_steps "the checkpoint at step $kstep is not a mid-epoch one"
 elif ! $BIN --resume "$TMP/killed/last.ckpt" --quiet > "$TMP/killed_res.log" 2>&1; then
     fail resume_sigkill_every_steps "resume failed: $(tail -2 "$TMP/killed_res.log")"
@@ -107,7 +106,7 @@ done
 kill -INT $pid 2>/dev/null
 wait $pid; rc=$?
 if [ $rc != 0 ]; then fail resume_sigint "exit $rc after SIGINT: $(tail -2 "$TMP/int.log")"
-elif [ "$(meta "$TMP/int/last.ckpt" step)" = 8 ]; then
+elif [ "$(meta step "$TMP/int/last.ckpt")" = 8 ]; then
     skip resume_sigint "the run ended before the signal arrived"
 elif ! $BIN --resume "$TMP/int/last.ckpt" --quiet > "$TMP/int_res.log" 2>&1; then
     fail resume_sigint "resume failed: $(tail -2 "$TMP/int_res.log")"
@@ -116,7 +115,7 @@ else fail resume_sigint "tensors differ from the uninterrupted run"; fi
 
 # best.ckpt holds the EMA weights it was judged by: `eval` (EMA by default) reproduces the
 # training-time validation loss of the best epoch; --no-ema gives the raw weights' loss
-be=$(meta "$TMP/ref/best.ckpt" best_epoch)
+be=$(meta best_epoch "$TMP/ref/best.ckpt")
 train_loss=$(grep "\"type\":\"eval\",\"epoch\":$be," "$TMP/ref/metrics.jsonl" | sed 's/.*"loss": *\([-0-9.e+]*\).*/\1/')
 ema_loss=$($BIN eval --ckpt "$TMP/ref/best.ckpt" --json 2>/dev/null | sed -n 's/.*"loss": *\([-0-9.e+]*\).*/\1/p')
 raw_loss=$($BIN eval --ckpt "$TMP/ref/best.ckpt" --json --no-ema 2>/dev/null | sed -n 's/.*"loss": *\([-0-9.e+]*\).*/\1/p')
@@ -137,7 +136,7 @@ if grep -q '"type":"eval","epoch":1,' "$TMP/es_cut/metrics.jsonl"; then
     fail resume_eval_schedule_early_stop "the signalled run evaluated epoch 1 (eval.every = 2)"
 elif ! $BIN --resume "$TMP/es_cut/last.ckpt" --quiet > "$TMP/es_res.log" 2>&1; then
     fail resume_eval_schedule_early_stop "resume failed: $(tail -2 "$TMP/es_res.log")"
-elif [ "$(meta "$TMP/es_ref/best.ckpt" best_metric)" != "$(meta "$TMP/es_cut/best.ckpt" best_metric)" ] ||
+elif [ "$(meta best_metric "$TMP/es_ref/best.ckpt")" != "$(meta best_metric "$TMP/es_cut/best.ckpt")" ] ||
      ! diff -q <(hashes "$TMP/es_ref/last.ckpt") <(hashes "$TMP/es_cut/last.ckpt") > /dev/null; then
     fail resume_eval_schedule_early_stop "best metric or tensors differ from the run never stopped"
 else pass resume_eval_schedule_early_stop; fi
