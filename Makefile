@@ -1,4 +1,5 @@
-# camotrain build. `make` | `make CUDA=0` | `make test [SAN=1|TSAN=1]` | `make demo` | `make bench`
+# camotrain build. `make` | `make CUDA=0` | `make CUDA=emu` | `make test [SAN=1|TSAN=1]` | `make demo` |
+# `make bench`
 # Flags verified in ../shared/BUILD-NOTES.md (libconfig 1.5, old stb, OpenBLAS pthread, CUDA 13).
 
 CC       ?= gcc
@@ -32,6 +33,15 @@ CFLAGS   += -std=gnu11 -Wall -Wextra -Iinclude -Isrc $(PKG_CFLAGS) -MMD -MP
 LDLIBS   += $(PKG_LIBS) -lpthread -lm
 OPENMP   := -fopenmp
 
+# CUDA=emu: the cuda/ sources built with g++ against tests/cuemu (host emulation, no GPU)
+ifeq ($(CUDA),emu)
+  ifeq ($(SAN),1)
+    BUILD ?= build-cuemu-san
+  else
+    BUILD ?= build-cuemu
+  endif
+endif
+
 ifeq ($(SAN),1)
   BUILD  ?= build-san
   CFLAGS += -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
@@ -56,6 +66,13 @@ ifeq ($(CUDA),1)
                -Xcompiler -Wall,-Wextra
   LDLIBS  += -L$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcudart -lnccl -lstdc++
   CU_OBJ  := $(CU_SRC:cuda/%.cu=$(BUILD)/cuda/%.o)
+else ifeq ($(CUDA),emu)
+  CFLAGS  += -DCAMO_HAVE_CUDA=1 -Itests/cuemu/include
+  CUEMU_CXXFLAGS := -std=c++17 -O2 -g -Wall -Wextra -pthread -Iinclude -Itests/cuemu/include \
+                    -Itests/cuemu $(filter -fsanitize=% -fno-sanitize-recover=% -fno-omit-frame-pointer,$(CFLAGS))
+  LDLIBS  += -lstdc++
+  CU_OBJ  := $(CU_SRC:cuda/%.cu=$(BUILD)/cuda/%.o) \
+             $(patsubst tests/cuemu/%.cpp,$(BUILD)/cuemu/%.o,$(wildcard tests/cuemu/*.cpp))
 endif
 LIB_OBJ  := $(LIB_SRC:src/%.c=$(BUILD)/src/%.o) $(CU_OBJ)
 TEST_SRC := $(wildcard tests/test_*.c)
@@ -85,9 +102,22 @@ $(BUILD)/src/%.o: src/%.c
 # stb's implementation is slow to compile and noisy under stricter warnings: its own unit
 $(BUILD)/src/stb_impl.o: CFLAGS += -Wno-unused-function
 
+ifeq ($(CUDA),emu)
+# preprocess, turn each <<<...>>> launch into a cuemu::launch call, compile for the host
+$(BUILD)/cuda/%.o: cuda/%.cu tests/cuemu/launch.pl
+	@mkdir -p $(@D)
+	$(CXX) $(CUEMU_CXXFLAGS) -x c++ -E -MMD -MP -MT $@ -MF $(BUILD)/cuda/$*.d $< \
+	    | perl tests/cuemu/launch.pl > $(BUILD)/cuda/$*.ii
+	$(CXX) $(CUEMU_CXXFLAGS) -x c++-cpp-output -c $(BUILD)/cuda/$*.ii -o $@
+
+$(BUILD)/cuemu/%.o: tests/cuemu/%.cpp
+	@mkdir -p $(@D)
+	$(CXX) $(CUEMU_CXXFLAGS) -MMD -MP -c $< -o $@
+else
 $(BUILD)/cuda/%.o: cuda/%.cu
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+endif
 
 $(BUILD)/tests/%: tests/%.c tests/test_util.h $(BUILD)/libcamo.a
 	@mkdir -p $(@D)
@@ -97,8 +127,22 @@ $(BUILD)/tools/%: tools/%.c $(BUILD)/libcamo.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libcamo.a $(LDLIBS)
 
-test: $(BIN) camotrain $(TEST_BIN)
-	@BUILD=$(BUILD) CAMOTRAIN=$(BIN) tests/run.sh
+# `make test` also builds the cuemu variant (CUDA=emu, tests/cuemu: the cuda/ sources on a
+# host emulation of the GPU) for tests/test_gpu_paths.sh, so machines without a GPU run the
+# CUDA backend's code too; not under TSAN=1 (fibers and ThreadSanitizer do not mix).
+ifeq ($(CUDA),emu)
+CUEMU_BUILD := $(BUILD)
+cuemu-bins: $(BIN) $(BUILD)/tests/test_cuda_parity $(BUILD)/tests/test_parallel \
+            $(BUILD)/tools/test_multi_gpu
+else ifneq ($(TSAN),1)
+CUEMU_BUILD := $(if $(filter 1,$(SAN)),build-cuemu-san,build-cuemu)
+cuemu-bins:
+	@$(MAKE) --no-print-directory CUDA=emu SAN=$(SAN) CAMO_DEPS_OK=1 cuemu-bins
+endif
+.PHONY: cuemu-bins
+
+test: $(BIN) camotrain $(TEST_BIN) $(if $(CUEMU_BUILD),cuemu-bins)
+	@BUILD=$(BUILD) CAMOTRAIN=$(BIN) CUEMU_BUILD=$(CUEMU_BUILD) tests/run.sh
 
 demo: $(BIN) camotrain
 	@CAMOTRAIN=$(BIN) tools/demo.sh

@@ -424,13 +424,13 @@ static int local_reduce(camo_comm *c, float *data, size_t n, int copy_back) {
     int grow = n * g->n > g->shared_cap;
     /* A: every rank finished the previous collective, its ev_copied is recorded */
     if (group_barrier(g)) return -1;
-    if (c->rank == 0) {
-        if (grow && local_grow(c, n)) return -1;
-        /* slot 0 is overwritten below: everyone must have copied the last result out */
-        for (int j = 0; j < g->n; j++)
-            if (CUDA_CHECK(cudaStreamWaitEvent(r->compute, g->ev_copied[j], 0)))
-                return local_fail(c);
-    }
+    if (c->rank == 0 && grow && local_grow(c, n)) return -1;
+    /* Every rank overwrites part of the staging buffer below, and with another n its slot
+     * overlaps the last collective's slot 0, which slower ranks may still be copying their
+     * result out of: each rank's stream waits until everyone copied the last result out. */
+    for (int j = 0; j < g->n; j++)
+        if (CUDA_CHECK(cudaStreamWaitEvent(r->compute, g->ev_copied[j], 0)))
+            return local_fail(c);
     if (grow && group_barrier(g)) return -1; /* the new staging buffer exists */
     float *slot = g->shared + (size_t)c->rank * n;
     if (CUDA_CHECK(cudaMemcpyPeerAsync(slot, g->device, data, r->device, n * sizeof(float),

@@ -99,6 +99,14 @@ int camo_config_override(config_t *cfg, const char *assignment) {
             g = s;
         } else if (value[0] == '[') {
             rc = set_list(g, part, value, assignment);
+        } else if (value[0] == '"' && strlen(value) >= 2 && value[strlen(value) - 1] == '"') {
+            /* key="text": a string whatever it looks like (e.g. parallel.devices="0") */
+            char *text = camo_strdup(value + 1);
+            text[strlen(text) - 1] = 0;
+            if (s) config_setting_remove(g, part);
+            s = config_setting_add(g, part, CONFIG_TYPE_STRING);
+            rc = s ? parse_scalar(s, CONFIG_TYPE_STRING, text, assignment) : -1;
+            free(text);
         } else {
             int t = s ? config_setting_type(s) : infer_type(value);
             if (s && config_setting_is_aggregate(s)) {
@@ -133,6 +141,18 @@ static int get_str(const config_setting_t *g, const char *key, char *dst, size_t
         snprintf(dst, n, "%s", v);
     }
     return rc < 0 ? -1 : 0;
+}
+
+/* parallel.devices: a string ("auto", "cpu:2", "0,1"), or one GPU id as a number
+ * (devices = 0; or --set parallel.devices=0) */
+static int get_devices(const config_setting_t *g, char *dst, size_t n) {
+    const config_setting_t *s = g ? config_setting_get_member(g, "devices") : NULL;
+    if (s && (config_setting_type(s) == CONFIG_TYPE_INT ||
+              config_setting_type(s) == CONFIG_TYPE_INT64)) {
+        snprintf(dst, n, "%lld", config_setting_get_int64(s));
+        return 0;
+    }
+    return get_str(g, "devices", dst, n);
 }
 
 static int one_of(const config_setting_t *g, const char *key, const char *v, const char *choices) {
@@ -375,7 +395,7 @@ static int load_rest(camo_config *c) {
         get_int(k, "every_steps", &c->checkpoint.every_steps, 0, 2000000000) ||
         get_str(k, "metric", c->checkpoint.metric, sizeof c->checkpoint.metric) ||
         one_of(k, "metric", c->checkpoint.metric, "iou|dice|mae|loss") ||
-        get_str(p, "devices", c->parallel.devices, sizeof c->parallel.devices) ||
+        get_devices(p, c->parallel.devices, sizeof c->parallel.devices) ||
         get_str(p, "mode", c->parallel.mode, sizeof c->parallel.mode) ||
         one_of(p, "mode", c->parallel.mode, "ddp|dp") ||
         get_num(p, "bucket_mb", &c->parallel.bucket_mb, 0.001, 1e6) ||

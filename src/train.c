@@ -383,6 +383,17 @@ static int save_checkpoint(trainer *T, const char *file) {
 
 /* ---- logging ---- */
 
+/* GPU replicas: replica 0's device memory (MiB reserved by the caching allocator, its peak)
+ * and the count of cudaMalloc calls so far, which stays flat after the first epoch (every
+ * batch size seen) when steps allocate nothing. */
+static void log_gpu_memory(trainer *T) {
+    size_t reserved, peak, mallocs;
+    if (strcmp(T->be->name, "cuda") != 0) return;
+    camo_cuda_mem_stats(T->be, &reserved, &peak, &mallocs);
+    fprintf(T->jsonl, ",\"gpu_mem_mb\":%.1f,\"gpu_peak_mb\":%.1f,\"gpu_mallocs\":%zu",
+            reserved / 1048576.0, peak / 1048576.0, mallocs);
+}
+
 static void log_step(trainer *T, int epoch, int batch, int n_batches, double lr, double loss,
                      double gnorm, int64_t steps_total) {
     double now = camo_now();
@@ -399,6 +410,7 @@ static void log_step(trainer *T, int epoch, int batch, int n_batches, double lr,
         if (T->n_rep > 1)
             fprintf(T->jsonl, ",\"replicas\":%d,\"comm_time\":%.6f,\"comm_wait\":%.6f", T->n_rep,
                     T->rep[0].comm_s, T->rep[0].wait_s);
+        log_gpu_memory(T);
         fprintf(T->jsonl, ",\"images\":%lld,\"time\":%.3f}\n", (long long)T->images, now - T->t0);
     }
     if (T->st.step % T->c->log.every != 0 && batch != n_batches) return;
@@ -687,6 +699,11 @@ static void print_summary(trainer *T, const char *why) {
     printf("%s: %d epochs, %lld steps in %s, %.1f img/s; best %s %.4f at epoch %d; run folder %s\n",
            why, T->st.epoch, (long long)T->st.step, dur, t > 0 ? T->images / t : 0.0, m,
            T->st.best_epoch ? best : NAN, T->st.best_epoch, T->out);
+    if (!strcmp(T->be->name, "cuda")) {
+        size_t peak;
+        camo_cuda_mem_stats(T->be, NULL, &peak, NULL);
+        printf("peak GPU memory (replica 0): %.0f MiB\n", peak / 1048576.0);
+    }
     if (T->jsonl)
         fprintf(T->jsonl, "{\"type\":\"summary\",\"reason\":\"%s\",\"epochs\":%d,\"steps\":%lld,"
                 "\"seconds\":%.3f,\"img_per_s\":%.3f,\"best_metric\":%.6g,\"best_epoch\":%d,"

@@ -624,7 +624,10 @@ typedef struct net_run {
     float *target, *loss;
 } net_run;
 
-static int net_open(net_run *r, camo_backend *be, const char *cfg, int N, int S) {
+/* The image is drawn from `seed`; `jitter` > 0 scales each pixel by 1 + jitter * u,
+ * u in [-0.5, 0.5) (see stable_seed). */
+static int net_open_seeded(net_run *r, camo_backend *be, const char *cfg, int N, int S,
+                           uint32_t seed, float jitter) {
     r->net = camo_net_load(cfg, be, 0);
     if (!r->net || camo_net_set_input_size(r->net, N, S, S)) {
         fprintf(stderr, "%s: %s\n", cfg, camo_last_error());
@@ -633,7 +636,9 @@ static int net_open(net_run *r, camo_backend *be, const char *cfg, int N, int S)
     camo_net_init_weights(r->net, 1234);
     size_t plane = (size_t)N * S * S;
     float *img = malloc(plane * 3 * 4), *mask = malloc(plane * 4);
-    tu_fill(img, plane * 3, 7, -2, 2);
+    tu_fill(img, plane * 3, seed, -2, 2);
+    for (size_t i = 0; jitter > 0 && i < plane * 3; i++)
+        img[i] *= 1.0f + jitter * ((float)(i * 2654435761u % 1000) / 1000.0f - 0.5f);
     for (size_t i = 0; i < plane; i++) mask[i] = (i / S % S) * (i % S) % 11 < 4; /* blobs */
     r->target = be->alloc(be, plane * 4);
     r->loss = be->alloc(be, 4);
@@ -664,6 +669,34 @@ static void net_close(net_run *r) {
     camo_net_free(r->net);
 }
 
+static double rel_l2(const float *a, const float *b, size_t n);
+
+/* An input seed at which the CPU step itself is well conditioned: its gradients move by
+ * less than 5e-5 (relative L2) when every pixel moves by one or two ulps. At an ill-
+ * conditioned point a ReLU or max-pool input sits within rounding of its kink, and any
+ * other summation order (cuDNN's, the GPU's) may legitimately take the other branch and
+ * change whole gradients by percents; such a point cannot judge a 5e-4 tolerance. */
+static uint32_t net_seed;
+static int net_open(net_run *r, camo_backend *be, const char *cfg, int N, int S) {
+    return net_open_seeded(r, be, cfg, N, S, net_seed, 0);
+}
+
+static uint32_t stable_seed(const char *cfg, int N, int S) {
+    for (uint32_t seed = 7; seed < 15; seed++) {
+        net_run a, b;
+        if (net_open_seeded(&a, cpu, cfg, N, S, seed, 0) ||
+            net_open_seeded(&b, cpu, cfg, N, S, seed, 4e-7f))
+            return 0;
+        net_step(&a, N, S), net_step(&b, N, S);
+        double d = rel_l2(b.net->grad_block, a.net->grad_block, a.net->n_weight_floats);
+        net_close(&a), net_close(&b);
+        if (d < 5e-5) return seed;
+        fprintf(stderr, "  %s: input seed %u is ill-conditioned on the CPU (gradients move "
+                "%.3g under 2e-7 input noise): next seed\n", cfg, seed, d);
+    }
+    return 0;
+}
+
 static double rel_l2(const float *a, const float *b, size_t n) {
     double d = 0, s = 0;
     for (size_t i = 0; i < n; i++) {
@@ -676,6 +709,8 @@ static double rel_l2(const float *a, const float *b, size_t n) {
 static void net_case(const char *cfg) {
     int N = 2, S = 64;
     net_run c, g;
+    net_seed = stable_seed(cfg, N, S);
+    assert_int_not_equal(net_seed, 0);
     assert_int_equal(net_open(&c, cpu, cfg, N, S), 0);
     assert_int_equal(net_open(&g, gpu, cfg, N, S), 0);
     float lc = net_step(&c, N, S), lg = net_step(&g, N, S);
@@ -724,6 +759,8 @@ static void test_unet_s_deterministic(void **state) {
     int N = 2, S = 64;
     camo_cuda_set_deterministic(gpu, 1);
     net_run c, g;
+    net_seed = stable_seed("conf/models/unet_s.cfg", N, S);
+    assert_int_not_equal(net_seed, 0);
     assert_int_equal(net_open(&c, cpu, "conf/models/unet_s.cfg", N, S), 0);
     assert_int_equal(net_open(&g, gpu, "conf/models/unet_s.cfg", N, S), 0);
     size_t nw = g.net->n_weight_floats;
@@ -803,6 +840,30 @@ static void *comm_worker(void *p) {
         for (int k = 0; k < R; k++) want += k + 1 + i * 1e-3f;
         ok &= fabs(h[i] - want) <= 1e-5 * want;
     }
+    /* back-to-back all-reduces of growing and shrinking sizes with one wait at the end,
+     * as DDP issues its buckets (the local comm regrows its staging buffer in between) */
+    enum { SEQ = 5 };
+    const size_t sizes[SEQ] = {1000, 60000, 300, 250000, 7};
+    float *bufs[SEQ];
+    float *hs = malloc(250000 * 4);
+    for (int b = 0; b < SEQ; b++) {
+        bufs[b] = be->alloc(be, sizes[b] * 4);
+        for (size_t i = 0; i < sizes[b]; i++) hs[i] = (float)((r + 1) * (b + 1) + i % 97);
+        be->upload(be, bufs[b], hs, sizes[b] * 4);
+    }
+    for (int b = 0; b < SEQ; b++) ok &= c->all_reduce_sum(c, bufs[b], sizes[b]) == 0;
+    ok &= c->wait(c) == 0;
+    for (int b = 0; b < SEQ; b++) {
+        be->download(be, hs, bufs[b], sizes[b] * 4);
+        int bad = 0;
+        for (size_t i = 0; i < sizes[b]; i++)
+            bad += hs[i] != (float)(R * (R + 1) / 2 * (b + 1) + R * (int)(i % 97));
+        if (bad) fprintf(stderr, "  %s rank %d: all-reduce %d of the sequence (%zu floats): "
+                         "%d wrong\n", c->name, r, b, sizes[b], bad);
+        ok &= bad == 0;
+        be->free(be, bufs[b]);
+    }
+    free(hs);
     for (int i = 0; i < COMM_N; i++) h[i] = (float)(r * 1000 + i);
     be->upload(be, d, h, COMM_N * 4);
     ok &= c->broadcast(c, d, COMM_N, R - 1) == 0 && c->wait(c) == 0;

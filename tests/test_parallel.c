@@ -125,14 +125,19 @@ static int train(const char *conf, const char *resume, const char *out, const ch
                  const char *mode, const char *more) {
     char path[CAMO_PATH_MAX + 64], o_out[CAMO_PATH_MAX + 128], o_dev[96], o_mode[64], o_more[256];
     snprintf(o_out, sizeof o_out, "out=%s/%s", tmp, out);
-    snprintf(o_dev, sizeof o_dev, "parallel.devices=%s", devices);
+    snprintf(o_dev, sizeof o_dev, "parallel.devices=\"%s\"", devices);
     snprintf(o_mode, sizeof o_mode, "parallel.mode=%s", mode);
-    char *sets[8] = {o_out, o_dev, o_mode};
+    char *sets[9] = {o_out, o_dev, o_mode};
     int n = 3;
+    /* GPU runs: deterministic cuDNN algorithms, as the CPU always is; with atomics in the
+     * baseline itself, its rounding noise would be amplified like any other (see
+     * compare_runs) and hide what the replica count changes */
+    static char o_det[] = "train.deterministic=true";
+    if (getenv("CAMO_TEST_GPUS")) sets[n++] = o_det;
     char *save = NULL;
     if (more) { /* ";"-separated overrides */
         snprintf(o_more, sizeof o_more, "%s", more);
-        for (char *t = strtok_r(o_more, ";", &save); t && n < 8; t = strtok_r(NULL, ";", &save))
+        for (char *t = strtok_r(o_more, ";", &save); t && n < 9; t = strtok_r(NULL, ";", &save))
             sets[n++] = t;
     }
     camo_config c;
@@ -243,6 +248,25 @@ static int bitwise_equal(const char *a, const char *b) {
 
 #define TOL 1e-5
 
+/* The device list of n replicas: cpu:n, or with CAMO_TEST_GPUS=k GPU replicas round-robin
+ * over GPUs 0..k-1 (tests/test_gpu_parallel.sh), so that the same equivalence checks cover
+ * the nccl comm (one replica a GPU), the local comm (several on one GPU) and mixes. */
+static const char *devs(int n) {
+    static char buf[8][64];
+    static int next;
+    char *b = buf[next++ % 8];
+    const char *env = getenv("CAMO_TEST_GPUS");
+    int k = env ? atoi(env) : 0;
+    if (k <= 0) {
+        snprintf(b, 64, "cpu:%d", n);
+        return b;
+    }
+    size_t len = 0;
+    for (int i = 0; i < n; i++)
+        len += (size_t)snprintf(b + len, 64 - len, i ? ",%d" : "%d", i % k);
+    return b;
+}
+
 static void expect_equal(const char *ref, const char *run) {
     double e = compare_runs(run, ref, TOL);
     printf("  %-14s vs %-10s weights: relative error %.2g\n", run, ref, e);
@@ -253,16 +277,15 @@ static void expect_equal(const char *ref, const char *run) {
 static void test_unet_sync_bn(void **state) {
     (void)state;
     const char *more = "train.max_steps=3";
-    assert_int_equal(train("unet.cfg", NULL, "u1", "cpu:1", "ddp", more), 0);
-    const char *dev[] = {"cpu:2", "cpu:3", "cpu:4"};
-    for (int i = 0; i < 3; i++) {
+    assert_int_equal(train("unet.cfg", NULL, "u1", devs(1), "ddp", more), 0);
+    for (int n = 2; n <= 4; n++) {
         char run[32];
-        snprintf(run, sizeof run, "u_ddp_%s", dev[i] + 4);
-        assert_int_equal(train("unet.cfg", NULL, run, dev[i], "ddp", more), 0);
+        snprintf(run, sizeof run, "u_ddp_%d", n);
+        assert_int_equal(train("unet.cfg", NULL, run, devs(n), "ddp", more), 0);
         expect_equal("u1", run);
         char dp[32];
-        snprintf(dp, sizeof dp, "u_dp_%s", dev[i] + 4);
-        assert_int_equal(train("unet.cfg", NULL, dp, dev[i], "dp", more), 0);
+        snprintf(dp, sizeof dp, "u_dp_%d", n);
+        assert_int_equal(train("unet.cfg", NULL, dp, devs(n), "dp", more), 0);
         /* the same sums in the same rank order: DP and DDP agree bitwise */
         assert_true(bitwise_equal(run, dp));
     }
@@ -275,12 +298,12 @@ static void test_unet_sync_bn(void **state) {
  * docs/parallel.md); the first step shows the exchange itself is exact. */
 static void test_fpn_sync_bn(void **state) {
     (void)state;
-    assert_int_equal(train("fpn.cfg", NULL, "f1", "cpu:1", "ddp", NULL), 0);
-    assert_int_equal(train("fpn.cfg", NULL, "f_ddp_2", "cpu:2", "ddp", NULL), 0);
+    assert_int_equal(train("fpn.cfg", NULL, "f1", devs(1), "ddp", NULL), 0);
+    assert_int_equal(train("fpn.cfg", NULL, "f_ddp_2", devs(2), "ddp", NULL), 0);
     expect_equal("f1", "f_ddp_2");
-    assert_int_equal(train("fpn.cfg", NULL, "f_dp_2", "cpu:2", "dp", NULL), 0);
+    assert_int_equal(train("fpn.cfg", NULL, "f_dp_2", devs(2), "dp", NULL), 0);
     assert_true(bitwise_equal("f_ddp_2", "f_dp_2"));
-    assert_int_equal(train("fpn.cfg", NULL, "f_ddp_4", "cpu:4", "ddp", NULL), 0);
+    assert_int_equal(train("fpn.cfg", NULL, "f_ddp_4", devs(4), "ddp", NULL), 0);
     expect_equal("f1", "f_ddp_4");
 }
 
@@ -288,14 +311,13 @@ static void test_fpn_sync_bn(void **state) {
  * leaves replicas empty on cpu:3 and cpu:4, which still join every collective */
 static void test_uneven_local(void **state) {
     (void)state;
-    assert_int_equal(train("tiny.cfg", NULL, "t1", "cpu:1", "ddp", NULL), 0);
-    const char *dev[] = {"cpu:2", "cpu:3", "cpu:4"};
+    assert_int_equal(train("tiny.cfg", NULL, "t1", devs(1), "ddp", NULL), 0);
     const char *mode[] = {"ddp", "dp"};
-    for (int i = 0; i < 3; i++)
+    for (int n = 2; n <= 4; n++)
         for (int m = 0; m < 2; m++) {
             char run[32];
-            snprintf(run, sizeof run, "t_%s_%s", mode[m], dev[i] + 4);
-            assert_int_equal(train("tiny.cfg", NULL, run, dev[i], mode[m], NULL), 0);
+            snprintf(run, sizeof run, "t_%s_%d", mode[m], n);
+            assert_int_equal(train("tiny.cfg", NULL, run, devs(n), mode[m], NULL), 0);
             expect_equal("t1", run); /* also checks epoch 2 finished: same step/epoch */
         }
     char pa[CAMO_PATH_MAX + 64];
@@ -311,8 +333,8 @@ static void test_uneven_local(void **state) {
 static void test_deterministic(void **state) {
     (void)state;
     const char *more = "train.deterministic=true;train.epochs=1";
-    assert_int_equal(train("tiny.cfg", NULL, "d3a", "cpu:3", "ddp", more), 0);
-    assert_int_equal(train("tiny.cfg", NULL, "d3b", "cpu:3", "ddp", more), 0);
+    assert_int_equal(train("tiny.cfg", NULL, "d3a", devs(3), "ddp", more), 0);
+    assert_int_equal(train("tiny.cfg", NULL, "d3b", devs(3), "ddp", more), 0);
     assert_true(bitwise_equal("d3a", "d3b"));
 }
 
@@ -321,14 +343,14 @@ static void test_deterministic(void **state) {
 static void test_empty_sync_bn_and_accum(void **state) {
     (void)state;
     const char *b5 = "train.batch=5;train.max_steps=5";
-    assert_int_equal(train("unet.cfg", NULL, "e1", "cpu:1", "ddp", b5), 0);
-    assert_int_equal(train("unet.cfg", NULL, "e4", "cpu:4", "ddp", b5), 0);
+    assert_int_equal(train("unet.cfg", NULL, "e1", devs(1), "ddp", b5), 0);
+    assert_int_equal(train("unet.cfg", NULL, "e4", devs(4), "ddp", b5), 0);
     expect_equal("e1", "e4");
     const char *acc = "train.batch=4;train.accum_steps=2;train.max_steps=3";
-    assert_int_equal(train("unet.cfg", NULL, "a1", "cpu:1", "ddp", acc), 0);
-    assert_int_equal(train("unet.cfg", NULL, "a2", "cpu:2", "ddp", acc), 0);
+    assert_int_equal(train("unet.cfg", NULL, "a1", devs(1), "ddp", acc), 0);
+    assert_int_equal(train("unet.cfg", NULL, "a2", devs(2), "ddp", acc), 0);
     expect_equal("a1", "a2");
-    assert_int_equal(train("unet.cfg", NULL, "a3", "cpu:3", "dp", acc), 0);
+    assert_int_equal(train("unet.cfg", NULL, "a3", devs(3), "dp", acc), 0);
     expect_equal("a1", "a3");
 }
 
@@ -337,20 +359,20 @@ static void test_empty_sync_bn_and_accum(void **state) {
 static void test_resume_other_count(void **state) {
     (void)state;
     const char *full = "train.epochs=2";
-    assert_int_equal(train("unet.cfg", NULL, "r_full", "cpu:1", "ddp", full), 0);
+    assert_int_equal(train("unet.cfg", NULL, "r_full", devs(1), "ddp", full), 0);
     /* 3 steps per epoch: stop at step 4, inside epoch 2 */
     const char *part = "train.epochs=2;train.max_steps=4";
-    assert_int_equal(train("unet.cfg", NULL, "r_p2", "cpu:2", "ddp", part), 0);
-    assert_int_equal(train("unet.cfg", NULL, "r_p1", "cpu:1", "ddp", part), 0);
+    assert_int_equal(train("unet.cfg", NULL, "r_p2", devs(2), "ddp", part), 0);
+    assert_int_equal(train("unet.cfg", NULL, "r_p1", devs(1), "ddp", part), 0);
     char ck2[CAMO_PATH_MAX + 64], ck1[CAMO_PATH_MAX + 64];
     ckpt_path("r_p2", ck2, sizeof ck2);
     ckpt_path("r_p1", ck1, sizeof ck1);
     const char *rest = "train.max_steps=0";
-    assert_int_equal(train(NULL, ck2, "r_2to1", "cpu:1", "ddp", rest), 0);
+    assert_int_equal(train(NULL, ck2, "r_2to1", devs(1), "ddp", rest), 0);
     expect_equal("r_full", "r_2to1");
-    assert_int_equal(train(NULL, ck2, "r_2to3", "cpu:3", "ddp", rest), 0);
+    assert_int_equal(train(NULL, ck2, "r_2to3", devs(3), "ddp", rest), 0);
     expect_equal("r_full", "r_2to3");
-    assert_int_equal(train(NULL, ck1, "r_1to4", "cpu:4", "dp", rest), 0);
+    assert_int_equal(train(NULL, ck1, "r_1to4", devs(4), "dp", rest), 0);
     expect_equal("r_full", "r_1to4");
 }
 

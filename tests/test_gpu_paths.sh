@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# The CUDA backend's paths end to end, on whatever "GPU" this machine has:
+#  - real GPUs (nvidia-smi lists some): the normal build, CAMO_TEST_GPUS = their count;
+#  - else the cuemu build ($CUEMU_BUILD, made by `make test`): the real cuda/ sources on the
+#    host emulation of tests/cuemu with 2 emulated GPUs (CAMO_CUEMU_DEVICES), so that CI, which
+#    has no GPU, runs them too. The emulation proves our kernels, stream/event ordering, comms
+#    and glue; it says nothing of real cuDNN/cuBLAS/NCCL or of GPU speed (tests/cuemu/README.md).
+# Checks: the parity suite (emulation only: tests/run.sh runs it on real GPUs), the [parallel]
+# equivalence suite on GPU replicas (local comm: several replicas on one GPU; nccl: one a GPU;
+# mixes), tools/test_multi_gpu, and training through the binary: CPU vs GPU, DDP vs DP and
+# local vs nccl bit for bit, no cudaMalloc after the first epoch, a failing and a stalled
+# replica on each comm, AMP bf16/fp16, a GPU checkpoint resumed on the CPU, SIGTERM.
+. "$(dirname "$0")/lib.sh" gpu_paths
+
+if command -v nvidia-smi > /dev/null 2>&1 && [ "$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')" -gt 0 ]; then
+    MODE=gpu
+    GPUS=$(nvidia-smi -L | grep -c '^GPU')
+    G=${BUILD:-build}
+else
+    MODE=cuemu
+    G=${CUEMU_BUILD:-}
+    if [ -z "$G" ] || [ ! -x "$G/camotrain" ]; then
+        skip gpu_paths "no GPU and no cuemu build (make test builds build-cuemu; not under TSAN=1)"
+        exit 0
+    fi
+    export CAMO_CUEMU_DEVICES=2
+    GPUS=2
+fi
+B=$G/camotrain
+echo "GPU paths on $MODE ($GPUS GPUs), binaries from $G"
+
+# cmocka output -> PASS/FAIL/SKIP lines named PREFIX_test
+cmocka_lines() {
+    sed -n -e "s/^\[       OK \] \(.*\)/PASS $1_\1/p" -e "s/^\[  FAILED  \] \(test_[a-z0-9_]*\)$/FAIL $1_\1: see above/p" \
+        -e "s/^\[  SKIPPED \] \(test_[a-z0-9_]*\)$/SKIP $1_\1: skipped/p" "$2" | sort -u
+}
+
+run_cmocka() { # PREFIX BINARY [env...]
+    local prefix=$1 bin=$2; shift 2
+    env "$@" "$bin" > "$TMP/$prefix.log" 2>&1; local rc=$?
+    grep -v '^\[ *\(OK\|RUN\|PASSED\|FAILED\|SKIPPED\|=*\) *\]' "$TMP/$prefix.log" | sed 's/^/  | /' | tail -40
+    cmocka_lines "$prefix" "$TMP/$prefix.log"
+    if [ $rc -ne 0 ] && ! grep -q '^\[  FAILED  \]' "$TMP/$prefix.log"; then
+        fail "$prefix" "exit $rc: $(tail -3 "$TMP/$prefix.log")"
+    fi
+}
+
+# ---- the parity suite and the [parallel] equivalence suite on GPU replicas ----
+[ $MODE = cuemu ] && run_cmocka cuemu_parity "$G/tests/test_cuda_parity"
+run_cmocka "${MODE}_parallel_1gpu" "$G/tests/test_parallel" CAMO_TEST_GPUS=1
+[ "$GPUS" -ge 2 ] && run_cmocka "${MODE}_parallel_${GPUS}gpus" "$G/tests/test_parallel" CAMO_TEST_GPUS=$GPUS
+
+# ---- tools/test_multi_gpu: exit 0 with every check passed ----
+"$G/tools/test_multi_gpu" > "$TMP/mgpu.log" 2>&1; rc=$?
+sed 's/^/  | /' "$TMP/mgpu.log" | tail -8
+[ $rc = 0 ] && grep -q 'PASS: 0 checks failed' "$TMP/mgpu.log" && pass "${MODE}_test_multi_gpu" \
+    || fail "${MODE}_test_multi_gpu" "exit $rc: $(tail -2 "$TMP/mgpu.log")"
+
+# ---- training through the binary ----
+DATA=$TMP/synth
+if ! $B synth --out "$DATA" --train 22 --test 4 --size 32 --seed 3 > "$TMP/synth.log" 2>&1; then
+    fail "${MODE}_synth" "$(tail -3 "$TMP/synth.log")"; exit 0
+fi
+C="--conf conf/demo.cfg --set data.root=$DATA --set data.img_size=32 --set train.batch=8"
+C="$C --set eval.every=0 --set train.threads=1 --set data.workers=1 --set train.epochs=2 --quiet"
+D="$C --set train.deterministic=true"
+rel() { $B inspect "$1" --compare "$2" 2>&1 | sed -n 's/^relative L2 difference: //p'; }
+# rel_ok A B TOL: A's tensors within TOL (relative L2, all tensors) of B's
+rel_ok() { awk -v e="$(rel "$1" "$2")" -v t="$3" 'BEGIN { exit !(e != "" && e + 0 <= t) }'; }
+same() { [ "$(hashes "$1")" = "$(hashes "$2")" ] && [ -n "$(hashes "$1")" ]; }
+
+run() { # NAME DEVICES MODE [more options]: trains into $TMP/NAME
+    local name=$1 dev=$2 mode=$3; shift 3
+    $B $D --devices "$dev" --parallel "$mode" "$@" --out "$TMP/$name" > "$TMP/$name.log" 2>&1
+}
+
+# one GPU against the CPU: 6 AdamW steps from a fresh BN network are ill-conditioned (see
+# tests/test_parallel.c), so this is a loose check; the exact ones are the parity suite's
+if run cpu cpu ddp && run g1 0 ddp; then
+    e=$(rel "$TMP/g1/last.ckpt" "$TMP/cpu/last.ckpt")
+    rel_ok "$TMP/g1/last.ckpt" "$TMP/cpu/last.ckpt" 0.02 && pass "${MODE}_gpu_vs_cpu_training" \
+        || fail "${MODE}_gpu_vs_cpu_training" "relative L2 difference $e"
+else fail "${MODE}_gpu_vs_cpu_training" "$(tail -2 "$TMP/g1.log" "$TMP/cpu.log")"; fi
+
+# steps allocate nothing: cudaMalloc count flat from the first step to the last
+m=$(grep -o '"gpu_mallocs":[0-9]*' "$TMP/g1/metrics.jsonl" | sort -u | wc -l)
+n=$(grep -c '"gpu_mallocs"' "$TMP/g1/metrics.jsonl")
+[ "$m" = 1 ] && [ "$n" = 6 ] && pass "${MODE}_no_malloc_after_warmup" \
+    || fail "${MODE}_no_malloc_after_warmup" "$n step records, $m distinct gpu_mallocs values"
+grep -q 'peak GPU memory (replica 0): [0-9]* MiB' "$TMP/g1.log" && pass "${MODE}_peak_memory_line" \
+    || fail "${MODE}_peak_memory_line" "no peak GPU memory line in the summary"
+
+# two replicas: DDP = DP bit for bit; sync-BN two replicas = one GPU (whole model, 1e-5)
+TWO="0,0"; [ "$GPUS" -ge 2 ] && TWO="0,1"
+S="--set train.optimizer=sgd --set train.lr=0.05 --set train.max_steps=3 --set parallel.sync_bn=true"
+if run s1 0 ddp $S && run s_ddp "$TWO" ddp $S && run s_dp "$TWO" dp $S && run s_local 0,0 ddp $S; then
+    same "$TMP/s_ddp/last.ckpt" "$TMP/s_dp/last.ckpt" && pass "${MODE}_ddp_equals_dp" \
+        || fail "${MODE}_ddp_equals_dp" "DDP and DP on $TWO differ"
+    same "$TMP/s_ddp/last.ckpt" "$TMP/s_local/last.ckpt" && pass "${MODE}_local_equals_${TWO/,/_}" \
+        || fail "${MODE}_local_equals_${TWO/,/_}" "0,0 (local comm) and $TWO differ"
+    rel_ok "$TMP/s_ddp/last.ckpt" "$TMP/s1/last.ckpt" 1e-5 && pass "${MODE}_sync_bn_two_equals_one" \
+        || fail "${MODE}_sync_bn_two_equals_one" "relative L2 $(rel "$TMP/s_ddp/last.ckpt" "$TMP/s1/last.ckpt")"
+else fail "${MODE}_two_replicas" "$(tail -2 "$TMP"/s_*.log "$TMP/s1.log")"; fi
+
+# a replica fails at step 3, or stalls at step 2: every replica stops, exit 1 naming it
+for dev in 0,0 "$TWO"; do
+    [ "$dev" = 0,1 ] && comm=nccl || comm=local
+    start=$(date +%s)
+    out=$(CAMO_TEST_FAIL_REPLICA=1 CAMO_TEST_FAIL_STEP=3 $B $C --devices $dev \
+          --set checkpoint.every_steps=1 --set parallel.timeout_s=30 --out "$TMP/fail_$comm" 2>&1); rc=$?
+    took=$(( $(date +%s) - start ))
+    if [ $rc = 1 ] && echo "$out" | grep -q 'replica 1: test hook' && [ $took -lt 30 ] &&
+       [ "$(meta step "$TMP/fail_$comm/last.ckpt")" = 2 ]; then pass "${MODE}_fault_$comm"
+    else fail "${MODE}_fault_$comm" "exit $rc after ${took}s: $(echo "$out" | tail -2)"; fi
+    start=$(date +%s)
+    out=$(CAMO_TEST_FAIL_REPLICA=1 CAMO_TEST_FAIL_STEP=2 CAMO_TEST_FAIL_STALL=1 $B $C --devices $dev \
+          --set parallel.timeout_s=2 --out "$TMP/stall_$comm" 2>&1); rc=$?
+    took=$(( $(date +%s) - start ))
+    if [ $rc = 1 ] && echo "$out" | grep -q 'timed out after 2 s' && [ $took -lt 25 ]; then
+        pass "${MODE}_stall_$comm"
+    else fail "${MODE}_stall_$comm" "exit $rc after ${took}s: $(echo "$out" | tail -2)"; fi
+    [ "$dev" = "$TWO" ] && break
+done
+
+# AMP: bf16 and fp16 (dynamic loss scale recorded) train to a finite loss
+for amp in bf16 fp16; do
+    if run "amp_$amp" 0 ddp --set train.amp=$amp && grep -q '"type":"summary"' "$TMP/amp_$amp/metrics.jsonl" &&
+       ! grep '"type":"step"' "$TMP/amp_$amp/metrics.jsonl" | grep -q '"loss":\(nan\|inf\|-nan\)'; then
+        if [ $amp = fp16 ] && ! grep -q '"loss_scale":' "$TMP/amp_fp16/metrics.jsonl"; then
+            fail "${MODE}_amp_fp16" "no loss_scale in metrics.jsonl"
+        else pass "${MODE}_amp_$amp"; fi
+    else fail "${MODE}_amp_$amp" "$(tail -2 "$TMP/amp_$amp.log")"; fi
+done
+
+# a GPU checkpoint resumes on the CPU and on two GPU replicas (checkpoints are device-free)
+if run half 0 ddp --set train.max_steps=4; then
+    expect "${MODE}_resume_gpu_on_cpu" 0 'done: 2 epochs, 6 steps' -- \
+        $B --resume "$TMP/half/last.ckpt" --set parallel.devices=cpu --set train.max_steps=0 --out "$TMP/res_cpu"
+    expect "${MODE}_resume_gpu_on_two" 0 'done: 2 epochs, 6 steps' -- \
+        $B --resume "$TMP/half/last.ckpt" --devices "$TWO" --set train.max_steps=0 --out "$TMP/res_two"
+else fail "${MODE}_resume" "$(tail -2 "$TMP/half.log")"; fi
+
+# SIGTERM with two GPU replicas: the step finishes, last.ckpt is saved, exit 0
+expect "${MODE}_sigterm" 0 'interrupted' -- env CAMO_TEST_SIGNAL_AT_STEP=2 $B $C --devices "$TWO" \
+    --set train.epochs=3 --out "$TMP/sig"
+
+# device lists the machine cannot serve are refused before anything starts
+expect "${MODE}_too_many_gpus" 2 'GPU 7' -- $B $C --devices 0,7 --out "$TMP/bad"
+if [ $MODE = cuemu ]; then
+    out=$(CAMO_CUEMU_DEVICES=0 $B ${C% --quiet} --devices auto --set train.max_steps=1 --out "$TMP/auto" 2>&1 | head -20)
+    echo "$out" | grep -q 'auto -> cpu' && pass cuemu_auto_without_gpu || fail cuemu_auto_without_gpu "$out"
+    out=$($B ${C% --quiet} --devices auto --set train.max_steps=1 --out "$TMP/auto2" 2>&1 | head -20)
+    echo "$out" | grep -q '2 GPU replicas (auto' && pass cuemu_auto_all_gpus || fail cuemu_auto_all_gpus "$(echo "$out" | head -3)"
+fi
+exit 0
