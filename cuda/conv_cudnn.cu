@@ -60,28 +60,8 @@ static int math_ok(int fp32, int pass, cudnnMathType_t m) {
     return pass == 0 ? m == CUDNN_FMA_MATH : m == CUDNN_DEFAULT_MATH;
 }
 
-/* First heuristic result that works, fits the limit and passes math_ok; with the plan's
- * key.det (train.deterministic) also one that cuDNN reports CUDNN_DETERMINISTIC (backward
- * ALGO_0 / ALGO_3 of the filter and ALGO_0 of the data, which accumulate with atomics, are
- * not). None left: the direct kernel, which is deterministic (one thread per output
- * element, fixed loop order, no atomics). */
-#define PICK_ALGO(perf, count, plan, fp32)                                                     \
-    for (int pass_ = 0; pass_ < 2 && (plan)->direct; pass_++) {                              \
-        for (int i_ = 0; i_ < (count); i_++) {                                               \
-            cudnnMathType_t m_ = (perf)[i_].mathType;                                        \
-            if ((perf)[i_].status != CUDNN_STATUS_SUCCESS ||                                 \
-                (perf)[i_].memory > CONV_WS_LIMIT || !math_ok(fp32, pass_, m_) ||            \
-                ((plan)->key.det && (perf)[i_].determinism != CUDNN_DETERMINISTIC))          \
-                continue;                                                                    \
-            (plan)->algo = (int)(perf)[i_].algo;                                             \
-            (plan)->direct = 0;                                                              \
-            (plan)->math = (fp32) ? CUDNN_FMA_MATH : m_;                                     \
-            break;                                                                           \
-        }                                                                                    \
-    }
-
-/* A failed heuristic query or workspace query is not fatal: the plan runs on the direct
- * kernel (with a warning), as when cuDNN offers no algorithm. */
+/* A failed heuristic query, or no usable entry, is not fatal: the plan runs on the direct
+ * kernel (with a warning). */
 static int pick_failed(conv_plan *p, cudnnStatus_t st, const char *what) {
     const camo_conv_desc *d = &p->key.d;
     camo_warn("cuDNN %s failed for %dx%dx%d -> %d, kernel %dx%d, groups %d, %s (%s): using "
@@ -91,47 +71,92 @@ static int pick_failed(conv_plan *p, cudnnStatus_t st, const char *what) {
     return 0;
 }
 
+/* One heuristic entry, whatever the op (the three perf structs share these fields). */
+typedef struct algo_choice {
+    int algo;
+    cudnnStatus_t status;
+    size_t memory;
+    cudnnDeterminism_t determinism;
+    cudnnMathType_t math;
+} algo_choice;
+
+/* cuDNN may list an algorithm once per math type: room for every pair */
+#define MAX_CHOICES (2 * CUDNN_CONVOLUTION_FWD_ALGO_COUNT + 2 * CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT)
+
+#define COPY_CHOICES(perf, n, out)                                                            \
+    for (int i_ = 0; i_ < (n); i_++)                                                          \
+        (out)[i_] = (algo_choice){(int)(perf)[i_].algo, (perf)[i_].status, (perf)[i_].memory, \
+                                  (perf)[i_].determinism, (perf)[i_].mathType};
+
+/* cuDNN's ranked entries for the plan's op; *n = how many (0 on failure) */
+static cudnnStatus_t plan_heuristics(cudnnHandle_t h, conv_plan *p, algo_choice *c, int *n) {
+    cudnnStatus_t st;
+    *n = 0;
+    if (p->key.kind == CONV_FWD) {
+        cudnnConvolutionFwdAlgoPerf_t perf[MAX_CHOICES];
+        st = cudnnGetConvolutionForwardAlgorithm_v7(h, p->x, p->w, p->conv, p->y, MAX_CHOICES,
+                                                    n, perf);
+        COPY_CHOICES(perf, *n, c);
+    } else if (p->key.kind == CONV_BWD_DATA) {
+        cudnnConvolutionBwdDataAlgoPerf_t perf[MAX_CHOICES];
+        st = cudnnGetConvolutionBackwardDataAlgorithm_v7(h, p->w, p->y, p->conv, p->x,
+                                                         MAX_CHOICES, n, perf);
+        COPY_CHOICES(perf, *n, c);
+    } else {
+        cudnnConvolutionBwdFilterAlgoPerf_t perf[MAX_CHOICES];
+        st = cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, p->x, p->y, p->conv, p->w,
+                                                           MAX_CHOICES, n, perf);
+        COPY_CHOICES(perf, *n, c);
+    }
+    if (st != CUDNN_STATUS_SUCCESS) *n = 0;
+    return st;
+}
+
+/* workspace of `algo` with the descriptor's current math type */
+static cudnnStatus_t plan_workspace(cudnnHandle_t h, conv_plan *p, int algo, size_t *ws) {
+    if (p->key.kind == CONV_FWD)
+        return cudnnGetConvolutionForwardWorkspaceSize(h, p->x, p->w, p->conv, p->y,
+                                                       (cudnnConvolutionFwdAlgo_t)algo, ws);
+    if (p->key.kind == CONV_BWD_DATA)
+        return cudnnGetConvolutionBackwardDataWorkspaceSize(
+            h, p->w, p->y, p->conv, p->x, (cudnnConvolutionBwdDataAlgo_t)algo, ws);
+    return cudnnGetConvolutionBackwardFilterWorkspaceSize(
+        h, p->x, p->y, p->conv, p->w, (cudnnConvolutionBwdFilterAlgo_t)algo, ws);
+}
+
+/* The first heuristic entry, in cuDNN's ranking and math_ok's passes, that works, fits the
+ * limit, is CUDNN_DETERMINISTIC when the plan's key.det (train.deterministic) asks for it
+ * (backward ALGO_0 / ALGO_3 of the filter and ALGO_0 of the data accumulate with atomics),
+ * and whose workspace query succeeds with the math type the plan runs with (in fp32 that is
+ * FMA, which may differ from the entry's: an entry cuDNN cannot run that way is skipped, not
+ * fatal). None left: the direct kernel, which is deterministic (one thread per output
+ * element, fixed loop order, no atomics), with a warning. */
 static int plan_pick(cudnnHandle_t h, conv_plan *p) {
     int fp32 = p->key.amp == CAMO_AMP_OFF, n = 0;
-    cudnnStatus_t st;
-    size_t ws = 0;
+    algo_choice c[MAX_CHOICES];
     p->direct = 1;
-    if (p->key.kind == CONV_FWD) {
-        cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
-        st = cudnnGetConvolutionForwardAlgorithm_v7(h, p->x, p->w, p->conv, p->y,
-                                                    CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &n, perf);
-        if (st != CUDNN_STATUS_SUCCESS) return pick_failed(p, st, "forward heuristics");
-        PICK_ALGO(perf, n, p, fp32);
-    } else if (p->key.kind == CONV_BWD_DATA) {
-        cudnnConvolutionBwdDataAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT];
-        st = cudnnGetConvolutionBackwardDataAlgorithm_v7(
-            h, p->w, p->y, p->conv, p->x, CUDNN_CONVOLUTION_BWD_DATA_ALGO_COUNT, &n, perf);
-        if (st != CUDNN_STATUS_SUCCESS) return pick_failed(p, st, "backward-data heuristics");
-        PICK_ALGO(perf, n, p, fp32);
-    } else {
-        cudnnConvolutionBwdFilterAlgoPerf_t perf[CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT];
-        st = cudnnGetConvolutionBackwardFilterAlgorithm_v7(
-            h, p->x, p->y, p->conv, p->w, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_COUNT, &n, perf);
-        if (st != CUDNN_STATUS_SUCCESS) return pick_failed(p, st, "backward-filter heuristics");
-        PICK_ALGO(perf, n, p, fp32);
+    cudnnStatus_t st = plan_heuristics(h, p, c, &n);
+    if (st != CUDNN_STATUS_SUCCESS) return pick_failed(p, st, "heuristics query");
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < n; i++) {
+            size_t ws = 0;
+            cudnnMathType_t math = fp32 ? CUDNN_FMA_MATH : c[i].math;
+            if (c[i].status != CUDNN_STATUS_SUCCESS || c[i].memory > CONV_WS_LIMIT ||
+                !math_ok(fp32, pass, c[i].math) ||
+                (p->key.det && c[i].determinism != CUDNN_DETERMINISTIC))
+                continue;
+            if (cudnnSetConvolutionMathType(p->conv, math) != CUDNN_STATUS_SUCCESS ||
+                plan_workspace(h, p, c[i].algo, &ws) != CUDNN_STATUS_SUCCESS ||
+                ws > CONV_WS_LIMIT)
+                continue;
+            p->algo = c[i].algo;
+            p->math = math;
+            p->ws = ws;
+            p->direct = 0;
+            return 0;
+        }
     }
-    if (p->direct) return 0;
-    /* the workspace for the math type the plan really runs with (it may differ from the
-     * heuristic entry's when fp32 forces FMA) */
-    st = cudnnSetConvolutionMathType(p->conv, p->math);
-    if (st != CUDNN_STATUS_SUCCESS) return pick_failed(p, st, "math type");
-    if (p->key.kind == CONV_FWD)
-        st = cudnnGetConvolutionForwardWorkspaceSize(h, p->x, p->w, p->conv, p->y,
-                                                     (cudnnConvolutionFwdAlgo_t)p->algo, &ws);
-    else if (p->key.kind == CONV_BWD_DATA)
-        st = cudnnGetConvolutionBackwardDataWorkspaceSize(
-            h, p->w, p->y, p->conv, p->x, (cudnnConvolutionBwdDataAlgo_t)p->algo, &ws);
-    else
-        st = cudnnGetConvolutionBackwardFilterWorkspaceSize(
-            h, p->x, p->y, p->conv, p->w, (cudnnConvolutionBwdFilterAlgo_t)p->algo, &ws);
-    if (st != CUDNN_STATUS_SUCCESS) return pick_failed(p, st, "workspace query");
-    p->ws = ws;
-    return 0;
+    return pick_failed(p, CUDNN_STATUS_NOT_SUPPORTED, "algorithm choice (no usable entry)");
 }
 
 static cudnnDataType_t amp_dtype(int amp) {

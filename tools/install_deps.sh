@@ -2,7 +2,7 @@
 # Installs the Debian packages camotrain needs to build and test, when they are missing.
 # Idempotent: prints nothing and exits 0 when everything is present.
 set -eu
-pkgs="gcc make pkg-config libconfig-dev libstb-dev libopenblas-dev libcjson-dev libcmocka-dev"
+pkgs="gcc g++ make pkg-config libconfig-dev libstb-dev libopenblas-dev libcjson-dev libcmocka-dev"
 # gnuplot draws the training and DP-vs-DDP plots; optional for the build itself
 [ "${CAMO_WITH_PLOTS:-1}" = 1 ] && pkgs="$pkgs gnuplot-nox"
 missing=""

@@ -125,10 +125,10 @@ static void check_allreduce(int n) {
         for (size_t bytes = 1u << 20; bytes <= 256u << 20; bytes *= 2) {
             size_t count = bytes / 4;
             if (ar_check(&b, count, host)) { correct = 0; break; }
-            int iters = bytes >= (64u << 20) ? 5 : 20;
-            ar_run(&b, count);
+            int iters = bytes >= (64u << 20) ? 5 : 20, failed = ar_run(&b, count) != 0;
             double t0 = camo_now();
-            for (int it = 0; it < iters; it++) ar_run(&b, count);
+            for (int it = 0; it < iters && !failed; it++) failed = ar_run(&b, count) != 0;
+            if (failed) { correct = 0; break; } /* no bandwidth from failed runs */
             double t = (camo_now() - t0) / iters, alg = bytes / t / 1e9;
             printf("  %7zu MiB %12.1f %12.2f %12.2f\n", bytes >> 20, t * 1e6, alg,
                    alg * 2.0 * (b.n - 1) / b.n);
