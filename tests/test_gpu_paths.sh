@@ -150,6 +150,9 @@ if [ $MODE = cuemu ]; then
     out=$(CAMO_CUEMU_DEVICES=0 $B ${C% --quiet} --devices auto --set train.max_steps=1 --out "$TMP/auto" 2>&1 | head -20)
     echo "$out" | grep -q 'auto -> cpu' && pass cuemu_auto_without_gpu || fail cuemu_auto_without_gpu "$out"
     out=$($B ${C% --quiet} --devices auto --set train.max_steps=1 --out "$TMP/auto2" 2>&1 | head -20)
-    echo "$out" | grep -q '2 GPU replicas (auto' && pass cuemu_auto_all_gpus || fail cuemu_auto_all_gpus "$(echo "$out" | head -3)"
+    echo "$out" | grep -q 'auto -> 2 GPUs' && pass cuemu_auto_all_gpus || fail cuemu_auto_all_gpus "$(echo "$out" | head -3)"
+    out=$(CUDA_VISIBLE_DEVICES=1 $B ${C% --quiet} --devices auto --set train.max_steps=1 --out "$TMP/auto3" 2>&1 | head -20)
+    echo "$out" | grep -q 'auto -> 1 GPU (ids 0..0 of CUDA_VISIBLE_DEVICES=1)' && pass cuemu_auto_visible_devices \
+        || fail cuemu_auto_visible_devices "$(echo "$out" | grep -i 'parallel\|error' | head -3)"
 fi
 exit 0

@@ -78,6 +78,21 @@ void init_devices_locked(globals &g) {
     g.n_devices = env && *env ? atoi(env) : 1;
     if (g.n_devices < 0) g.n_devices = 0;
     if (g.n_devices > 16) g.n_devices = 16;
+    /* CUDA_VISIBLE_DEVICES=1,0: the listed ordinals, up to the first invalid one (as the
+     * driver does; only their number matters here) */
+    const char *vis = getenv("CUDA_VISIBLE_DEVICES");
+    if (vis) {
+        int seen = 0;
+        for (const char *q = vis; *q;) {
+            char *end;
+            long d = strtol(q, &end, 10);
+            if (end == q || d < 0 || d >= g.n_devices) break;
+            seen++;
+            q = *end == ',' ? end + 1 : end;
+            if (end == q && *q) break;
+        }
+        g.n_devices = seen;
+    }
     const char *mem = getenv("CAMO_CUEMU_MEM_MB");
     g.mem_limit = (size_t)(mem && *mem ? atol(mem) : 8192) << 20;
     g.used.assign(g.n_devices, 0);
@@ -707,6 +722,10 @@ namespace cuemu {
 
 thread_local uint3 t_thread_idx, t_block_idx;
 thread_local dim3 t_block_dim, t_grid_dim;
+uint3 thread_idx() { return t_thread_idx; }
+uint3 block_idx() { return t_block_idx; }
+dim3 block_dim() { return t_block_dim; }
+dim3 grid_dim() { return t_grid_dim; }
 
 } // namespace cuemu
 
@@ -910,14 +929,20 @@ void run_block(block_runner &r, const dim3 &block) {
 
 namespace cuemu {
 
-void syncthreads() {
+/* The runner of a thread about to wait at `what`; it must be running as a fiber. */
+static block_runner &waiting_runner(const char *what) {
     block_runner &r = runner();
     if (r.current < 0)
-        fatal("__syncthreads in thread (%u,%u,%u) of block (%u,%u,%u), but thread 0 of the "
-              "block finished without one (a barrier inside divergent code)",
+        fatal("%s in thread (%u,%u,%u) of block (%u,%u,%u), but thread 0 of the block "
+              "finished without one (a barrier or shuffle inside divergent code)", what,
               t_thread_idx.x, t_thread_idx.y, t_thread_idx.z, t_block_idx.x, t_block_idx.y,
               t_block_idx.z);
     r.used_barrier = true;
+    return r;
+}
+
+void syncthreads() {
+    block_runner &r = waiting_runner("__syncthreads");
     r.fibers[r.current].state = F_SYNC;
     yield_to_scheduler(r);
 }
@@ -928,13 +953,7 @@ int lane_id() {
 }
 
 uint64_t shfl(uint64_t bits, int src_lane) {
-    block_runner &r = runner();
-    if (r.current < 0)
-        fatal("warp shuffle in thread (%u,%u,%u) of block (%u,%u,%u), but thread 0 of the "
-              "block finished without one (a shuffle inside divergent code)",
-              t_thread_idx.x, t_thread_idx.y, t_thread_idx.z, t_block_idx.x, t_block_idx.y,
-              t_block_idx.z);
-    r.used_barrier = true;
+    block_runner &r = waiting_runner("a warp shuffle");
     fiber &f = r.fibers[r.current];
     f.shfl_in = bits;
     f.shfl_src = src_lane;

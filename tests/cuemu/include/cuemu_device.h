@@ -34,6 +34,12 @@ struct dim3 {
 namespace cuemu {
 extern thread_local uint3 t_thread_idx, t_block_idx;
 extern thread_local dim3 t_block_dim, t_grid_dim;
+/* By value, through calls: kernel code never takes the address of the thread-local state
+ * (UBSan reports a thread-local's address as null inside a fiber) */
+uint3 thread_idx();
+uint3 block_idx();
+dim3 block_dim();
+dim3 grid_dim();
 void syncthreads();
 /* value of `bits` held by lane `src_lane` of the caller's warp, after every lane arrived */
 uint64_t shfl(uint64_t bits, int src_lane);
@@ -59,10 +65,10 @@ template <class F, class... A> void launch(const launch_cfg &c, F f, A... a) {
 }
 } // namespace cuemu
 
-#define threadIdx (cuemu::t_thread_idx)
-#define blockIdx (cuemu::t_block_idx)
-#define blockDim (cuemu::t_block_dim)
-#define gridDim (cuemu::t_grid_dim)
+#define threadIdx (cuemu::thread_idx())
+#define blockIdx (cuemu::block_idx())
+#define blockDim (cuemu::block_dim())
+#define gridDim (cuemu::grid_dim())
 static constexpr int warpSize = 32;
 
 inline void __syncthreads() { cuemu::syncthreads(); }
