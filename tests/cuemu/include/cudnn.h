@@ -1,5 +1,5 @@
 /* cuemu: the cuDNN subset camotrain uses (legacy convolution API: cuda/conv_cudnn.cu,
- * cuda/backend_cuda.cu, tools/test_multi_gpu.c), run on the host by tests/cuemu/blas_dnn.cpp.
+ * cuda/backend_cuda.cu, tools/test_multi_gpu.c), run on the host by tests/cuemu/dnn.cpp.
  * Names, enum values, struct layouts and prototypes are cuDNN 9's (cudnn_graph.h,
  * cudnn_ops.h, cudnn_cnn.h); only what the backend calls is declared. 4-D tensors only,
  * FLOAT / HALF / BFLOAT16 data, NCHW or NHWC. Test infrastructure only (see
