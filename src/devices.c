@@ -64,9 +64,9 @@ int camo_devices_parse(const char *spec, int threads, camo_devices *d) {
             d->gpu = 1;
             d->n = CAMO_MIN(g, CAMO_MAX_REPLICAS);
             for (int i = 0; i < d->n; i++) d->id[i] = i;
+            const char *vis = getenv("CUDA_VISIBLE_DEVICES");
             camo_info("devices: auto -> %d GPU%s (ids 0..%d of CUDA_VISIBLE_DEVICES=%s)", d->n,
-                      d->n == 1 ? "" : "s", d->n - 1,
-                      getenv("CUDA_VISIBLE_DEVICES") ? getenv("CUDA_VISIBLE_DEVICES") : "unset");
+                      d->n == 1 ? "" : "s", d->n - 1, vis ? vis : "unset");
             return 0;
         }
         camo_info("devices: auto -> cpu (no usable GPU)");

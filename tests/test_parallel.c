@@ -249,7 +249,7 @@ static int bitwise_equal(const char *a, const char *b) {
 #define TOL 1e-5
 
 /* The device list of n replicas: cpu:n, or with CAMO_TEST_GPUS=k GPU replicas round-robin
- * over GPUs 0..k-1 (tests/test_gpu_parallel.sh), so that the same equivalence checks cover
+ * over GPUs 0..k-1 (tests/test_gpu_paths.sh), so that the same equivalence checks cover
  * the nccl comm (one replica a GPU), the local comm (several on one GPU) and mixes. */
 static const char *devs(int n) {
     static char buf[8][64];

@@ -474,27 +474,33 @@ cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *a, const void
     return cudaSuccess;
 }
 
-/* kind of a host-side range: 1 pinned (registered host allocation), 0 pageable, -1 device */
-static int host_kind(const void *p) {
+/* What a copy operand is, from one registry lookup: device memory holding the whole range,
+ * pinned host memory, pageable memory (unknown to the runtime), or a device range overrun. */
+enum range_kind { RANGE_PAGEABLE, RANGE_PINNED, RANGE_DEVICE, RANGE_BAD };
+
+static range_kind classify(const void *p, size_t bytes) {
     globals &g = G();
     std::lock_guard<std::mutex> l(g.mu);
-    const alloc_info *a = find_alloc_locked(g, p, nullptr);
-    if (!a) return 0;
-    return a->kind == MEM_HOST ? 1 : -1;
+    uintptr_t base;
+    const alloc_info *a = find_alloc_locked(g, p, &base);
+    if (!a) return RANGE_PAGEABLE;
+    if (a->kind == MEM_HOST) return RANGE_PINNED;
+    return (uintptr_t)p + bytes <= base + a->bytes ? RANGE_DEVICE : RANGE_BAD;
 }
-
-static int dev_range(const void *p, size_t bytes) { return cuemu::is_device_range(p, bytes, -1); }
 
 /* A copy's operands must be what its kind says, as the runtime checks them (with UVA,
  * cudaMemcpyDefault takes either). */
-static cudaError_t check_copy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
-    bool dd = dev_range(dst, bytes), sd = dev_range(src, bytes);
+static cudaError_t check_copy(range_kind dst, range_kind src, cudaMemcpyKind kind) {
+    bool dd = dst == RANGE_DEVICE, sd = src == RANGE_DEVICE;
+    bool dh = dst == RANGE_PAGEABLE || dst == RANGE_PINNED;
+    bool sh = src == RANGE_PAGEABLE || src == RANGE_PINNED;
     switch (kind) {
-    case cudaMemcpyHostToDevice: return dd && host_kind(src) >= 0 ? cudaSuccess : cudaErrorInvalidValue;
-    case cudaMemcpyDeviceToHost: return sd && host_kind(dst) >= 0 ? cudaSuccess : cudaErrorInvalidValue;
+    case cudaMemcpyHostToDevice: return dd && sh ? cudaSuccess : cudaErrorInvalidValue;
+    case cudaMemcpyDeviceToHost: return sd && dh ? cudaSuccess : cudaErrorInvalidValue;
     case cudaMemcpyDeviceToDevice: return dd && sd ? cudaSuccess : cudaErrorInvalidValue;
-    case cudaMemcpyHostToHost: return host_kind(dst) >= 0 && host_kind(src) >= 0 ? cudaSuccess : cudaErrorInvalidValue;
-    case cudaMemcpyDefault: return cudaSuccess;
+    case cudaMemcpyHostToHost: return dh && sh ? cudaSuccess : cudaErrorInvalidValue;
+    case cudaMemcpyDefault: return dst != RANGE_BAD && src != RANGE_BAD ? cudaSuccess
+                                                                         : cudaErrorInvalidValue;
     }
     return cudaErrorInvalidMemcpyDirection;
 }
@@ -502,13 +508,12 @@ static cudaError_t check_copy(void *dst, const void *src, size_t bytes, cudaMemc
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
                             cudaStream_t h) {
     if (!bytes) return cudaSuccess;
-    cudaError_t e = check_copy(dst, src, bytes, kind);
+    range_kind dk = classify(dst, bytes), sk = classify(src, bytes);
+    cudaError_t e = check_copy(dk, sk, kind);
     if (e != cudaSuccess) return fail(e);
     stream_state *s = resolve(h);
     if (!s) return fail(cudaErrorInvalidResourceHandle);
-    bool src_pageable = !dev_range(src, bytes) && host_kind(src) == 0;
-    bool dst_pageable = !dev_range(dst, bytes) && host_kind(dst) == 0;
-    if (src_pageable) {
+    if (sk == RANGE_PAGEABLE) {
         /* pageable source: the runtime stages it before returning; the caller may reuse it */
         auto staged = std::make_shared<std::vector<char>>((const char *)src,
                                                           (const char *)src + bytes);
@@ -517,7 +522,7 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaM
         /* pinned or device source: read when the stream gets there, not now */
         push(s, [dst, src, bytes] { memcpy(dst, src, bytes); });
     }
-    if (dst_pageable) drain(s); /* a copy into pageable memory returns when it is done */
+    if (dk == RANGE_PAGEABLE) drain(s); /* a copy into pageable memory returns when done */
     return cudaSuccess;
 }
 
@@ -543,7 +548,7 @@ cudaError_t cudaMemcpyPeerAsync(void *dst, int dst_device, const void *src, int 
 
 cudaError_t cudaMemsetAsync(void *p, int value, size_t bytes, cudaStream_t h) {
     if (!bytes) return cudaSuccess;
-    if (!dev_range(p, bytes)) return fail(cudaErrorInvalidValue);
+    if (classify(p, bytes) != RANGE_DEVICE) return fail(cudaErrorInvalidValue);
     stream_state *s = resolve(h);
     if (!s) return fail(cudaErrorInvalidResourceHandle);
     push(s, [p, value, bytes] { memset(p, value, bytes); });
