@@ -308,8 +308,12 @@ static int run_command(trainer *T, camo_replica *r, const command *cmd, double *
                        double *gnorm) {
     if (T->fail_replica == r->rank && cmd->step == T->fail_step) {
         if (T->fail_stall) { /* a replica that stops responding: its peers must time out */
-            struct timespec ts = {0, 10 * 1000 * 1000};
-            while (!T->comms[0]->aborted(T->comms[0])) nanosleep(&ts, NULL);
+            /* until a peer's failure is on the board (not merely the comm aborted: the
+             * timed-out peer records why only after aborting its collective) */
+            board *bd = &T->bd;
+            pthread_mutex_lock(&bd->mu);
+            while (!bd->aborted) pthread_cond_wait(&bd->cv, &bd->mu);
+            pthread_mutex_unlock(&bd->mu);
         }
         CAMO_ERR("test hook CAMO_TEST_FAIL_REPLICA=%d: replica %d %s at step %lld",
                  T->fail_replica, r->rank, T->fail_stall ? "stalled" : "fails",
