@@ -15,7 +15,7 @@ CUDA_ARCH ?= -gencode arch=compute_75,code=sm_75 -gencode arch=compute_80,code=s
 
 # Targets a user types first install missing Debian packages, then re-run make, so that
 # pkg-config below is evaluated with the packages present (a fresh machine has none).
-USER_GOALS := all test demo bench bench-gpu
+USER_GOALS := all test test-matrix demo bench bench-gpu
 DEPS_GOALS := $(if $(CAMO_DEPS_OK),,$(if $(MAKECMDGOALS),$(filter $(USER_GOALS),$(MAKECMDGOALS)),all))
 ifneq ($(DEPS_GOALS),)
 .PHONY: $(DEPS_GOALS)
@@ -141,10 +141,17 @@ cuemu-bins:
 endif
 .PHONY: cuemu-bins
 
-test: $(BIN) camotrain $(TEST_BIN) $(if $(CUEMU_BUILD),cuemu-bins)
+test: $(BIN) camotrain tools/test_multi_gpu $(TEST_BIN) $(if $(CUEMU_BUILD),cuemu-bins)
 	@BUILD=$(BUILD) CAMOTRAIN=$(BIN) CUEMU_BUILD=$(CUEMU_BUILD) tests/run.sh
 
-demo: $(BIN) camotrain
+# the numerical suites under every OpenBLAS kernel, cache size and 2 threads
+# (tests/test_blas_matrix.sh; `make test` runs it under one other kernel)
+.PHONY: test-matrix
+test-matrix: $(BIN) camotrain $(TEST_BIN) $(if $(CUEMU_BUILD),cuemu-bins)
+	@BUILD=$(BUILD) CAMOTRAIN=$(BIN) CUEMU_BUILD=$(CUEMU_BUILD) CAMO_MATRIX=all \
+	    CAMO_RUN_ONLY=tests/test_blas_matrix.sh tests/run.sh
+
+demo: $(BIN) camotrain tools/test_multi_gpu
 	@CAMOTRAIN=$(BIN) tools/demo.sh
 
 bench: $(BIN) camotrain $(BENCH_BIN)

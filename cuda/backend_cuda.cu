@@ -65,9 +65,11 @@ static void *pool_alloc_locked(camo_backend *be, size_t bytes) {
     if (cudaMalloc(&p, size) != cudaSuccess) {
         cudaGetLastError(); /* clear, then retry once with the cache emptied */
         pool_trim(be);
-        if (CUDA_CHECK(cudaMalloc(&p, size))) {
-            CAMO_ERR("out of GPU memory on GPU %d: %zu bytes requested, %zu reserved",
-                     cu_ctx(be)->device, size, pool->reserved);
+        if (CUDA_CHECK(cudaMalloc(&p, size))) { /* keep the call's file:line and reason */
+            char why[512];
+            snprintf(why, sizeof why, "%s", camo_last_error());
+            CAMO_ERR("out of GPU memory on GPU %d: %zu bytes requested, %zu reserved (%s)",
+                     cu_ctx(be)->device, size, pool->reserved, why);
             return NULL;
         }
     }

@@ -19,12 +19,14 @@ extern "C" {
 
 /* ---- checked calls ----
  * CAMO_CHECK_GEN(lib, type, ok, to_string) defines cu_check_<lib>(status, file, line, expr):
- * 0 on success, else -1 with camo_last_error() = "file:line: expr: <library message>". */
+ * 0 on success, else -1 with camo_last_error() =
+ * "cuda/file.cu:line: expr failed: <library message> (<lib> error <code>)", the message
+ * that reaches the user (wrappers such as "cannot set up GPU 0: ..." keep it whole). */
 #define CAMO_CHECK_GEN(lib, type, ok, to_string)                                              \
     static inline int cu_check_##lib(type st, const char *file, int line, const char *expr) { \
         if (st == (ok)) return 0;                                                             \
-        camo_set_error(file, line, "%s failed: %s (%s error %d)", expr, to_string(st), #lib,  \
-                       (int)st);                                                              \
+        camo_set_error_at(file, line, "%s failed: %s (%s error %d)", expr, to_string(st),     \
+                          #lib, (int)st);                                                     \
         return -1;                                                                            \
     }
 CAMO_CHECK_GEN(cuda, cudaError_t, cudaSuccess, cudaGetErrorString)

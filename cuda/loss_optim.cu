@@ -1,9 +1,9 @@
 /* loss_optim.cu: the CUDA backend's fused losses (BCE with logits, the SINet-V2/F3Net
- * structure loss, soft Dice, softmax cross-entropy), the optimizer steps (SGD, AdamW, EMA)
- * and the sum of squares behind the global gradient norm. Formulas are those of
- * src/cpu_loss.c and src/cpu_optim.c; sums are taken in double over fixed blocks added in
- * block order (deterministic), and the loss value is added to a float in device memory by
- * a one-thread kernel, so nothing synchronises with the host. */
+ * structure loss, soft Dice, softmax cross-entropy), the training pixel accuracy counts, the
+ * optimizer steps (SGD, AdamW, EMA) and the sum of squares behind the global gradient norm.
+ * Formulas are those of src/cpu_loss.c and src/cpu_optim.c; sums are taken in double over
+ * fixed blocks added in block order (deterministic), and the loss value is added to a float
+ * in device memory by a one-thread kernel, so nothing synchronises with the host. */
 #include "cuda_common.cuh"
 
 #include <math.h>
@@ -236,6 +236,41 @@ static void cu_loss_cross_entropy(camo_backend *be, int N, int H, int W, int C, 
     }
 }
 
+/* ---- training pixel accuracy (backend.h pixel_correct; the rule of src/cpu_loss.c) ---- */
+
+/* acc (2 doubles) += sums (2 doubles), on the device: nothing syncs with the host */
+__global__ static void counts_add_k(double *acc, const double *sums) {
+    if (blockIdx.x || threadIdx.x) return;
+    acc[0] += sums[0];
+    acc[1] += sums[1];
+}
+
+static void cu_pixel_correct(camo_backend *be, int N, int H, int W, int C, double *acc,
+                             const float *logits, const float *target, const int *labels,
+                             int ignore_index) {
+    size_t P = (size_t)N * H * W;
+    if (!P) return; /* an empty slice counts nothing */
+    double *part, *sums = loss_scratch(be, 1, P, 2, 0, &part, NULL);
+    if (!sums) return;
+    img_sums<2>(be, 1, P, part, sums, [=] __device__(size_t i, double *a) {
+        if (C == 1) { /* sigmoid(x) > 0.5 <=> x > 0 */
+            a[0] += (logits[i] > 0.0f) == (target[i] > 0.5f);
+            a[1] += 1;
+            return;
+        }
+        int l = labels[i];
+        if (l == ignore_index || l < 0 || l >= C) return;
+        const float *x = logits + i * C;
+        int best = 0; /* the first largest, as torch.argmax */
+        for (int c = 1; c < C; c++)
+            if (x[c] > x[best]) best = c;
+        a[0] += best == l;
+        a[1] += 1;
+    });
+    counts_add_k<<<1, 1, 0, cu_stream(be)>>>(acc, sums);
+    CU_LAUNCHED(be);
+}
+
 /* ---- sum of squares ---- */
 
 __global__ static void sumsq_partial_k(size_t n, double *part, const float *x) {
@@ -346,6 +381,7 @@ extern "C" void cuda_register_loss_optim(camo_backend *be) {
     be->loss_structure = cu_loss_structure;
     be->loss_dice = cu_loss_dice;
     be->loss_cross_entropy = cu_loss_cross_entropy;
+    be->pixel_correct = cu_pixel_correct;
     be->sumsq = cu_sumsq;
     be->sgd_step = cu_sgd_step;
     be->adamw_step = cu_adamw_step;

@@ -27,11 +27,15 @@ typedef struct {
 static void eval_usage(FILE *f) {
     fputs("usage: camotrain eval --ckpt C [--data DIR] [--split S] [--set k=v] [--json] "
           "[--no-ema]\n"
-          "       camotrain eval --pred DIR --gt DIR [--json]\n"
-          "       camotrain eval --pred DIR --gt DIR --classes K [--ignore-index I] "
-          "[--format ade20k] [--json]\n"
-          "  scores a checkpoint on a data set split (default: its validation split) or saved\n"
-          "  prediction PNGs against ground-truth masks (matched by file stem)\n", f);
+          "       camotrain eval --pred DIR --gt MASKS|ROOT [--split S] [--format F] "
+          "[--json]\n"
+          "       camotrain eval --pred DIR --gt MASKS|ROOT --classes K [--ignore-index I] "
+          "[--split S] [--format F] [--json]\n"
+          "  scores a checkpoint on a data set split (default: its validation split) or\n"
+          "  saved prediction PNGs (predict's, named by image stem) against a folder of masks\n"
+          "  (NAME.png or NAME_label.png) or a data set ROOT's split (default Test: test, val,\n"
+          "  valid, ...), paired as training pairs them; F: a data.format (ade20k: GT 0 is\n"
+          "  ignored, v is class v - 1)\n", f);
 }
 
 static void predict_usage(FILE *f) {
@@ -110,34 +114,54 @@ static int eval_checkpoint(const eval_args *a) {
     return rc;
 }
 
+/* data.format's values: --format names the layout of a --gt data-set root. */
+static int known_format(const char *f) {
+    static const char *const names[] = {"auto", "cod10k", "camo", "carla", "ade20k", "folders"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        if (!strcmp(f, names[i])) return 1;
+    return 0;
+}
+
+/* eval --pred DIR --gt MASKS|ROOT: saved probability maps, or class-index maps with --classes. */
+static int eval_pred(const eval_args *a) {
+    if (!a->pred || !a->gt) {
+        fprintf(stderr, "camotrain eval: --pred and --gt go together\n");
+        return CAMO_ERR_INPUT;
+    }
+    char *end;
+    long K = 1, ig = 255; /* binary maps; the usual ignore value */
+    int bad = 0;
+    if (a->classes) {
+        K = strtol(a->classes, &end, 10);
+        bad |= *end || K < 2 || K > 256;
+    }
+    if (a->ignore) {
+        ig = strtol(a->ignore, &end, 10);
+        bad |= *end != 0;
+    }
+    if (bad) {
+        fprintf(stderr, "camotrain eval: --classes needs an integer in [2, 256], "
+                        "--ignore-index an integer\n");
+        return CAMO_ERR_INPUT;
+    }
+    if (a->format && !known_format(a->format)) {
+        fprintf(stderr, "camotrain eval: --format '%s': expected auto, cod10k, camo, carla, "
+                        "ade20k or folders\n", a->format);
+        return CAMO_ERR_INPUT;
+    }
+    camo_pred_eval o = {.classes = (int)K, .ignore_index = (int)ig, .format = a->format,
+                        .split = a->split};
+    int rc = camo_eval_pred(a->pred, a->gt, &o, a->json, stdout);
+    if (rc) fprintf(stderr, "camotrain: error: %s\n", camo_last_error());
+    return rc;
+}
+
 int cli_eval(int argc, char **argv) {
     eval_args a;
     memset(&a, 0, sizeof a);
     int prc = parse(argc, argv, &a, "eval"); /* 1: --help printed */
     if (prc) return prc > 0 ? CAMO_OK : CAMO_ERR_INPUT;
-    if (a.pred || a.gt) {
-        if (!a.pred || !a.gt) {
-            fprintf(stderr, "camotrain eval: --pred and --gt go together\n");
-            return CAMO_ERR_INPUT;
-        }
-        if (!a.classes) {
-            int rc = camo_eval_pred_dirs(a.pred, a.gt, a.json, stdout);
-            if (rc) fprintf(stderr, "camotrain: error: %s\n", camo_last_error());
-            return rc;
-        }
-        char *end1, *end2;
-        long K = strtol(a.classes, &end1, 10), ig = a.ignore ? strtol(a.ignore, &end2, 10) : 255;
-        if (*end1 || K < 2 || K > 256 || (a.ignore && *end2) ||
-            (a.format && strcmp(a.format, "ade20k"))) {
-            fprintf(stderr, "camotrain eval: --classes needs an integer in [2, 256], "
-                            "--ignore-index an integer, --format only ade20k\n");
-            return CAMO_ERR_INPUT;
-        }
-        int rc = camo_eval_pred_dirs_cls(a.pred, a.gt, (int)K, (int)ig, a.format != NULL,
-                                         a.json, stdout);
-        if (rc) fprintf(stderr, "camotrain: error: %s\n", camo_last_error());
-        return rc;
-    }
+    if (a.pred || a.gt) return eval_pred(&a);
     if (!a.ckpt) {
         eval_usage(stderr);
         return CAMO_ERR_INPUT;

@@ -1,19 +1,47 @@
-/* common.c: error buffer, checked allocation, logging, hashing. */
+/* common.c: error buffer, checked allocation, logging (console and the run's train.log),
+ * hashing. */
 #include "camo/common.h"
 
+#include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <string.h>
 #include <time.h>
 
 static _Thread_local char error_buf[1024];
-static int log_quiet;
+
+static void log_line(FILE *console, const char *prefix, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 void camo_set_error(const char *file, int line, const char *fmt, ...) {
-    (void)file; (void)line; /* user-facing errors name the user's file/key, not ours */
+    /* errors about the user's input name the user's file/key, not our source line
+     * (camo_set_error_at is for failures where our line is the useful part) */
+    (void)file; (void)line;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(error_buf, sizeof error_buf, fmt, ap);
+    va_end(ap);
+}
+
+/* "cuda/comm.cu" from whatever path the compiler was given for it (an out-of-tree or
+ * absolute build): the part from the last project folder on. */
+static const char *project_path(const char *file) {
+    const char *dirs[] = {"/cuda/", "/src/", "/tools/", "/tests/"}, *best = NULL;
+    for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
+        const char *p = strstr(file, dirs[i]);
+        for (; p; p = strstr(p + 1, dirs[i]))
+            if (!best || p > best) best = p;
+    }
+    return best ? best + 1 : file;
+}
+
+void camo_set_error_at(const char *file, int line, const char *fmt, ...) {
+    int n = snprintf(error_buf, sizeof error_buf, "%s:%d: ", project_path(file), line);
+    size_t off = n > 0 && (size_t)n < sizeof error_buf ? (size_t)n : 0;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(error_buf + off, sizeof error_buf - off, fmt, ap);
     va_end(ap);
 }
 
@@ -21,12 +49,12 @@ const char *camo_last_error(void) { return error_buf[0] ? error_buf : "unknown e
 void camo_clear_error(void) { error_buf[0] = 0; }
 
 void camo_die(const char *file, int line, const char *fmt, ...) {
+    char msg[1024];
     va_list ap;
-    fprintf(stderr, "camotrain: fatal (%s:%d): ", file, line);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+    log_line(stderr, "camotrain: fatal ", "(%s:%d): %s", file, line, msg); /* also in the log */
     exit(CAMO_ERR_RUNTIME);
 }
 
@@ -55,24 +83,133 @@ char *camo_strdup_check(const char *s, const char *file, int line) {
     return p;
 }
 
-void camo_log_set_quiet(int quiet) { log_quiet = quiet; }
+/* ---- logging ----
+ * A line goes to the console and, once a run has opened its log (camo_log_open), to that
+ * file as well, whatever --quiet says. Lines logged before the log opens (config, data,
+ * devices) wait in a bounded backlog and are written first, so the file begins where the
+ * console did. Replica, loader and comm threads log too: the file is written under a lock,
+ * one whole line at a time, and flushed, so a crash loses nothing already printed. */
+
+#define LOG_BACKLOG_MAX (64u << 10)
+
+static struct {
+    pthread_mutex_t mu;
+    int quiet;
+    FILE *file;
+    char *backlog;
+    size_t backlog_len;
+    int dropped;          /* lines that did not fit the backlog */
+} log_state = {.mu = PTHREAD_MUTEX_INITIALIZER};
+
+void camo_log_set_quiet(int quiet) { log_state.quiet = quiet; }
+
+/* Into the run's log, or the backlog while no log is open. */
+static void log_record(const char *line, size_t n) {
+    pthread_mutex_lock(&log_state.mu);
+    if (log_state.file) {
+        fwrite(line, 1, n, log_state.file);
+        fflush(log_state.file);
+    } else if (log_state.backlog_len + n <= LOG_BACKLOG_MAX &&
+               (log_state.backlog || (log_state.backlog = malloc(LOG_BACKLOG_MAX)))) {
+        /* plain malloc: camo_malloc's failure path logs, and the lock is held here */
+        memcpy(log_state.backlog + log_state.backlog_len, line, n);
+        log_state.backlog_len += n;
+    } else {
+        log_state.dropped++;
+    }
+    pthread_mutex_unlock(&log_state.mu);
+}
+
+/* Formats prefix + message + newline, shows it on `console` (NULL: not shown) and records
+ * it. */
+static void log_emit(FILE *console, const char *prefix, const char *fmt, va_list ap) {
+    char small[1024], *line = small;
+    va_list aq;
+    va_copy(aq, ap);
+    int n = vsnprintf(NULL, 0, fmt, aq);
+    va_end(aq);
+    size_t plen = strlen(prefix), len = plen + (size_t)(n > 0 ? n : 0) + 1;
+    if (len + 1 > sizeof small) line = camo_malloc(len + 1);
+    memcpy(line, prefix, plen);
+    vsnprintf(line + plen, len - plen, fmt, ap);
+    line[len - 1] = '\n';
+    line[len] = 0;
+    if (console) {
+        fputs(line, console);
+        fflush(console); /* stdout too: the console and the file show the same order */
+    }
+    log_record(line, len);
+    if (line != small) free(line);
+}
 
 void camo_info(const char *fmt, ...) {
-    if (log_quiet) return;
     va_list ap;
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    log_emit(log_state.quiet ? NULL : stderr, "", fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
 }
 
 void camo_warn(const char *fmt, ...) {
     va_list ap;
-    fputs("camotrain: warning: ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    log_emit(stderr, "camotrain: warning: ", fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+}
+
+void camo_print(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    log_emit(stdout, "", fmt, ap);
+    va_end(ap);
+}
+
+void camo_print_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    log_emit(stderr, "camotrain: error: ", fmt, ap);
+    va_end(ap);
+}
+
+static void log_line(FILE *console, const char *prefix, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    log_emit(console, prefix, fmt, ap);
+    va_end(ap);
+}
+
+int camo_log_open(const char *path, const char *marker) {
+    FILE *f = fopen(path, "a");
+    if (!f) {
+        CAMO_ERR("%s: cannot open the log: %s", path, strerror(errno));
+        return -1;
+    }
+    char when[64] = "";
+    time_t now = time(NULL);
+    struct tm tm;
+    if (localtime_r(&now, &tm)) strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &tm);
+    pthread_mutex_lock(&log_state.mu);
+    if (log_state.file) fclose(log_state.file);
+    fprintf(f, "==== %s  %s\n", when, marker);
+    if (log_state.dropped)
+        fprintf(f, "(%d earlier lines were not kept)\n", log_state.dropped);
+    fwrite(log_state.backlog ? log_state.backlog : "", 1, log_state.backlog_len, f);
+    fflush(f);
+    log_state.backlog_len = 0;
+    log_state.dropped = 0;
+    log_state.file = f;
+    pthread_mutex_unlock(&log_state.mu);
+    return 0;
+}
+
+void camo_log_close(void) {
+    pthread_mutex_lock(&log_state.mu);
+    if (log_state.file) fclose(log_state.file);
+    log_state.file = NULL;
+    free(log_state.backlog);
+    log_state.backlog = NULL;
+    log_state.backlog_len = 0;
+    log_state.dropped = 0;
+    pthread_mutex_unlock(&log_state.mu);
 }
 
 double camo_now(void) {

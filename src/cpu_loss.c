@@ -1,6 +1,7 @@
 /* cpu_loss.c: CPU fused losses (forward value + gradient): BCE with logits, the SINet-V2 /
  * F3Net structure loss, soft Dice and softmax cross-entropy. Each ADDS sum/norm to *loss and
- * ADDS d(loss)/d(logits) to dlogits (backend.h). Binary maps are (N,H,W,1).
+ * ADDS d(loss)/d(logits) to dlogits (backend.h). Binary maps are (N,H,W,1). Also the
+ * training pixel accuracy counts (pixel_correct), which read the same logits and targets.
  * Sums are taken in double over fixed blocks of pixels added in block order, so a loss
  * value does not depend on the thread count and a rerun is bitwise equal. */
 #include "cpu_internal.h"
@@ -232,7 +233,46 @@ static void cpu_loss_cross_entropy(camo_backend *be, int N, int H, int W, int C,
     if (norm > 0) *loss += (float)(s / norm);
 }
 
+/* ---- training pixel accuracy (backend.h pixel_correct) ---- */
+
+/* index of the first largest of C values (torch.argmax's choice among ties) */
+static int argmax_first(const float *x, int C) {
+    int best = 0;
+    for (int c = 1; c < C; c++)
+        if (x[c] > x[best]) best = c;
+    return best;
+}
+
+static void correct_block(const loss_args *a, size_t i0, size_t i1, double *acc) {
+    size_t correct = 0, counted = 0;
+    for (size_t i = i0; i < i1; i++) {
+        if (a->C == 1) { /* sigmoid(x) > 0.5 <=> x > 0 */
+            correct += (a->x[i] > 0.0f) == (a->t[i] > 0.5f);
+            counted++;
+            continue;
+        }
+        int l = a->labels[i];
+        if (l == a->ignore_index || l < 0 || l >= a->C) continue;
+        correct += argmax_first(a->x + i * a->C, a->C) == l;
+        counted++;
+    }
+    acc[0] += (double)correct;
+    acc[1] += (double)counted;
+}
+
+static void cpu_pixel_correct(camo_backend *be, int N, int H, int W, int C, double *acc,
+                              const float *logits, const float *target, const int *labels,
+                              int ignore_index) {
+    loss_args a = {.x = logits, .t = target, .labels = labels, .C = C,
+                   .ignore_index = ignore_index};
+    double s[2];
+    image_sums(be, 1, (size_t)N * H * W, 2, correct_block, &a, s);
+    acc[0] += s[0];
+    acc[1] += s[1];
+}
+
 void cpu_register_loss(camo_backend *be) {
+    be->pixel_correct = cpu_pixel_correct;
     be->loss_bce_logits = cpu_loss_bce_logits;
     be->loss_structure = cpu_loss_structure;
     be->loss_dice = cpu_loss_dice;

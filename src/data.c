@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
 #include <stb_image.h>
 #include <stb_image_write.h>
 
@@ -38,6 +39,11 @@ static char *path_join(const char *a, const char *b) {
 static int is_dir(const char *path) {
     struct stat st;
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int is_file(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
 static int has_image_ext(const char *name) {
@@ -210,24 +216,44 @@ static int layout_present(const layout *L, const char *root, const char *split) 
 }
 
 /* The names users give one split across the layouts: "Train" in our configs is "train" in
- * CARLA lane and "training" in ADE20K. */
-static const char *const split_aliases[][6] = {
+ * CARLA lane and "training" in ADE20K; Roboflow and HuggingFace exports (seed 003) call the
+ * validation split "valid". Tried in this order. */
+enum { N_ALIASES = 10 };
+static const char *const split_aliases[][N_ALIASES] = {
     {"Train", "train", "training", "TrainDataset", NULL},
-    {"Test", "test", "val", "validation", "Val", "TestDataset"},
+    {"Test", "test", "val", "valid", "validation", "Val", "Valid", "Validation", "TestDataset",
+     NULL},
 };
+enum { N_GROUPS = sizeof split_aliases / sizeof *split_aliases };
+
+/* The alias group a split name belongs to (any case); -1 when none. */
+static int alias_group(const char *split) {
+    for (int g = 0; g < N_GROUPS; g++)
+        for (int k = 0; k < N_ALIASES && split_aliases[g][k]; k++)
+            if (!strcasecmp(split, split_aliases[g][k])) return g;
+    return -1;
+}
 
 /* The split folder name under which layout L exists in root: split itself, else a name of
  * the same alias group; NULL when none. */
 static const char *resolve_split(const layout *L, const char *root, const char *split) {
     if (layout_present(L, root, split)) return split;
-    for (size_t g = 0; g < sizeof split_aliases / sizeof *split_aliases; g++) {
-        int member = 0;
-        for (int k = 0; k < 6 && split_aliases[g][k]; k++)
-            member |= !strcasecmp(split, split_aliases[g][k]);
-        for (int k = 0; member && k < 6 && split_aliases[g][k]; k++)
-            if (layout_present(L, root, split_aliases[g][k])) return split_aliases[g][k];
-    }
+    int g = alias_group(split);
+    for (int k = 0; g >= 0 && k < N_ALIASES && split_aliases[g][k]; k++)
+        if (layout_present(L, root, split_aliases[g][k])) return split_aliases[g][k];
     return NULL;
+}
+
+/* Only the suffixes of the layouts (not guesses like "_mask"): eval --pred pairs exactly
+ * the masks training would pair. */
+size_t data_image_stem_len(const char *mask_name) {
+    size_t ls = stem_len(mask_name);
+    for (int i = 0; i < N_LAYOUTS; i++) {
+        const char *sx = layouts[i].mask_suffix;
+        size_t lx = sx ? strlen(sx) : 0;
+        if (lx && ls > lx && !memcmp(mask_name + ls - lx, sx, lx)) return ls - lx;
+    }
+    return ls;
 }
 
 static const layout *find_layout(const char *name) {
@@ -257,6 +283,193 @@ static const layout *detect_layout(const char *root, const char *split, const ch
     return NULL;
 }
 
+/* ---------------------------------------------------------------- metadata.json */
+
+/* ROOT/metadata.json, when present, lists a split's files instead of the folder listing
+ * (seed 003's SegFormer layout), in either of two forms (docs/data.md):
+ *   {"train": [ENTRY, ...], "valid": [ENTRY, ...], ...}      other keys are ignored
+ *   [{"image": PATH, "mask": PATH, "split": "train"}, ...]
+ * ENTRY is an image PATH or {"image": PATH, "mask": PATH}; without a mask, the mask is the
+ * image's by stem in the split's mask folder, as when pairing folders. A PATH with a '/' is
+ * relative to ROOT (or absolute); a bare file name is in the split's image (mask) folder. */
+
+typedef struct {
+    const char *file, *root, *img_dir, *mask_dir, *suffix; /* file: for messages */
+    camo_dataset *ds;
+    int cap;       /* of ds's arrays */
+    char **masks;  /* the mask folder, listed on first need (entries without "mask") */
+    int nm;        /* -1: not listed yet */
+} meta_ctx;
+
+static char *read_text(const char *path) {
+    FILE *f = fopen(path, "rb");
+    struct stat st;
+    if (!f || fstat(fileno(f), &st) != 0) {
+        CAMO_ERR("cannot read '%s': %s", path, strerror(errno));
+        if (f) fclose(f);
+        return NULL;
+    }
+    size_t n = (size_t)st.st_size;
+    char *s = camo_malloc(n + 1);
+    size_t got = fread(s, 1, n, f);
+    fclose(f);
+    if (got != n) { CAMO_ERR("cannot read '%s': short read", path); free(s); return NULL; }
+    s[n] = 0;
+    return s;
+}
+
+/* The parsed file; NULL + error naming the file and the line where parsing stopped. */
+static cJSON *meta_parse(const char *path) {
+    char *text = read_text(path);
+    if (!text) return NULL;
+    const char *end = NULL;
+    cJSON *j = cJSON_ParseWithOpts(text, &end, 1);
+    if (!j) {
+        int line = 1;
+        for (const char *p = text; end && p < end; p++) line += *p == '\n';
+        CAMO_ERR("%s:%d: not valid JSON", path, line);
+    }
+    free(text);
+    return j;
+}
+
+/* The split an element names: an object key, or an array entry's "split". */
+static const char *meta_split_of(const cJSON *e, int array_form) {
+    if (!array_form) return e->string;
+    const cJSON *s = cJSON_IsObject(e) ? cJSON_GetObjectItemCaseSensitive(e, "split") : NULL;
+    return cJSON_IsString(s) ? s->valuestring : NULL;
+}
+
+/* One of the two forms; else an error naming the file and the first entry that fits neither. */
+static int meta_check_form(const cJSON *j, const char *file) {
+    if (cJSON_IsObject(j)) return 0;
+    if (!cJSON_IsArray(j)) {
+        CAMO_ERR("%s: expected {\"SPLIT\": [files], ...} or [{\"image\": PATH, \"mask\": PATH, "
+                 "\"split\": SPLIT}, ...]", file);
+        return -1;
+    }
+    int i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, j) {
+        if (!meta_split_of(e, 1)) {
+            CAMO_ERR("%s: entry %d: expected {\"image\": PATH, \"mask\": PATH, \"split\": SPLIT}",
+                     file, i);
+            return -1;
+        }
+        i++;
+    }
+    return 0;
+}
+
+/* The name the metadata gives split folder `real`: the same name, else one of its alias group
+ * ("valid" for "val"); NULL when it lists no such split. */
+static const char *meta_split_name(const cJSON *j, const char *real) {
+    const char *alias = NULL;
+    int g = alias_group(real), array_form = cJSON_IsArray(j);
+    const cJSON *e;
+    cJSON_ArrayForEach(e, j) {
+        const char *s = meta_split_of(e, array_form);
+        if (s && !strcmp(s, real)) return s;
+        if (s && !alias && g >= 0 && alias_group(s) == g) alias = s;
+    }
+    return alias;
+}
+
+/* A metadata path: as is when absolute, under ROOT when it names a folder, else in dir. */
+static char *meta_path(const meta_ctx *M, const char *p, const char *dir) {
+    return path_join(*p == '/' ? "" : strchr(p, '/') ? M->root : dir, p);
+}
+
+/* The mask of an entry without "mask": the image's, by stem, in the split's mask folder. */
+static char *meta_find_mask(meta_ctx *M, const char *img) {
+    if (M->nm < 0) {
+        M->masks = list_images(M->mask_dir, &M->nm);
+        if (!M->masks) return NULL;
+        qsort(M->masks, (size_t)M->nm, sizeof *M->masks, cmp_stem_name);
+    }
+    const char *base = strrchr(img, '/');
+    char **m = find_mask(M->masks, M->nm, base ? base + 1 : img, M->suffix);
+    return m ? path_join(M->mask_dir, *m) : NULL;
+}
+
+/* Entry e (`where`: "valid"[3]) into ds: 0, 1 when skipped (skip_bad), -1 on error. Files
+ * are checked here so that a wrong list fails at start-up, naming the entry. */
+static int meta_entry(meta_ctx *M, const cJSON *e, const char *where) {
+    const cJSON *im = cJSON_IsObject(e) ? cJSON_GetObjectItemCaseSensitive(e, "image") : e;
+    const cJSON *mk = cJSON_IsObject(e) ? cJSON_GetObjectItemCaseSensitive(e, "mask") : NULL;
+    if (!cJSON_IsString(im) || (mk && !cJSON_IsString(mk))) {
+        CAMO_ERR("%s: %s: expected an image path or {\"image\": PATH, \"mask\": PATH}", M->file,
+                 where);
+        return -1;
+    }
+    char msg[2 * PATH_MAX + 128];
+    char *img = meta_path(M, im->valuestring, M->img_dir);
+    char *mask = mk ? meta_path(M, mk->valuestring, M->mask_dir) : meta_find_mask(M, img);
+    if (!is_file(img))
+        snprintf(msg, sizeof msg, "image '%s' not found (%s)", im->valuestring, img);
+    else if (mk && !is_file(mask))
+        snprintf(msg, sizeof msg, "mask '%s' not found (%s)", mk->valuestring, mask);
+    else if (!mask)
+        snprintf(msg, sizeof msg, "image '%s' has no mask with the same name in '%s'",
+                 im->valuestring, M->mask_dir);
+    else {
+        add_pair(M->ds, &M->cap, img, mask);
+        return 0;
+    }
+    free(img);
+    free(mask);
+    if (M->ds->skip_bad) {
+        camo_warn("%s: %s: %s: skipped", M->file, where, msg);
+        return 1;
+    }
+    CAMO_ERR("%s: %s: %s", M->file, where, msg);
+    return -1;
+}
+
+/* The entries of split `name`, in the file's order. */
+static int meta_pairs(meta_ctx *M, const cJSON *j, const char *name) {
+    int array_form = cJSON_IsArray(j), i = -1;
+    const cJSON *list = array_form ? j : cJSON_GetObjectItemCaseSensitive(j, name), *e;
+    if (!cJSON_IsArray(list)) {
+        CAMO_ERR("%s: \"%s\": expected a list of files", M->file, name);
+        return -1;
+    }
+    cJSON_ArrayForEach(e, list) {
+        char where[256];
+        i++;
+        if (array_form && strcmp(meta_split_of(e, 1), name)) continue;
+        if (array_form) snprintf(where, sizeof where, "entry %d", i);
+        else snprintf(where, sizeof where, "\"%.200s\"[%d]", name, i);
+        if (meta_entry(M, e, where) < 0) return -1;
+    }
+    if (M->ds->n == 0) {
+        CAMO_ERR("%s: split \"%s\" lists no image with a mask", M->file, name);
+        return -1;
+    }
+    camo_info("data: %s: %d image/mask pairs of split \"%s\", as listed there", M->file,
+              M->ds->n, name);
+    return 0;
+}
+
+/* Pairs split folder `real` from the metadata: 0, -1 on error, 1 when it lists no such
+ * split (the folders are paired instead). */
+static int pair_metadata(meta_ctx *M, const char *real) {
+    cJSON *j = meta_parse(M->file);
+    if (!j) return -1;
+    int rc = meta_check_form(j, M->file);
+    const char *name = rc ? NULL : meta_split_name(j, real);
+    if (!rc && !name) {
+        camo_info("data: %s lists no split '%s': pairing the files of '%s'", M->file, real,
+                  M->img_dir);
+        rc = 1;
+    } else if (!rc) {
+        rc = meta_pairs(M, j, name);
+    }
+    cJSON_Delete(j);
+    if (M->nm >= 0) free_names(M->masks, M->nm);
+    return rc;
+}
+
 /* ---------------------------------------------------------------- opening */
 
 void data_label_map(camo_dataset *ds) {
@@ -277,7 +490,12 @@ static int open_layout(camo_dataset *ds, const layout *L, const char *root, cons
         camo_info("data: %s: split '%s' is the folder '%s' in the %s layout", root, split, real,
                   L->name);
     char *id = layout_path(L->img_fmt, root, real), *md = layout_path(L->mask_fmt, root, real);
-    int rc = pair_files(ds, id, md, L->unmasked_ok, L->mask_suffix);
+    char *meta = path_join(root, "metadata.json");
+    meta_ctx M = {.file = meta, .root = root, .img_dir = id, .mask_dir = md,
+                  .suffix = L->mask_suffix, .ds = ds, .nm = -1};
+    int rc = is_file(meta) ? pair_metadata(&M, real) : 1;
+    if (rc == 1) rc = pair_files(ds, id, md, L->unmasked_ok, L->mask_suffix);
+    free(meta);
     free(id);
     free(md);
     return rc;

@@ -1,5 +1,5 @@
 /* data_internal.h: what data.c (data sets, formats) and augment.c (sample pipeline, cache)
- * share; not a public header. */
+ * share, and the layouts' mask naming for eval_pred.c; not a public header. */
 #ifndef CAMO_DATA_INTERNAL_H
 #define CAMO_DATA_INTERNAL_H
 
@@ -45,6 +45,11 @@ struct camo_dataset {
 };
 
 #define LABEL_BAD INT32_MIN
+
+/* The length of the image stem that mask file `name` belongs to in the layouts of data.c:
+ * its stem less a layout's mask suffix (CARLA's "NAME_label.png" -> "NAME"), else its whole
+ * stem. eval_pred.c pairs ground truth with predict's output (named by image stem) by it. */
+size_t data_image_stem_len(const char *mask_name);
 
 /* Rebuilds label_of from classes, ignore_index and the format (ade20k: 0 = ignore). */
 void data_label_map(camo_dataset *ds);

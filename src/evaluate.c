@@ -278,6 +278,27 @@ void camo_eval_full_print(const camo_eval_full *e, FILE *out, int json) {
             e->r.n_images, e->r.seconds);
 }
 
+/* "key":value, — null for a NaN or infinite value (a diverged loss), which JSON lacks. */
+static void jsonl_num(FILE *f, const char *key, double v) {
+    if (isfinite(v)) fprintf(f, "\"%s\":%.6g,", key, v);
+    else fprintf(f, "\"%s\":null,", key);
+}
+
+void camo_eval_jsonl(FILE *f, const camo_eval_result *r, int classes, int epoch,
+                     long long step) {
+    fprintf(f, "{\"type\":\"eval\",\"epoch\":%d,\"step\":%lld,", epoch, step);
+    jsonl_num(f, "loss", r->loss);
+    if (classes > 1) {
+        jsonl_num(f, "miou", r->miou);
+        jsonl_num(f, "pixel_acc", r->pixel_acc);
+    } else {
+        jsonl_num(f, "iou", r->iou);
+        jsonl_num(f, "dice", r->dice);
+        jsonl_num(f, "mae", r->mae);
+    }
+    fprintf(f, "\"images\":%d,\"seconds\":%.3f}\n", r->n_images, r->seconds);
+}
+
 double camo_eval_score(const camo_eval_result *r, const char *metric) {
     if (!strcmp(metric, "dice")) return r->dice;
     if (!strcmp(metric, "mae")) return -r->mae;

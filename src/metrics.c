@@ -582,7 +582,8 @@ void camo_cls_print_fields(const camo_cls_metrics *m, FILE *out) {
     json_num(out, m->pixel_acc);
     fputs(", \"mean_acc\": ", out);
     json_num(out, m->mean_acc);
-    fputs(", \"iou\": [", out);
+    /* "class_iou", not "iou": that key is the binary IoU@0.5, a number, in every other record */
+    fputs(", \"class_iou\": [", out);
     for (int k = 0; k < m->K; k++) {
         if (k) fputs(", ", out);
         json_num(out, m->iou[k]);

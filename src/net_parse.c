@@ -18,7 +18,8 @@ typedef struct {
     int n_names, cap_names;
     struct name_entry { char name[CAMO_NAME_MAX]; int layer; } *names;
     const char *where; /* file:line of the config layer being parsed */
-    const char *cname; /* its name */
+    char label[CAMO_NAME_MAX + 32]; /* "layer #3 'enc1'": what messages call it */
+    const char *type;  /* its type (NULL until read) */
 } parser;
 
 /* ---- building blocks ---- */
@@ -85,8 +86,8 @@ static camo_param *add_param(parser *P, const char *suffix, camo_param_kind kind
 static int prim_conv(parser *P, const char *name, int in, int C, int K, int size, int stride,
                      int pad, int dil, int groups, int bias) {
     if (C % groups || K % groups) {
-        CAMO_ERR("%s: layer '%s': groups = %d must divide the %d input and %d output channels",
-                 P->where, P->cname, groups, C, K);
+        CAMO_ERR("%s: %s: groups = %d must divide the %d input and %d output channels",
+                 P->where, P->label, groups, C, K);
         return -3;
     }
     int li = new_layer(P, CAMO_LAYER_CONV2D, name, &in, 1, K);
@@ -151,7 +152,7 @@ static int act_from_name(const char *s, camo_act *out) {
 
 static int positive(parser *P, const config_setting_t *s, const char *key, int v, int min) {
     if (v >= min) return 0;
-    CAMO_ERR("%s: layer '%s': '%s' must be >= %d, not %d", cfg_where(s), P->cname, key, min, v);
+    CAMO_ERR("%s: %s: '%s' must be >= %d, not %d", cfg_where(s), P->label, key, min, v);
     return -1;
 }
 
@@ -163,21 +164,21 @@ static int read_from(parser *P, const config_setting_t *s, int prev, int *in, in
     if (t == CONFIG_TYPE_ARRAY || t == CONFIG_TYPE_LIST) n = config_setting_length(f);
     else if (t != CONFIG_TYPE_STRING) n = 0;
     if (n < 1 || n > CAMO_MAX_INPUTS) {
-        CAMO_ERR("%s: layer '%s': 'from' must be a layer name or a list of 1..%d names",
-                 cfg_where(f), P->cname, CAMO_MAX_INPUTS);
+        CAMO_ERR("%s: %s: 'from' must be a layer name or a list of 1..%d names",
+                 cfg_where(f), P->label, CAMO_MAX_INPUTS);
         return -1;
     }
     for (int i = 0; i < n; i++) {
         const config_setting_t *e = t == CONFIG_TYPE_STRING ? f : config_setting_get_elem(f, (unsigned)i);
         const char *name = config_setting_get_string(e);
         if (!name) {
-            CAMO_ERR("%s: layer '%s': 'from' entries must be strings", cfg_where(f), P->cname);
+            CAMO_ERR("%s: %s: 'from' entries must be strings", cfg_where(f), P->label);
             return -1;
         }
         in[i] = lookup(P, name);
         if (in[i] == -2) {
-            CAMO_ERR("%s: layer '%s': unknown layer '%s' in 'from' (a layer can only use "
-                     "layers defined before it, or \"input\")", cfg_where(f), P->cname, name);
+            CAMO_ERR("%s: %s: unknown layer '%s' in 'from' (a layer can only use "
+                     "layers defined before it, or \"input\")", cfg_where(f), P->label, name);
             return -1;
         }
     }
@@ -195,11 +196,77 @@ static int read_int_pair(parser *P, const config_setting_t *s, const char *key, 
         *a = config_setting_get_int_elem(v, 0);
         *b = config_setting_get_int_elem(v, 1);
     } else {
-        CAMO_ERR("%s: layer '%s': '%s' must be an integer or [h, w]", cfg_where(v), P->cname, key);
+        CAMO_ERR("%s: %s: '%s' must be an integer or [h, w]", cfg_where(v), P->label, key);
         return -1;
     }
     if (*a < 1 || *b < 1) {
-        CAMO_ERR("%s: layer '%s': '%s' must be positive", cfg_where(v), P->cname, key);
+        CAMO_ERR("%s: %s: '%s' must be positive", cfg_where(v), P->label, key);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- names a user may have misspelt ---- */
+
+/* Edit distance (insertions, deletions, substitutions) of two short names; capped at 99. */
+static int edit_distance(const char *a, const char *b) {
+    size_t na = strlen(a), nb = strlen(b);
+    if (na > 48 || nb > 48) return 99;
+    int row[49];
+    for (size_t j = 0; j <= nb; j++) row[j] = (int)j;
+    for (size_t i = 1; i <= na; i++) {
+        int diag = row[0];
+        row[0] = (int)i;
+        for (size_t j = 1; j <= nb; j++) {
+            int up = row[j], best = diag + (a[i - 1] != b[j - 1]);
+            best = CAMO_MIN(best, up + 1);
+            best = CAMO_MIN(best, row[j - 1] + 1);
+            diag = up;
+            row[j] = best;
+        }
+    }
+    return row[nb];
+}
+
+/* The entry of `names` closest to `s`, if close enough to be a likely typo (at most two
+ * edits, and fewer than half the letters): "convv" -> "conv", never "dense" -> "resize". */
+static const char *closest(const char *s, const char *const *names, int n) {
+    const char *best = NULL;
+    int best_d = 3;
+    for (int i = 0; i < n && names[i]; i++) {
+        int d = edit_distance(s, names[i]);
+        if (d < best_d && 2 * d < (int)strlen(s)) { best = names[i]; best_d = d; }
+    }
+    return best;
+}
+
+/* Writes ", " joined names into buf. */
+static void join_names(char *buf, size_t n, const char *const *names, int count) {
+    buf[0] = 0;
+    for (int i = 0; i < count && names[i]; i++) {
+        size_t len = strlen(buf);
+        snprintf(buf + len, n - len, "%s%s", i ? ", " : "", names[i]);
+    }
+}
+
+#define KEYS_MAX 32 /* a bound on a type's NULL-terminated key list */
+
+/* Unknown keys are errors (STYLE.md: a typo must not be ignored). The message names the
+ * key's file:line, the layer and its type, a likely intended key, and the keys the type
+ * takes. */
+static int check_keys(const parser *P, const config_setting_t *s, const char *const *allowed) {
+    for (int i = 0; i < config_setting_length(s); i++) {
+        const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
+        const char *key = config_setting_name(e);
+        int ok = !key;
+        for (const char *const *a = allowed; *a && !ok; a++) ok = strcmp(*a, key) == 0;
+        if (ok) continue;
+        const char *guess = closest(key, allowed, KEYS_MAX);
+        char list[512];
+        join_names(list, sizeof list, allowed, KEYS_MAX);
+        CAMO_ERR("%s: %s: unknown key '%s' for type '%s' (%s%s%skeys: %s)", cfg_where(e),
+                 P->label, key, P->type, guess ? "did you mean '" : "", guess ? guess : "",
+                 guess ? "'? " : "", list);
         return -1;
     }
     return 0;
@@ -210,14 +277,14 @@ static int read_int_pair(parser *P, const config_setting_t *s, const char *key, 
 static int parse_conv(parser *P, const config_setting_t *s, const char *name, int in) {
     static const char *const keys[] = {"name", "type", "from", "filters", "size", "stride",
                                        "pad", "dilation", "groups", "bias", "bn", "act", NULL};
-    if (cfg_check_keys(s, keys, "conv layer") != 0) return -3;
+    if (check_keys(P, s, keys)) return -3;
     int K = 0, size = 0, stride = 1, dil = 1, groups = 1, bn = 0, bias, pad;
     const char *act_name = "linear", *fs = NULL;
     const config_setting_t *f = config_setting_get_member(s, "filters");
     if (f && config_setting_type(f) == CONFIG_TYPE_STRING) {
         fs = config_setting_get_string(f);
         if (strcmp(fs, "classes") != 0) {
-            CAMO_ERR("%s: layer '%s': filters must be a number or \"classes\"", cfg_where(f), name);
+            CAMO_ERR("%s: %s: filters must be a number or \"classes\"", cfg_where(f), P->label);
             return -3;
         }
         K = P->net->classes;
@@ -235,8 +302,8 @@ static int parse_conv(parser *P, const config_setting_t *s, const char *name, in
         return -3;
     camo_act act;
     if (act_from_name(act_name, &act) != 0) {
-        CAMO_ERR("%s: layer '%s': unknown act '%s' (linear, relu, leaky_relu, silu, gelu, "
-                 "sigmoid, tanh)", cfg_where(s), name, act_name);
+        CAMO_ERR("%s: %s: unknown act '%s' (linear, relu, leaky_relu, silu, gelu, "
+                 "sigmoid, tanh)", cfg_where(s), P->label, act_name);
         return -3;
     }
     int composite = bn || act != CAMO_ACT_IDENTITY;
@@ -256,17 +323,26 @@ static int parse_conv(parser *P, const config_setting_t *s, const char *name, in
 }
 
 static int parse_resblock(parser *P, const config_setting_t *s, const char *name, int in) {
-    static const char *const keys[] = {"name", "type", "from", "filters", "stride", NULL};
-    if (cfg_check_keys(s, keys, "resblock layer") != 0) return -3;
+    static const char *const keys[] = {"name", "type", "from", "filters", "stride", "act", NULL};
+    if (check_keys(P, s, keys)) return -3;
     int K = 0, stride = 1;
-    if (cfg_need_int(s, "filters", &K) || cfg_int(s, "stride", &stride) < 0) return -3;
+    const char *act_name = "relu"; /* torchvision's; tests swap in a smooth one (no kinks) */
+    if (cfg_need_int(s, "filters", &K) || cfg_int(s, "stride", &stride) < 0 ||
+        cfg_string(s, "act", &act_name) < 0)
+        return -3;
     if (positive(P, s, "filters", K, 1) || positive(P, s, "stride", stride, 1)) return -3;
+    camo_act act;
+    if (act_from_name(act_name, &act) != 0) {
+        CAMO_ERR("%s: %s: unknown act '%s' (linear, relu, leaky_relu, silu, gelu, "
+                 "sigmoid, tanh)", cfg_where(s), P->label, act_name);
+        return -3;
+    }
     int C = channels_of(P, in);
     char sub[CAMO_NAME_MAX + 16];
 #define SUB(fmt) (snprintf(sub, sizeof sub, fmt, name), sub)
     int a = prim_conv(P, SUB("%s.conv1"), in, C, K, 3, stride, 1, 1, 1, 0);
     a = prim_bn(P, SUB("%s.bn1"), a, K, 1e-5, 0.1);
-    a = prim_act(P, SUB("%s.relu1"), a, K, CAMO_ACT_RELU, 0);
+    a = prim_act(P, SUB("%s.relu1"), a, K, act, 0);
     a = prim_conv(P, SUB("%s.conv2"), a, K, K, 3, 1, 1, 1, 1, 0);
     a = prim_bn(P, SUB("%s.bn2"), a, K, 1e-5, 0.1);
     int shortcut = in;
@@ -276,14 +352,14 @@ static int parse_resblock(parser *P, const config_setting_t *s, const char *name
     }
     int sum_in[2] = {a, shortcut};
     int sum = new_layer(P, CAMO_LAYER_ADD, SUB("%s.add"), sum_in, 2, K);
-    return prim_act(P, SUB("%s.relu"), sum, K, CAMO_ACT_RELU, 0);
+    return prim_act(P, SUB("%s.relu"), sum, K, act, 0);
 #undef SUB
 }
 
 static int parse_norm(parser *P, const config_setting_t *s, const char *name, int in, int ln) {
     static const char *const bn_keys[] = {"name", "type", "from", "eps", "momentum", NULL};
     static const char *const ln_keys[] = {"name", "type", "from", "eps", NULL};
-    if (cfg_check_keys(s, ln ? ln_keys : bn_keys, ln ? "layernorm layer" : "batchnorm layer"))
+    if (check_keys(P, s, ln ? ln_keys : bn_keys))
         return -3;
     double eps = ln ? 1e-6 : 1e-5, momentum = 0.1;
     if (cfg_float(s, "eps", &eps) < 0 || cfg_float(s, "momentum", &momentum) < 0) return -3;
@@ -301,7 +377,7 @@ static int parse_pool(parser *P, const config_setting_t *s, const char *name, in
     static const char *const max_keys[] = {"name", "type", "from", "size", "stride", "pad", NULL};
     static const char *const avg_keys[] = {"name", "type", "from", "size", "stride", "pad",
                                            "count_include_pad", NULL};
-    if (cfg_check_keys(s, avg ? avg_keys : max_keys, avg ? "avgpool layer" : "maxpool layer"))
+    if (check_keys(P, s, avg ? avg_keys : max_keys))
         return -3;
     int size = 0, stride, pad = 0, cip = 1;
     if (cfg_need_int(s, "size", &size)) return -3;
@@ -324,9 +400,9 @@ static int parse_pool(parser *P, const config_setting_t *s, const char *name, in
 
 static int parse_adaptive(parser *P, const config_setting_t *s, const char *name, int in) {
     static const char *const keys[] = {"name", "type", "from", "size", NULL};
-    if (cfg_check_keys(s, keys, "adaptive_avgpool layer")) return -3;
+    if (check_keys(P, s, keys)) return -3;
     if (!config_setting_get_member(s, "size")) {
-        CAMO_ERR("%s: layer '%s': missing key 'size'", cfg_where(s), name);
+        CAMO_ERR("%s: %s: missing key 'size'", cfg_where(s), P->label);
         return -3;
     }
     int Ph, Pw;
@@ -340,13 +416,13 @@ static int parse_adaptive(parser *P, const config_setting_t *s, const char *name
 static int parse_resize(parser *P, const config_setting_t *s, const char *name, int in) {
     static const char *const keys[] = {"name", "type", "from", "scale", "size", "like",
                                        "align_corners", NULL};
-    if (cfg_check_keys(s, keys, "resize layer")) return -3;
+    if (check_keys(P, s, keys)) return -3;
     int has_scale = config_setting_get_member(s, "scale") != NULL;
     int has_size = config_setting_get_member(s, "size") != NULL;
     int has_like = config_setting_get_member(s, "like") != NULL;
     if (has_scale + has_size + has_like != 1) {
-        CAMO_ERR("%s: layer '%s': resize needs exactly one of 'scale', 'size', 'like'",
-                 cfg_where(s), name);
+        CAMO_ERR("%s: %s: resize needs exactly one of 'scale', 'size', 'like'",
+                 cfg_where(s), P->label);
         return -3;
     }
     int li = new_layer(P, CAMO_LAYER_RESIZE, name, &in, 1, channels_of(P, in));
@@ -358,7 +434,7 @@ static int parse_resize(parser *P, const config_setting_t *s, const char *name, 
         double sc = 0;
         if (cfg_float(s, "scale", &sc) < 0) return -3;
         if (sc <= 0) {
-            CAMO_ERR("%s: layer '%s': scale must be positive", cfg_where(s), name);
+            CAMO_ERR("%s: %s: scale must be positive", cfg_where(s), P->label);
             return -3;
         }
         l->u.resize.mode = RESIZE_SCALE;
@@ -371,8 +447,8 @@ static int parse_resize(parser *P, const config_setting_t *s, const char *name, 
         if (cfg_string(s, "like", &like) < 0) return -3;
         int target = lookup(P, like);
         if (target == -2 || target == li) {
-            CAMO_ERR("%s: layer '%s': unknown layer '%s' in 'like' (it must be defined "
-                     "before, or be \"input\")", cfg_where(s), name, like);
+            CAMO_ERR("%s: %s: unknown layer '%s' in 'like' (it must be defined "
+                     "before, or be \"input\")", cfg_where(s), P->label, like);
             return -3;
         }
         l->u.resize.mode = RESIZE_LIKE;
@@ -384,10 +460,10 @@ static int parse_resize(parser *P, const config_setting_t *s, const char *name, 
 static int parse_join(parser *P, const config_setting_t *s, const char *name, const int *in,
                       int n_in, camo_layer_type type) {
     static const char *const keys[] = {"name", "type", "from", NULL};
-    if (cfg_check_keys(s, keys, "layer")) return -3;
+    if (check_keys(P, s, keys)) return -3;
     int min_in = 2, max_in = type == CAMO_LAYER_MUL ? 2 : CAMO_MAX_INPUTS;
     if (n_in < min_in || n_in > max_in) {
-        CAMO_ERR("%s: layer '%s': needs %s in 'from', got %d", cfg_where(s), name,
+        CAMO_ERR("%s: %s: needs %s in 'from', got %d", cfg_where(s), P->label,
                  type == CAMO_LAYER_MUL ? "exactly 2 layers" : "at least 2 layers", n_in);
         return -3;
     }
@@ -398,8 +474,8 @@ static int parse_join(parser *P, const config_setting_t *s, const char *name, co
         for (int k = 1; k < n_in; k++) {
             int Ck = channels_of(P, in[k]);
             if (Ck == C || (type == CAMO_LAYER_MUL && Ck == 1)) continue;
-            CAMO_ERR("%s: layer '%s': input %d has %d channels, input 1 has %d", cfg_where(s),
-                     name, k + 1, Ck, C);
+            CAMO_ERR("%s: %s: input %d has %d channels, input 1 has %d", cfg_where(s),
+                     P->label, k + 1, Ck, C);
             return -3;
         }
     }
@@ -411,11 +487,11 @@ static int parse_simple(parser *P, const config_setting_t *s, const char *name, 
     static const char *const keys[] = {"name", "type", "from", NULL};
     static const char *const leaky_keys[] = {"name", "type", "from", "slope", NULL};
     int leaky = strcmp(type, "leaky_relu") == 0;
-    if (cfg_check_keys(s, leaky ? leaky_keys : keys, "layer")) return -3;
+    if (check_keys(P, s, leaky ? leaky_keys : keys)) return -3;
     int C = channels_of(P, in);
     if (strcmp(type, "softmax") == 0) return new_layer(P, CAMO_LAYER_SOFTMAX, name, &in, 1, C);
-    camo_act act;
-    if (act_from_name(type, &act) != 0 || act == CAMO_ACT_IDENTITY) return -4;
+    camo_act act = CAMO_ACT_IDENTITY;
+    act_from_name(type, &act); /* an activation: type_names lists only known ones */
     double slope = 0.01;
     if (cfg_float(s, "slope", &slope) < 0) return -3;
     return prim_act(P, name, in, C, act, (float)slope);
@@ -428,52 +504,102 @@ static int valid_name(const char *s) {
     return 1;
 }
 
-static int parse_layer(parser *P, const config_setting_t *s, int prev) {
+/* The config layer types (docs/models.md): the one list that type checks, suggestions and
+ * the dispatch in build_layer read. */
+typedef enum {
+    T_CONV, T_RESBLOCK, T_BATCHNORM, T_LAYERNORM, T_MAXPOOL, T_AVGPOOL, T_ADAPTIVE, T_RESIZE,
+    T_CONCAT, T_ADD, T_MUL, T_SIMPLE
+} layer_kind;
+static const char *const type_names[] = {
+    "conv", "resblock", "batchnorm", "layernorm", "maxpool", "avgpool", "adaptive_avgpool",
+    "resize", "concat", "add", "mul", "relu", "leaky_relu", "silu", "gelu", "sigmoid", "tanh",
+    "softmax", NULL};
+#define N_TYPES ((int)(sizeof type_names / sizeof type_names[0]) - 1)
+
+/* The kind of a type name; -1 (error set) for an unknown one. Checked before any key, so a
+ * misspelt type is reported as such, not as a key the misread type does not take. */
+static int layer_kind_of(const parser *P, const config_setting_t *s) {
+    for (int i = 0; i < N_TYPES; i++)
+        if (!strcmp(type_names[i], P->type)) return i < T_SIMPLE ? i : T_SIMPLE;
+    const char *guess = closest(P->type, type_names, N_TYPES);
+    char list[512];
+    join_names(list, sizeof list, type_names, N_TYPES);
+    const config_setting_t *t = config_setting_get_member(s, "type");
+    CAMO_ERR("%s: %s: unknown type '%s' (%s%s%stypes: %s)", cfg_where(t), P->label, P->type,
+             guess ? "did you mean '" : "", guess ? guess : "", guess ? "'? " : "", list);
+    return -1;
+}
+
+static int build_layer(parser *P, const config_setting_t *s, layer_kind k, const char *name,
+                       const int *in, int n_in) {
+    switch (k) {
+    case T_CONV: return parse_conv(P, s, name, in[0]);
+    case T_RESBLOCK: return parse_resblock(P, s, name, in[0]);
+    case T_BATCHNORM: return parse_norm(P, s, name, in[0], 0);
+    case T_LAYERNORM: return parse_norm(P, s, name, in[0], 1);
+    case T_MAXPOOL: return parse_pool(P, s, name, in[0], 0);
+    case T_AVGPOOL: return parse_pool(P, s, name, in[0], 1);
+    case T_ADAPTIVE: return parse_adaptive(P, s, name, in[0]);
+    case T_RESIZE: return parse_resize(P, s, name, in[0]);
+    case T_CONCAT: return parse_join(P, s, name, in, n_in, CAMO_LAYER_CONCAT);
+    case T_ADD: return parse_join(P, s, name, in, n_in, CAMO_LAYER_ADD);
+    case T_MUL: return parse_join(P, s, name, in, n_in, CAMO_LAYER_MUL);
+    case T_SIMPLE: break;
+    }
+    return parse_simple(P, s, name, in[0], P->type);
+}
+
+/* The generic readers (cfgutil: a missing key, a value of the wrong type) name the file,
+ * line and key but not the layer; in a network of one-line layers (or an @include) the
+ * layer is what the user looks for, so it is added. */
+static void name_layer_in_error(const parser *P) {
+    const char *e = camo_last_error();
+    if (strstr(e, P->label)) return;
+    char msg[900];
+    snprintf(msg, sizeof msg, "%s", e);
+    if (P->type) CAMO_ERR("%s (%s, type '%s')", msg, P->label, P->type);
+    else CAMO_ERR("%s (%s)", msg, P->label);
+}
+
+/* Layer `index` (0-based) of the `layers` list; returns its last primitive layer, or -3. */
+static int parse_layer(parser *P, const config_setting_t *s, int index, int prev) {
     const char *name = NULL, *type = NULL;
-    P->where = cfg_where(s);
     char where[160];
-    snprintf(where, sizeof where, "%s", P->where);
+    snprintf(where, sizeof where, "%s", cfg_where(s));
     P->where = where;
+    snprintf(P->label, sizeof P->label, "layer #%d", index + 1);
+    P->type = NULL; /* until read */
     if (!config_setting_is_group(s)) {
-        CAMO_ERR("%s: each entry of 'layers' must be a group { name = ...; type = ...; }", where);
+        CAMO_ERR("%s: %s: each entry of 'layers' must be a group { name = ...; type = ...; }",
+                 where, P->label);
         return -3;
     }
-    if (cfg_need_string(s, "name", &name) || cfg_need_string(s, "type", &type)) return -3;
-    P->cname = name;
+    if (cfg_need_string(s, "name", &name)) { name_layer_in_error(P); return -3; }
+    snprintf(P->label, sizeof P->label, "layer #%d '%.*s'", index + 1, CAMO_NAME_MAX, name);
+    if (cfg_need_string(s, "type", &type)) { name_layer_in_error(P); return -3; }
+    P->type = type;
+    int kind = layer_kind_of(P, s);
+    if (kind < 0) return -3;
     if (!valid_name(name) || strlen(name) >= CAMO_NAME_MAX - 24) {
-        CAMO_ERR("%s: invalid layer name '%s' (letters, digits, '_' and '.', not \"input\")",
-                 where, name);
+        CAMO_ERR("%s: %s: invalid layer name '%s' (letters, digits, '_' and '.', not "
+                 "\"input\")", where, P->label, name);
         return -3;
     }
     if (lookup(P, name) != -2) {
-        CAMO_ERR("%s: layer name '%s' is used twice", where, name);
+        CAMO_ERR("%s: %s: layer name '%s' is used twice", where, P->label, name);
         return -3;
     }
     int in[CAMO_MAX_INPUTS], n_in;
     if (read_from(P, s, prev, in, &n_in) != 0) return -3;
-    int single = strcmp(type, "concat") && strcmp(type, "add") && strcmp(type, "mul");
-    if (single && n_in != 1) {
-        CAMO_ERR("%s: layer '%s': type '%s' takes one input", where, name, type);
+    if (kind != T_CONCAT && kind != T_ADD && kind != T_MUL && n_in != 1) {
+        CAMO_ERR("%s: %s: type '%s' takes one input", where, P->label, type);
         return -3;
     }
-    int li;
-    if (!strcmp(type, "conv")) li = parse_conv(P, s, name, in[0]);
-    else if (!strcmp(type, "resblock")) li = parse_resblock(P, s, name, in[0]);
-    else if (!strcmp(type, "batchnorm")) li = parse_norm(P, s, name, in[0], 0);
-    else if (!strcmp(type, "layernorm")) li = parse_norm(P, s, name, in[0], 1);
-    else if (!strcmp(type, "maxpool")) li = parse_pool(P, s, name, in[0], 0);
-    else if (!strcmp(type, "avgpool")) li = parse_pool(P, s, name, in[0], 1);
-    else if (!strcmp(type, "adaptive_avgpool")) li = parse_adaptive(P, s, name, in[0]);
-    else if (!strcmp(type, "resize")) li = parse_resize(P, s, name, in[0]);
-    else if (!strcmp(type, "concat")) li = parse_join(P, s, name, in, n_in, CAMO_LAYER_CONCAT);
-    else if (!strcmp(type, "add")) li = parse_join(P, s, name, in, n_in, CAMO_LAYER_ADD);
-    else if (!strcmp(type, "mul")) li = parse_join(P, s, name, in, n_in, CAMO_LAYER_MUL);
-    else li = parse_simple(P, s, name, in[0], type);
-    if (li == -4)
-        CAMO_ERR("%s: layer '%s': unknown type '%s' (conv, resblock, batchnorm, layernorm, "
-                 "relu, leaky_relu, silu, gelu, sigmoid, tanh, maxpool, avgpool, "
-                 "adaptive_avgpool, resize, concat, add, mul, softmax)", where, name, type);
-    if (li < -2) return -3;
+    int li = build_layer(P, s, (layer_kind)kind, name, in, n_in);
+    if (li < -2) {
+        name_layer_in_error(P);
+        return -3;
+    }
     define_name(P, name, li); /* the config name means the last primitive layer */
     return li;
 }
@@ -587,7 +713,7 @@ static int parse_root(parser *P, const config_setting_t *root, int classes_overr
     }
     int prev = -1;
     for (int i = 0; i < config_setting_length(layers); i++) {
-        prev = parse_layer(P, config_setting_get_elem(layers, (unsigned)i), prev);
+        prev = parse_layer(P, config_setting_get_elem(layers, (unsigned)i), i, prev);
         if (prev < -1) return -1;
     }
     if (parse_outputs(P, root) || parse_groups(P, root)) return -1;

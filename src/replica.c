@@ -10,6 +10,15 @@
 #include "camo/common.h"
 #include "camo/train.h"
 
+/* r->loss_dev is the block of backend memory where a step's measurements add up on the
+ * device, read back with one download per step: the loss (a float at byte 0, what the loss
+ * ops add to), then from byte 8 the main output's pixel counts [correct, counted] as doubles
+ * (pixel_correct adds to them; integer counts stay exact). */
+#define STATS_BYTES (3 * sizeof(double))
+static double *pixel_counts(camo_replica *r) {
+    return (double *)((char *)r->loss_dev + sizeof(double));
+}
+
 int camo_replica_init(camo_replica *r, const camo_config *c, const camo_ckpt *ck,
                       camo_backend *be, int rank, int size, int local_batch,
                       char **network_text) {
@@ -39,7 +48,7 @@ int camo_replica_init(camo_replica *r, const camo_config *c, const camo_ckpt *ck
     size_t plane = (size_t)S * S, nb = (size_t)CAMO_MAX(local_batch, 1);
     r->target = be->alloc(be, nb * plane * sizeof(float));
     r->labels = be->alloc(be, nb * plane * sizeof(int32_t));
-    r->loss_dev = be->alloc(be, sizeof(float));
+    r->loss_dev = be->alloc(be, STATS_BYTES);
     return r->target && r->labels && r->loss_dev ? 0 : -1;
 }
 
@@ -186,6 +195,15 @@ static int seen_batch(camo_replica *r, int n) {
     return 0;
 }
 
+/* Training pixel accuracy of the main output on this slice (after forward, before backward
+ * can reuse anything): counts added on the device, read with the step's loss. */
+static void count_correct(camo_replica *r, const camo_config *c, int n) {
+    int H, W, C;
+    const float *logits = camo_net_output(r->net, 0, &H, &W, &C);
+    r->be->pixel_correct(r->be, n, H, W, C, pixel_counts(r), logits, r->target, r->labels,
+                         c->data.ignore_index);
+}
+
 int camo_replica_micro_batch(camo_replica *r, const camo_config *c, camo_loss_kind loss,
                              const camo_batch *b, double norm_images, double norm_pixels,
                              int last_micro) {
@@ -218,6 +236,7 @@ int camo_replica_micro_batch(camo_replica *r, const camo_config *c, camo_loss_ki
         camo_loss_forward_backward(net, loss, c->train.deep_supervision, n, r->target, r->labels,
                                    c->data.ignore_index, norm_images / S, norm_pixels / S,
                                    r->loss_dev);
+        count_correct(r, c, n);
         camo_net_backward(net, n);
     }
     if (r->bn_error) return -1;
@@ -284,17 +303,41 @@ static int grads_finite(camo_replica *r, double *norm) {
     return bad == 0;
 }
 
+/* The step's loss and pixel counts, summed over the replicas in one host all-reduce (the
+ * cpu comm adds in rank order: the counts are exact, the loss the same for any replica
+ * count up to the rounding of the per-replica float sums). */
+static int step_measures(camo_replica *r, camo_step_stats *st) {
+    unsigned char block[STATS_BYTES];
+    float l;
+    double v[3];
+    r->be->download(r->be, block, r->loss_dev, STATS_BYTES);
+    r->be->zero(r->be, r->loss_dev, STATS_BYTES);
+    memcpy(&l, block, sizeof l);
+    memcpy(v + 1, block + sizeof(double), 2 * sizeof(double));
+    v[0] = r->scaling ? l / r->ls.scale : l; /* exact: S is a power of two */
+    if (r->size > 1 && r->ctl->all_reduce_host(r->ctl, v, 3)) return -1;
+    st->loss = v[0];
+    st->pixels_correct = v[1];
+    st->pixels_counted = v[2];
+    return 0;
+}
+
 int camo_replica_step(camo_replica *r, const camo_config *c, double lr, double *loss,
                       double *grad_norm) {
+    camo_step_stats st;
+    int rc = camo_replica_step_stats(r, c, lr, &st, grad_norm);
+    *loss = st.loss;
+    return rc;
+}
+
+int camo_replica_step_stats(camo_replica *r, const camo_config *c, double lr,
+                            camo_step_stats *st, double *grad_norm) {
     camo_net *net = r->net;
     *grad_norm = NAN;
+    memset(st, 0, sizeof *st);
+    st->loss = NAN;
     if (r->size > 1 && exchange_grads(r)) return -1;
-    float l = 0;
-    r->be->download(r->be, &l, r->loss_dev, sizeof l);
-    r->be->zero(r->be, r->loss_dev, sizeof(float));
-    double total = r->scaling ? l / r->ls.scale : l; /* exact: S is a power of two */
-    if (r->size > 1 && r->ctl->all_reduce_host(r->ctl, &total, 1)) return -1;
-    *loss = total;
+    if (step_measures(r, st)) return -1;
     double norm = -1;
     r->skipped = 0;
     if (r->scaling) { /* S of this step stays in force for the update; then the new S */

@@ -23,6 +23,7 @@
 #include "camo/cuda.h"
 #include "camo/data.h"
 #include "camo/devices.h"
+#include "camo/evaluate.h"
 #include "camo/loss.h"
 #include "camo/optim.h"
 #include "camo/replica.h"
@@ -57,6 +58,16 @@ typedef struct board {
     char fail_msg[1024];
 } board;
 
+/* Sums over the optimizer steps of one epoch, for its mean training loss (weighted by the
+ * images of each step) and its training pixel accuracy. Not in checkpoints: after a resume
+ * in the middle of an epoch they cover the steps from the resume on (from_batch says so). */
+typedef struct epoch_sums {
+    double loss_x_images, images;   /* sum of step loss * step images; images */
+    double correct, counted;        /* pixel counts (camo_step_stats) */
+    int steps;
+    int from_batch;                 /* 0-based batch the sums start at (> 0 after a resume) */
+} epoch_sums;
+
 typedef struct trainer {
     camo_config *c;
     char *network_text;
@@ -83,6 +94,7 @@ typedef struct trainer {
     int64_t images, last_log_images;
     double loss_sum;      /* host sum of step losses since the last log line */
     int loss_count;
+    epoch_sums ep;        /* the training measures of the epoch in progress */
     int max_batch;
     int64_t signal_at_step; /* CAMO_TEST_SIGNAL_AT_STEP: tests deliver SIGTERM at a step */
 } trainer;
@@ -303,8 +315,8 @@ static int board_wait_taken(trainer *T) {
 /* ---- one micro-batch on one replica ---- */
 
 /* Runs a MICRO command on replica r: its slice of the batch, then (last micro-batch) the
- * gradient exchange and the update. *loss, *gnorm: the step's global values. */
-static int run_command(trainer *T, camo_replica *r, const command *cmd, double *loss,
+ * gradient exchange and the update. *ss, *gnorm: the step's global values. */
+static int run_command(trainer *T, camo_replica *r, const command *cmd, camo_step_stats *ss,
                        double *gnorm) {
     if (T->fail_replica == r->rank && cmd->step == T->fail_step) {
         if (T->fail_stall) { /* a replica that stops responding: its peers must time out */
@@ -330,7 +342,7 @@ static int run_command(trainer *T, camo_replica *r, const command *cmd, double *
     if (T->dev.gpu && rc == 0) r->be->sync(r->be);
     if (r->rank) board_take(T); /* replica 0 may release the batch now */
     if (rc || !cmd->last_micro) return rc;
-    return camo_replica_step(r, T->c, cmd->lr, loss, gnorm);
+    return camo_replica_step_stats(r, T->c, cmd->lr, ss, gnorm);
 }
 
 static void *replica_thread(void *arg) {
@@ -340,17 +352,18 @@ static void *replica_thread(void *arg) {
     unsigned long seen = 0;
     command cmd;
     while (board_next(T, &seen, &cmd) == 0 && cmd.kind == CMD_MICRO) {
-        double loss, gnorm;
-        if (run_command(T, r, &cmd, &loss, &gnorm)) { run_fail(T, r->rank); break; }
+        camo_step_stats ss;
+        double gnorm;
+        if (run_command(T, r, &cmd, &ss, &gnorm)) { run_fail(T, r->rank); break; }
     }
     return NULL;
 }
 
 /* Replica 0: posts a micro-batch to every replica, runs its own slice, and releases the
  * batch once all are done with it. */
-static int train_micro_batch(trainer *T, command *cmd, double *loss, double *gnorm) {
+static int train_micro_batch(trainer *T, command *cmd, camo_step_stats *ss, double *gnorm) {
     if (T->n_rep > 1) board_post(T, cmd);
-    int rc = run_command(T, &T->rep[0], cmd, loss, gnorm);
+    int rc = run_command(T, &T->rep[0], cmd, ss, gnorm);
     if (!rc && T->n_rep > 1) rc = board_wait_taken(T);
     if (!rc && cmd->last_micro) {
         T->comm_s += T->rep[0].comm_s;
@@ -398,6 +411,12 @@ static void log_gpu_memory(trainer *T) {
             reserved / 1048576.0, peak / 1048576.0, mallocs);
 }
 
+/* A JSON number, or null for NaN/inf (which JSON lacks). */
+static void json_number(FILE *f, double v) {
+    if (isfinite(v)) fprintf(f, "%.6g", v);
+    else fputs("null", f);
+}
+
 static void log_step(trainer *T, int epoch, int batch, int n_batches, double lr, double loss,
                      double gnorm, int64_t steps_total) {
     double now = camo_now();
@@ -433,6 +452,42 @@ static void log_step(trainer *T, int epoch, int batch, int n_batches, double lr,
     if (T->jsonl) fflush(T->jsonl);
 }
 
+/* Adds an optimizer step to the epoch's sums; images: the step's global image count. A
+ * non-finite loss (an fp16 step skipped on overflow) adds its pixels but not its loss. */
+static void epoch_add(trainer *T, const camo_step_stats *ss, double images) {
+    epoch_sums *e = &T->ep;
+    if (isfinite(ss->loss)) {
+        e->loss_x_images += ss->loss * images;
+        e->images += images;
+    }
+    e->correct += ss->pixels_correct;
+    e->counted += ss->pixels_counted;
+    e->steps++;
+}
+
+/* The epoch's training measures: a log line and an "epoch" record in metrics.jsonl. */
+static void log_epoch(trainer *T, int epoch) {
+    const epoch_sums *e = &T->ep;
+    double loss = e->images > 0 ? e->loss_x_images / e->images : NAN;
+    double acc = e->counted > 0 ? e->correct / e->counted : NAN;
+    char resumed[64] = "";
+    if (e->from_batch > 0)
+        snprintf(resumed, sizeof resumed, ", from batch %d after a resume", e->from_batch + 1);
+    camo_info("train epoch %d: loss %.4f  pixel acc %.4f  (%.0f images, %d step%s%s)",
+              epoch + 1, loss, acc, e->images, e->steps, e->steps == 1 ? "" : "s", resumed);
+    if (!T->jsonl) return;
+    fprintf(T->jsonl, "{\"type\":\"epoch\",\"epoch\":%d,\"step\":%lld,\"train_loss\":",
+            epoch + 1, (long long)T->st.step);
+    json_number(T->jsonl, loss);
+    fputs(",\"train_pixel_acc\":", T->jsonl);
+    json_number(T->jsonl, acc);
+    fprintf(T->jsonl, ",\"images\":%.0f,\"pixels\":%.0f,\"steps\":%d", e->images, e->counted,
+            e->steps);
+    if (e->from_batch > 0) fprintf(T->jsonl, ",\"from_batch\":%d", e->from_batch + 1);
+    fputs("}\n", T->jsonl);
+    fflush(T->jsonl);
+}
+
 /* ---- evaluation at the end of an epoch ---- */
 
 static int run_eval(trainer *T, int epoch, int *early_stop) {
@@ -450,10 +505,7 @@ static int run_eval(trainer *T, int epoch, int *early_stop) {
         camo_info("eval  epoch %d: loss %.4f  IoU %.4f  Dice %.4f  MAE %.4f  (%d images, %.1f s)%s",
                   epoch + 1, r.loss, r.iou, r.dice, r.mae, r.n_images, r.seconds, improved ? "  *best*" : "");
     if (T->jsonl) {
-        fprintf(T->jsonl, "{\"type\":\"eval\",\"epoch\":%d,\"step\":%lld,\"loss\":%.6g,\"iou\":%.6g,"
-                "\"dice\":%.6g,\"mae\":%.6g,\"miou\":%.6g,\"pixel_acc\":%.6g,\"images\":%d,"
-                "\"seconds\":%.3f}\n", epoch + 1, (long long)T->st.step, r.loss, r.iou, r.dice,
-                r.mae, r.miou, r.pixel_acc, r.n_images, r.seconds);
+        camo_eval_jsonl(T->jsonl, &r, T->net->classes, epoch + 1, (long long)T->st.step);
         fflush(T->jsonl);
     }
     if (improved) {
@@ -491,6 +543,8 @@ static int run_epoch(trainer *T, int epoch, int64_t steps_total, int *stop) {
     int *order = camo_malloc((size_t)n * sizeof(int));
     camo_epoch_permutation(order, n, c->seed, epoch);
     int start = epoch == T->st.epoch ? T->st.batch : 0;
+    memset(&T->ep, 0, sizeof T->ep);
+    T->ep.from_batch = start;
     camo_loader_start(T->loader, order + (size_t)start * B, n - start * B, B, c->seed, epoch);
     int rc = 0;
     for (int b = start; b < nb && !rc && !*stop; b++) {
@@ -502,14 +556,16 @@ static int run_epoch(trainer *T, int epoch, int64_t steps_total, int *stop) {
         cmd.norm_images = CAMO_MIN((int64_t)g1 * B, n) - (int64_t)g0 * B;
         cmd.norm_pixels = step_pixels(T, bt, cmd.norm_images);
         cmd.lr = camo_lr_at(c, s, (epoch - e0) + (double)(b + 1) / nb);
-        double loss = NAN, gnorm = NAN, lr = cmd.lr;
-        if (train_micro_batch(T, &cmd, &loss, &gnorm)) {
+        camo_step_stats ss = {.loss = NAN};
+        double gnorm = NAN, lr = cmd.lr;
+        if (train_micro_batch(T, &cmd, &ss, &gnorm)) {
             rc = -4; /* a replica failed; others may still read bt: it is never released */
             break;
         }
         T->images += bt->n;
         camo_loader_release(T->loader, bt);
         if (!cmd.last_micro) continue;
+        double loss = ss.loss;
         T->st.step++;
         T->st.batch = b + 1;
         const camo_replica *r0 = &T->rep[0];
@@ -531,6 +587,7 @@ static int run_epoch(trainer *T, int epoch, int64_t steps_total, int *stop) {
             break;
         }
         log_step(T, epoch, b + 1, nb, lr, loss, gnorm, steps_total);
+        epoch_add(T, &ss, cmd.norm_images);
         if (c->checkpoint.every_steps > 0 && T->st.step % c->checkpoint.every_steps == 0)
             save_checkpoint(T, "last.ckpt");
         if (T->signal_at_step && T->st.step == T->signal_at_step) raise(SIGTERM); /* test hook */
@@ -539,7 +596,11 @@ static int run_epoch(trainer *T, int epoch, int64_t steps_total, int *stop) {
     if (rc == -1 && camo_loader_failed(T->loader))
         rc = -3; /* bad input data: the message names the file */
     free(order);
-    if (!rc && T->st.batch >= nb) { T->st.epoch = epoch + 1; T->st.batch = 0; }
+    if (!rc && T->st.batch >= nb) {
+        log_epoch(T, epoch);
+        T->st.epoch = epoch + 1;
+        T->st.batch = 0;
+    }
     return rc;
 }
 
@@ -658,7 +719,12 @@ static int setup_run_folder(trainer *T, const char *resume_path) {
         CAMO_ERR("%s: cannot open: %s", path, strerror(errno));
         return -1;
     }
-    return 0;
+    /* the console's lines, appended like metrics.jsonl: a resume continues the same file */
+    char marker[CAMO_PATH_MAX + 32];
+    snprintf(marker, sizeof marker, "%s %s", resume_path ? "resumed from" : "new run of",
+             resume_path ? resume_path : c->path);
+    out_path(T, "train.log", path, sizeof path);
+    return camo_log_open(path, marker);
 }
 
 /* Every replica thread has been joined. Order matters on GPUs: the DDP comm threads stop;
@@ -700,13 +766,14 @@ static void print_summary(trainer *T, const char *why) {
     const char *m = T->c->checkpoint.metric;
     double best = T->st.best_metric;
     if (!strcmp(m, "mae") || !strcmp(m, "loss")) best = -best;
-    printf("%s: %d epochs, %lld steps in %s, %.1f img/s; best %s %.4f at epoch %d; run folder %s\n",
-           why, T->st.epoch, (long long)T->st.step, dur, t > 0 ? T->images / t : 0.0, m,
-           T->st.best_epoch ? best : NAN, T->st.best_epoch, T->out);
+    camo_print("%s: %d epochs, %lld steps in %s, %.1f img/s; best %s %.4f at epoch %d; "
+               "run folder %s", why, T->st.epoch, (long long)T->st.step, dur,
+               t > 0 ? T->images / t : 0.0, m, T->st.best_epoch ? best : NAN, T->st.best_epoch,
+               T->out);
     if (!strcmp(T->be->name, "cuda")) {
         size_t peak;
         camo_cuda_mem_stats(T->be, NULL, &peak, NULL);
-        printf("peak GPU memory (replica 0): %.0f MiB\n", peak / 1048576.0);
+        camo_print("peak GPU memory (replica 0): %.0f MiB", peak / 1048576.0);
     }
     if (T->jsonl)
         fprintf(T->jsonl, "{\"type\":\"summary\",\"reason\":\"%s\",\"epochs\":%d,\"steps\":%lld,"
@@ -814,12 +881,13 @@ int camo_train_run(camo_config *c, const char *resume_path) {
     }
 done:
     if (rc != CAMO_OK && T.boards_ready && T.bd.fail_rank >= 0 && T.n_rep > 1)
-        fprintf(stderr, "camotrain: error: replica %d: %s (every replica stopped; the last good "
-                "checkpoint is kept)\n", T.bd.fail_rank, T.bd.fail_msg);
+        camo_print_error("replica %d: %s (every replica stopped; the last good checkpoint is "
+                         "kept)", T.bd.fail_rank, T.bd.fail_msg);
     else if (rc != CAMO_OK)
-        fprintf(stderr, "camotrain: error: %s\n", camo_last_error());
+        camo_print_error("%s", camo_last_error());
     camo_ckpt_close(ck);
     teardown(&T);
     if (T.boards_ready) board_free(&T.bd);
+    camo_log_close();
     return rc;
 }

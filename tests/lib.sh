@@ -22,6 +22,14 @@ hashes() { $BIN inspect --hash "$1" | awk '$2 ~ /^(F32|I64)$/ && NF >= 4 {print 
 # meta KEY CKPT: a metadata value of a checkpoint, whitespace removed
 meta() { $BIN inspect "$2" --meta "$1" 2>/dev/null | tr -d '[:space:]'; }
 
+# smooth_net SRC DST: the network file SRC with max pooling made average pooling and every
+# ReLU SiLU (tests/test_util.h tu_write_smooth_net says why: equivalence and parity checks of
+# whole networks need a trajectory without kinks to hold under any summation order)
+smooth_net() {
+    sed -e 's/"maxpool"/"avgpool"/g' -e 's/"relu"/"silu"/g' \
+        -e 's/"resblock";/"resblock"; act = "silu";/g' "$1" > "$2"
+}
+
 # expect NAME RC PATTERN -- command...: exit code RC and PATTERN (a grep regex) in stdout+stderr
 expect() { expect_grep -q "$@"; }
 # expect_str NAME RC STRING -- command...: the same with a fixed STRING

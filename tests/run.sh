@@ -2,6 +2,7 @@
 # Runs every C test binary (cmocka) and every shell test (tests/*.sh), then prints one
 # line "N passed, N failed, N skipped" and exits non-zero on any failure.
 # C tests: cmocka summary lines. Shell tests: lines "PASS name", "FAIL name", "SKIP name".
+# CAMO_RUN_ONLY="tests/x.sh ..." runs just those shell tests (make test-matrix).
 set -u
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build}
@@ -25,7 +26,10 @@ count_cmocka() { # $1 = log file, $2 = test name
     return 0
 }
 
-for t in "$BUILD"/tests/test_*; do
+C_TESTS="$BUILD/tests/test_*" SH_TESTS="tests/test_*.sh"
+if [ -n "${CAMO_RUN_ONLY:-}" ]; then C_TESTS="" SH_TESTS=$CAMO_RUN_ONLY; fi
+
+for t in $C_TESTS; do
     [ -x "$t" ] || continue
     name=$(basename "$t")
     start=$(date +%s)
@@ -40,7 +44,7 @@ for t in "$BUILD"/tests/test_*; do
     echo "--- $name: $(( $(date +%s) - start )) s"
 done
 
-for t in tests/test_*.sh; do
+for t in $SH_TESTS; do
     [ -f "$t" ] || continue
     name=$(basename "$t")
     start=$(date +%s)

@@ -19,7 +19,12 @@ expect missing_config 2 "nope.cfg" -- $BIN --conf conf/nope.cfg
 expect set_unknown_key 2 "unknown key 'lrr'" -- $BIN --conf conf/demo.cfg --set train.lrr=1
 expect set_bad_value 2 "not a valid integer" -- $BIN --conf conf/demo.cfg --set train.epochs=many
 printf 'name = "bad";\nlayers = (\n  { name = "a"; type = "conv"; filters = 4; size = 3; },\n  { name = "b"; type = "dense"; }\n);\n' > "$TMP/bad_net.cfg"
-expect bad_layer_type 2 "bad_net.cfg:4: layer 'b': unknown type 'dense'" -- $BIN --conf "$TMP/bad_net.cfg" --summary
+expect_str bad_layer_type 2 "bad_net.cfg:4: layer #2 'b': unknown type 'dense' (types: conv," -- $BIN --conf "$TMP/bad_net.cfg" --summary
+# a misspelt type with keys of its own: the type is the error, with the closest known one
+printf 'layers = (\n  { name = "a"; type = "conv"; filters = 4; size = 3; },\n  { name = "b"; type = "convv"; filters = 3; }\n);\n' > "$TMP/typo_type.cfg"
+expect_str typo_layer_type 2 "typo_type.cfg:3: layer #2 'b': unknown type 'convv' (did you mean 'conv'?" -- $BIN --conf "$TMP/typo_type.cfg" --summary
+printf 'layers = (\n  { name = "a"; type = "conv"; filters = 4; size = 3;\n    strides = 2; }\n);\n' > "$TMP/typo_key.cfg"
+expect_str typo_layer_key 2 "typo_key.cfg:3: layer #1 'a': unknown key 'strides' for type 'conv' (did you mean 'stride'?" -- $BIN --conf "$TMP/typo_key.cfg" --summary
 printf 'name = "bad";\nlayers = (\n  { name = "p"; type = "maxpool"; size = 2; },\n  { name = "c"; type = "concat"; from = ["p", "input"]; }\n);\n' > "$TMP/bad_shape.cfg"
 expect shape_mismatch 2 "bad_shape.cfg:4: layer 'c': inputs differ in size" -- $BIN --conf "$TMP/bad_shape.cfg" --summary
 expect train_network_file 2 "network file" -- $BIN --conf conf/models/unet_s.cfg
@@ -46,6 +51,10 @@ mkdir -p "$TMP/pred"
 expect predict 0 "8 images" -- $BIN predict --ckpt "$TMP/run1/best.ckpt" --input "$DATA/Test/Image" --output "$TMP/pred"
 first=$(ls "$DATA/Test/Image" | head -1); stem=${first%.*}
 if [ -s "$TMP/pred/$stem.png" ]; then pass predict_png; else fail predict_png "no $stem.png"; fi
+# the predictions against the mask folder and against the data-set root (its Test split)
+expect eval_pred_masks 0 '"n_images": 8' -- $BIN eval --pred "$TMP/pred" --gt "$DATA/Test/GT_Object" --json
+expect eval_pred_root 0 '"n_images": 8' -- $BIN eval --pred "$TMP/pred" --gt "$DATA" --json
+expect eval_pred_bad_format 2 "format 'bogus'" -- $BIN eval --pred "$TMP/pred" --gt "$DATA" --format bogus
 
 # ---- kill and resume: identical weights, bit for bit ----
 RUN="$BIN --conf conf/demo.cfg $COMMON --set train.epochs=3 --set eval.every=1 --set train.ema_decay=0.9"

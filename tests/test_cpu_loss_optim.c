@@ -5,7 +5,8 @@
  * bury the per-pixel differences in rounding), accumulation, and bitwise equal values for 1
  * and 3 threads. Optimizers: several steps against reference loops in double.
  * fp32 tolerances: values 1e-5 relative; gradients 1e-3 relative (floor 1% of the largest);
- * optimizer states 1e-5 relative (floor 0.1: the values are O(1), the errors absolute). */
+ * optimizer states 1e-5 relative (floor 0.1: the values are O(1), the errors absolute).
+ * Pixel accuracy counts (pixel_correct): exact, on hand cases and against a plain loop. */
 #include "camo/backend.h"
 #include "camo/common.h"
 
@@ -369,6 +370,60 @@ static void test_ema(void **state) {
     free(ema); free(w); free(want); free(ref);
 }
 
+/* ---- training pixel accuracy counts ---- */
+
+/* Hand cases: binary threshold (logit 0 and target 0.5 both count as "no"), argmax with a
+ * tie (the first wins, as torch.argmax), ignored labels, and accumulation into acc. */
+static void test_pixel_correct_hand(void **state) {
+    (void)state;
+    float xb[5] = {2, -1, 0, 3, -2}, tb[5] = {1, 0, 1, 0.4f, 0.5f};
+    double acc[2] = {10, 20};
+    be->pixel_correct(be, 1, 1, 5, 1, acc, xb, tb, NULL, -1);
+    /* predictions 1 0 0 1 0 against 1 0 1 0 0: right at 0, 1, 4 */
+    assert_true(acc[0] == 13 && acc[1] == 25);
+    float xc[4 * 3] = {1, 2, 0,  0, 0, 5,  9, 0, 0,  3, 3, 1};
+    int lc[4] = {0, 2, 255, 1};
+    double c[2] = {0, 0};
+    be->pixel_correct(be, 1, 2, 2, 3, c, xc, NULL, lc, 255);
+    /* argmax 1, 2, (ignored), 0 against 0, 2, 1: one right of three */
+    assert_true(c[0] == 1 && c[1] == 3);
+    be->pixel_correct(be, 0, 2, 2, 3, c, xc, NULL, lc, 255); /* an empty slice adds 0 */
+    assert_true(c[0] == 1 && c[1] == 3);
+}
+
+/* Large enough for the parallel blocks: counts equal a plain loop, for 1 and 2 threads. */
+static void test_pixel_correct_large(void **state) {
+    (void)state;
+    int N = 3, H = 37, W = 53, C = 4;
+    size_t P = (size_t)N * H * W;
+    float *x = tu_falloc(P * C), *t = tu_falloc(P);
+    int *l = calloc(P, sizeof(int));
+    tu_fill(x, P * C, 7, -2, 2);
+    tu_fill(t, P, 8, 0, 1);
+    double want[2][2] = {{0, 0}, {0, 0}}; /* [binary, classes][correct, counted] */
+    for (size_t i = 0; i < P; i++) {
+        l[i] = (int)(t[i] * 5); /* 0..4: 4 is ignore_index */
+        want[0][0] += (x[i] > 0) == (t[i] > 0.5f);
+        want[0][1] += 1;
+        if (l[i] == 4) continue;
+        int best = 0;
+        for (int k = 1; k < C; k++) best = x[i * C + k] > x[i * C + best] ? k : best;
+        want[1][0] += best == l[i];
+        want[1][1] += 1;
+    }
+    for (int threads = 1; threads <= 2; threads++) {
+        camo_backend *b = camo_backend_cpu_create(threads);
+        double got[2][2] = {{0, 0}, {0, 0}};
+        b->pixel_correct(b, N, H, W, 1, got[0], x, t, NULL, 4);
+        b->pixel_correct(b, N, H, W, C, got[1], x, NULL, l, 4);
+        for (int k = 0; k < 2; k++)
+            assert_true(got[k][0] == want[k][0] && got[k][1] == want[k][1]);
+        b->destroy(b);
+    }
+    assert_true(want[1][1] < P && want[1][0] > 0); /* the case exercises both branches */
+    free(x); free(t); free(l);
+}
+
 int main(int argc, char **argv) {
     (void)argc;
     camo_cpu_env_reexec(argv); /* passive OpenMP waits: tests share 2 busy cores */
@@ -381,6 +436,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_sgd),
         cmocka_unit_test(test_adamw),
         cmocka_unit_test(test_ema),
+        cmocka_unit_test(test_pixel_correct_hand),
+        cmocka_unit_test(test_pixel_correct_large),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -5,8 +5,8 @@
  * skipped (and counted as skipped) when no GPU is usable.
  * Tolerances (fp32): per op 1e-4 relative, with a floor of 1e-2 of the tensor's largest
  * magnitude so that values near zero are compared absolutely (summation order differs);
- * whole-network steps: relative L2 error 1e-4 on outputs and 5e-4 on gradients
- * (hundreds of layers of reordered sums); bf16: every loss of a 15-step SGD curve
+ * whole-network steps: relative L2 error 1e-4 on outputs (shipped networks) and on
+ * gradients (their smooth copies: see smooth_copy); bf16: every loss of a 15-step SGD curve
  * within 5% of the fp32 CPU curve, and the curve must go down.
  * CAMO_PARITY_SELF=1 runs the harness without a GPU: the "GPU" side is a second CPU backend
  * (1 thread), which checks the test code itself; the comm tests stay skipped. */
@@ -18,10 +18,15 @@
 #include "camo/net.h"
 
 #include <pthread.h>
+#include <unistd.h>
 
 #include "test_util.h"
 
 #define TOL 1e-4
+/* whole-network steps (smooth copies): observed 2e-6 on the outputs and gradients under
+ * every OpenBLAS kernel against cuemu's double sums; a kernel wrong by 1e-3 fails */
+#define NET_OUT_TOL 1e-4
+#define NET_GRAD_TOL 1e-4
 
 static camo_backend *cpu, *gpu;
 
@@ -624,10 +629,8 @@ typedef struct net_run {
     float *target, *loss;
 } net_run;
 
-/* The image is drawn from `seed`; `jitter` > 0 scales each pixel by 1 + jitter * u,
- * u in [-0.5, 0.5) (see stable_seed). */
-static int net_open_seeded(net_run *r, camo_backend *be, const char *cfg, int N, int S,
-                           uint32_t seed, float jitter) {
+/* The image is drawn from a fixed seed; the mask is a pattern of blobs. */
+static int net_open(net_run *r, camo_backend *be, const char *cfg, int N, int S) {
     r->net = camo_net_load(cfg, be, 0);
     if (!r->net || camo_net_set_input_size(r->net, N, S, S)) {
         fprintf(stderr, "%s: %s\n", cfg, camo_last_error());
@@ -636,9 +639,7 @@ static int net_open_seeded(net_run *r, camo_backend *be, const char *cfg, int N,
     camo_net_init_weights(r->net, 1234);
     size_t plane = (size_t)N * S * S;
     float *img = malloc(plane * 3 * 4), *mask = malloc(plane * 4);
-    tu_fill(img, plane * 3, seed, -2, 2);
-    for (size_t i = 0; jitter > 0 && i < plane * 3; i++)
-        img[i] *= 1.0f + jitter * ((float)(i * 2654435761u % 1000) / 1000.0f - 0.5f);
+    tu_fill(img, plane * 3, 7, -2, 2);
     for (size_t i = 0; i < plane; i++) mask[i] = (i / S % S) * (i % S) % 11 < 4; /* blobs */
     r->target = be->alloc(be, plane * 4);
     r->loss = be->alloc(be, 4);
@@ -669,34 +670,6 @@ static void net_close(net_run *r) {
     camo_net_free(r->net);
 }
 
-static double rel_l2(const float *a, const float *b, size_t n);
-
-/* An input seed at which the CPU step itself is well conditioned: its gradients move by
- * less than 5e-5 (relative L2) when every pixel moves by one or two ulps. At an ill-
- * conditioned point a ReLU or max-pool input sits within rounding of its kink, and any
- * other summation order (cuDNN's, the GPU's) may legitimately take the other branch and
- * change whole gradients by percents; such a point cannot judge a 5e-4 tolerance. */
-static uint32_t net_seed;
-static int net_open(net_run *r, camo_backend *be, const char *cfg, int N, int S) {
-    return net_open_seeded(r, be, cfg, N, S, net_seed, 0);
-}
-
-static uint32_t stable_seed(const char *cfg, int N, int S) {
-    for (uint32_t seed = 7; seed < 15; seed++) {
-        net_run a, b;
-        if (net_open_seeded(&a, cpu, cfg, N, S, seed, 0) ||
-            net_open_seeded(&b, cpu, cfg, N, S, seed, 4e-7f))
-            return 0;
-        net_step(&a, N, S), net_step(&b, N, S);
-        double d = rel_l2(b.net->grad_block, a.net->grad_block, a.net->n_weight_floats);
-        net_close(&a), net_close(&b);
-        if (d < 5e-5) return seed;
-        fprintf(stderr, "  %s: input seed %u is ill-conditioned on the CPU (gradients move "
-                "%.3g under 2e-7 input noise): next seed\n", cfg, seed, d);
-    }
-    return 0;
-}
-
 static double rel_l2(const float *a, const float *b, size_t n) {
     double d = 0, s = 0;
     for (size_t i = 0; i < n; i++) {
@@ -706,16 +679,27 @@ static double rel_l2(const float *a, const float *b, size_t n) {
     return sqrt(d / (s > 0 ? s : 1));
 }
 
-static void net_case(const char *cfg) {
+/* The smooth copy of a shipped network (tu_write_smooth_net) in the scratch folder. Its
+ * gradients are judged: the shipped network's max pools and ReLUs have kinks where any
+ * other summation order (cuDNN's, another OpenBLAS kernel's) legitimately moves whole
+ * gradients by percents. Its forward is continuous, so the shipped network's output is
+ * judged as it is. */
+static const char *smooth_copy(const char *cfg) {
+    static char path[4096];
+    const char *base = strrchr(cfg, '/');
+    snprintf(path, sizeof path, "%s/parity_smooth_%d_%s", tu_tmpdir(), (int)getpid(),
+             base ? base + 1 : cfg);
+    assert_int_equal(tu_write_smooth_net(cfg, path), 0);
+    return path;
+}
+
+/* One training step of cfg on both backends: loss, main output and every gradient. */
+static void net_compare(const char *cfg, int check_grads) {
     int N = 2, S = 64;
     net_run c, g;
-    net_seed = stable_seed(cfg, N, S);
-    assert_int_not_equal(net_seed, 0);
     assert_int_equal(net_open(&c, cpu, cfg, N, S), 0);
     assert_int_equal(net_open(&g, gpu, cfg, N, S), 0);
     float lc = net_step(&c, N, S), lg = net_step(&g, N, S);
-    fprintf(stderr, "  %s: loss cpu %.7f cuda %.7f\n", cfg, lc, lg);
-    assert_true(fabs(lc - lg) <= TOL * fabs(lc));
     int H, W, C;
     float *oc = camo_net_output(c.net, 0, &H, &W, &C);
     size_t no = (size_t)N * H * W * C, nw = c.net->n_weight_floats;
@@ -724,9 +708,11 @@ static void net_case(const char *cfg) {
     double eo = rel_l2(h, oc, no);
     gpu->download(gpu, h, g.net->grad_block, nw * 4);
     double eg = rel_l2(h, c.net->grad_block, nw);
-    fprintf(stderr, "  %s: rel L2 error output %.3g gradients %.3g\n", cfg, eo, eg);
-    assert_true(eo <= 1e-4);
-    assert_true(eg <= 5e-4);
+    fprintf(stderr, "  %s: loss cpu %.7f cuda %.7f, rel L2 error output %.3g gradients %.3g%s\n",
+            cfg, lc, lg, eo, eg, check_grads ? "" : " (not judged: kinks)");
+    assert_true(fabs(lc - lg) <= TOL * fabs(lc));
+    assert_true(eo <= NET_OUT_TOL);
+    if (check_grads) assert_true(eg <= NET_GRAD_TOL);
     /* the caching allocator: a second step takes nothing new from the driver */
     size_t m0, m1;
     camo_cuda_mem_stats(gpu, NULL, NULL, &m0);
@@ -737,6 +723,11 @@ static void net_case(const char *cfg) {
     free(h);
     net_close(&c);
     net_close(&g);
+}
+
+static void net_case(const char *cfg) {
+    net_compare(cfg, 0);
+    net_compare(smooth_copy(cfg), 1);
 }
 
 static void test_unet_s(void **state) {
@@ -751,18 +742,17 @@ static void test_fpn_r18(void **state) {
     net_case("conf/models/fpn_r18.cfg");
 }
 
-/* train.deterministic: a whole unet_s step run twice (the second on cached conv plans)
- * gives the same loss and gradients bit for bit, and still matches the CPU. */
+/* train.deterministic: a whole (smooth) unet_s step run twice (the second on cached conv
+ * plans) gives the same loss and gradients bit for bit, and still matches the CPU. */
 static void test_unet_s_deterministic(void **state) {
     (void)state;
     NEED_GPU();
     int N = 2, S = 64;
     camo_cuda_set_deterministic(gpu, 1);
     net_run c, g;
-    net_seed = stable_seed("conf/models/unet_s.cfg", N, S);
-    assert_int_not_equal(net_seed, 0);
-    assert_int_equal(net_open(&c, cpu, "conf/models/unet_s.cfg", N, S), 0);
-    assert_int_equal(net_open(&g, gpu, "conf/models/unet_s.cfg", N, S), 0);
+    const char *cfg = smooth_copy("conf/models/unet_s.cfg");
+    assert_int_equal(net_open(&c, cpu, cfg, N, S), 0);
+    assert_int_equal(net_open(&g, gpu, cfg, N, S), 0);
     size_t nw = g.net->n_weight_floats;
     float *g1 = malloc(nw * 4), *g2 = malloc(nw * 4);
     float lc = net_step(&c, N, S), l1 = net_step(&g, N, S);
@@ -776,7 +766,7 @@ static void test_unet_s_deterministic(void **state) {
     assert_true(memcmp(&l1, &l2, sizeof l1) == 0);
     assert_true(memcmp(g1, g2, nw * 4) == 0);
     assert_true(fabs(lc - l1) <= TOL * fabs(lc));
-    assert_true(eg <= 5e-4);
+    assert_true(eg <= NET_GRAD_TOL);
     free(g1), free(g2);
     net_close(&c);
     net_close(&g);
@@ -942,6 +932,74 @@ static void test_comm_nccl(void **state) {
     run_comm(n, devs, 0);
 }
 
+/* ---- training pixel accuracy counts: exactly the CPU's (integers, same comparisons) ---- */
+
+static void test_pixel_correct(void **state) {
+    (void)state;
+    NEED_GPU();
+    int N = 3, H = 29, W = 31, C = 4;
+    size_t n = (size_t)N * H * W;
+    tt x = tt_new(n * C, 121, -2, 2), t = tt_new(n, 122, 0, 1), lab = tt_zero(n);
+    int *lc = (int *)lab.c;
+    for (size_t i = 0; i < n; i++) lc[i] = i % 5 == 2 ? 255 : (int)(i * 2654435761u % C);
+    gpu->upload(gpu, lab.g, lab.c, n * 4);
+    double want[4] = {1, 2, 3, 4}, got[4]; /* binary, classes: accumulated onto 1, 2 / 3, 4 */
+    double *acc = gpu->alloc(gpu, sizeof want);
+    gpu->upload(gpu, acc, want, sizeof want);
+    for (int k = 0; k < 2; k++) { /* twice: the counts add up */
+        cpu->pixel_correct(cpu, N, H, W, 1, want, x.c, t.c, NULL, 255);
+        cpu->pixel_correct(cpu, N, H, W, C, want + 2, x.c, NULL, lc, 255);
+        gpu->pixel_correct(gpu, N, H, W, 1, acc, x.g, t.g, NULL, 255);
+        gpu->pixel_correct(gpu, N, H, W, C, acc + 2, x.g, NULL, (int *)lab.g, 255);
+    }
+    gpu->pixel_correct(gpu, 0, H, W, C, acc + 2, x.g, NULL, (int *)lab.g, 255); /* empty */
+    gpu->download(gpu, got, acc, sizeof got);
+    assert_int_equal(camo_cuda_backend_status(gpu), 0);
+    for (int i = 0; i < 4; i++) {
+        if (got[i] != want[i])
+            fprintf(stderr, "  count %d: got %.0f want %.0f\n", i, got[i], want[i]);
+        assert_true(got[i] == want[i]);
+    }
+    assert_true(want[1] == 2 + 2.0 * n && want[3] < 4 + 2.0 * n); /* ignored pixels skipped */
+    gpu->free(gpu, acc);
+    tt_free(&x), tt_free(&t), tt_free(&lab);
+}
+
+/* ---- a failed CUDA call names our file:line and the runtime's reason ---- */
+
+/* "cuda/<file>.cu:<line>: <call>" somewhere in msg */
+static int names_cuda_line(const char *msg, const char *call) {
+    const char *p = strstr(msg, "cuda/");
+    if (!p || !(p = strstr(p, ".cu:"))) return 0;
+    p += 4;
+    if (*p < '0' || *p > '9') return 0;
+    while (*p >= '0' && *p <= '9') p++;
+    return strncmp(p, ": ", 2) == 0 && strstr(p, call) != NULL;
+}
+
+static void test_cuda_error_location(void **state) {
+    (void)state;
+    NEED_GPU();
+    if (strcmp(gpu->name, "cuda") != 0) skip(); /* a CUDA-only check */
+    camo_backend *b = camo_backend_cuda_create(0); /* fresh: it is left failed */
+    assert_non_null(b);
+    /* an allocation no GPU has: the message keeps cudaMalloc's location and reason */
+    camo_clear_error();
+    assert_null(b->alloc(b, (size_t)1 << 50));
+    fprintf(stderr, "  alloc: %s\n", camo_last_error());
+    assert_true(names_cuda_line(camo_last_error(), "cudaMalloc"));
+    assert_non_null(strstr(camo_last_error(), "out of memory"));
+    /* a void op on host memory: the backend turns failed, its status names the call */
+    char host[64];
+    b->zero(b, host, sizeof host);
+    camo_clear_error();
+    assert_int_not_equal(camo_cuda_backend_status(b), 0);
+    fprintf(stderr, "  zero: %s\n", camo_last_error());
+    assert_true(names_cuda_line(camo_last_error(), "cudaMemsetAsync"));
+    assert_non_null(strstr(camo_last_error(), "invalid argument"));
+    b->destroy(b);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gemm),          cmocka_unit_test(test_conv),
@@ -957,6 +1015,7 @@ int main(void) {
         cmocka_unit_test(test_bf16_curve),    cmocka_unit_test(test_comm_local),
         cmocka_unit_test(test_comm_nccl),     cmocka_unit_test(test_resize_deterministic),
         cmocka_unit_test(test_unet_s_deterministic),
+        cmocka_unit_test(test_pixel_correct),  cmocka_unit_test(test_cuda_error_location),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -46,9 +46,12 @@ run_cmocka() { # PREFIX BINARY [env...]
 }
 
 # ---- the parity suite and the [parallel] equivalence suite on GPU replicas ----
-[ $MODE = cuemu ] && run_cmocka cuemu_parity "$G/tests/test_cuda_parity"
-run_cmocka "${MODE}_parallel_1gpu" "$G/tests/test_parallel" CAMO_TEST_GPUS=1
-[ "$GPUS" -ge 2 ] && run_cmocka "${MODE}_parallel_${GPUS}gpus" "$G/tests/test_parallel" CAMO_TEST_GPUS=$GPUS
+# (tools/gpu_check.sh runs them as checks of their own: CAMO_GPU_PATHS_NO_SUITES=1)
+if [ -z "${CAMO_GPU_PATHS_NO_SUITES:-}" ]; then
+    [ $MODE = cuemu ] && run_cmocka cuemu_parity "$G/tests/test_cuda_parity"
+    run_cmocka "${MODE}_parallel_1gpu" "$G/tests/test_parallel" CAMO_TEST_GPUS=1
+    [ "$GPUS" -ge 2 ] && run_cmocka "${MODE}_parallel_${GPUS}gpus" "$G/tests/test_parallel" CAMO_TEST_GPUS=$GPUS
+fi
 
 # ---- tools/test_multi_gpu: exit 0 with every check passed ----
 "$G/tools/test_multi_gpu" > "$TMP/mgpu.log" 2>&1; rc=$?
@@ -74,12 +77,14 @@ run() { # NAME DEVICES MODE [more options]: trains into $TMP/NAME
     $B $D --devices "$dev" --parallel "$mode" "$@" --out "$TMP/$name" > "$TMP/$name.log" 2>&1
 }
 
-# one GPU against the CPU: 6 AdamW steps from a fresh BN network are ill-conditioned (see
-# tests/test_parallel.c), so this is a loose check; the exact ones are the parity suite's
-if run cpu cpu ddp && run g1 0 ddp; then
+# one GPU against the CPU: 6 SGD steps of the demo network made smooth (lib.sh smooth_net:
+# no kinks for another summation order to flip), so the runs differ by rounding alone
+smooth_net conf/models/unet_s.cfg "$TMP/unet_s_smooth.cfg"
+SM="--set model=$TMP/unet_s_smooth.cfg --set train.optimizer=sgd --set train.lr=0.05"
+if run cpu cpu ddp $SM && run g1 0 ddp $SM; then
     e=$(rel "$TMP/g1/last.ckpt" "$TMP/cpu/last.ckpt")
-    rel_ok "$TMP/g1/last.ckpt" "$TMP/cpu/last.ckpt" 0.02 && pass "${MODE}_gpu_vs_cpu_training" \
-        || fail "${MODE}_gpu_vs_cpu_training" "relative L2 difference $e"
+    rel_ok "$TMP/g1/last.ckpt" "$TMP/cpu/last.ckpt" 1e-4 && pass "${MODE}_gpu_vs_cpu_training ($e)" \
+        || fail "${MODE}_gpu_vs_cpu_training" "relative L2 difference $e (bound 1e-4)"
 else fail "${MODE}_gpu_vs_cpu_training" "$(tail -2 "$TMP/g1.log" "$TMP/cpu.log")"; fi
 
 # steps allocate nothing: cudaMalloc count flat from the first step to the last
@@ -90,15 +95,15 @@ n=$(grep -c '"gpu_mallocs"' "$TMP/g1/metrics.jsonl")
 grep -q 'peak GPU memory (replica 0): [0-9]* MiB' "$TMP/g1.log" && pass "${MODE}_peak_memory_line" \
     || fail "${MODE}_peak_memory_line" "no peak GPU memory line in the summary"
 
-# two replicas: DDP = DP bit for bit; sync-BN two replicas = one GPU (whole model, 1e-5)
+# two replicas: DDP = DP bit for bit; sync-BN two replicas = one GPU (whole model, 1e-6; smooth network)
 TWO="0,0"; [ "$GPUS" -ge 2 ] && TWO="0,1"
-S="--set train.optimizer=sgd --set train.lr=0.05 --set train.max_steps=3 --set parallel.sync_bn=true"
+S="$SM --set train.max_steps=3 --set parallel.sync_bn=true"
 if run s1 0 ddp $S && run s_ddp "$TWO" ddp $S && run s_dp "$TWO" dp $S && run s_local 0,0 ddp $S; then
     same "$TMP/s_ddp/last.ckpt" "$TMP/s_dp/last.ckpt" && pass "${MODE}_ddp_equals_dp" \
         || fail "${MODE}_ddp_equals_dp" "DDP and DP on $TWO differ"
     same "$TMP/s_ddp/last.ckpt" "$TMP/s_local/last.ckpt" && pass "${MODE}_local_equals_${TWO/,/_}" \
         || fail "${MODE}_local_equals_${TWO/,/_}" "0,0 (local comm) and $TWO differ"
-    rel_ok "$TMP/s_ddp/last.ckpt" "$TMP/s1/last.ckpt" 1e-5 && pass "${MODE}_sync_bn_two_equals_one" \
+    rel_ok "$TMP/s_ddp/last.ckpt" "$TMP/s1/last.ckpt" 1e-6 && pass "${MODE}_sync_bn_two_equals_one" \
         || fail "${MODE}_sync_bn_two_equals_one" "relative L2 $(rel "$TMP/s_ddp/last.ckpt" "$TMP/s1/last.ckpt")"
 else fail "${MODE}_two_replicas" "$(tail -2 "$TMP"/s_*.log "$TMP/s1.log")"; fi
 

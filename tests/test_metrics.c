@@ -9,11 +9,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
 #include <stb_image_write.h>
 
 #include "test_util.h"
 
 #include "camo/common.h"
+#include "camo/evaluate.h"
 #include "camo/metrics.h"
 #include "camo/safetensors.h"
 
@@ -404,6 +406,137 @@ static void test_eval_pred_dirs(void **state) {
     assert_int_equal(system(cmd), 0);
 }
 
+/* Masks named otherwise than their images (CARLA's NAME_label.png) pair with predict's
+ * NAME.png; a prediction named like the mask itself still wins; two masks for one
+ * prediction are an error naming both. */
+static void test_eval_pred_mask_names(void **state) {
+    (void)state;
+    enum { W = 20, H = 16 };
+    char root[512], gdir[600], pdir[600];
+    snprintf(root, sizeof root, "%s/camo_test_masknames_%d", tu_tmpdir(), (int)getpid());
+    snprintf(gdir, sizeof gdir, "%s/val_label", root);
+    snprintf(pdir, sizeof pdir, "%s/pred", root);
+    mkdir_p(gdir);
+    mkdir_p(pdir);
+    uint8_t g[3][W * H], p[3][W * H];
+    for (int k = 0; k < 3; k++) {
+        block_mask(g[k], W, H, k - 3);
+        for (int i = 0; i < W * H; i++) p[k][i] = (uint8_t)(g[k][i] ? 180 + k : 20 * k + i % 7);
+    }
+    write_png(gdir, "x_label.png", g[0], W, H);
+    write_png(gdir, "y.png", g[1], W, H);
+    write_png(gdir, "z_label.png", g[2], W, H);
+    write_png(pdir, "x.png", p[0], W, H);
+    write_png(pdir, "y.png", p[1], W, H);
+    write_png(pdir, "z_label.png", p[2], W, H); /* exact stem first */
+    write_png(pdir, "z.png", p[0], W, H);       /* so this one is left over */
+
+    camo_sod_acc *acc = camo_sod_acc_new();
+    for (int k = 0; k < 3; k++) camo_sod_acc_add(acc, p[k], g[k], W, H);
+    camo_sod_metrics m;
+    camo_sod_acc_result(acc, &m);
+    camo_sod_acc_free(acc);
+    char *want = NULL;
+    size_t wlen = 0;
+    FILE *wf = open_memstream(&want, &wlen);
+    camo_sod_print(&m, wf, 1);
+    fclose(wf);
+    int rc;
+    char *got = run_eval(pdir, gdir, &rc);
+    if (rc) fprintf(stderr, "eval: %s\n", camo_last_error());
+    assert_int_equal(rc, 0);
+    assert_string_equal(got, want);
+    free(got);
+    free(want);
+
+    write_png(gdir, "x.png", g[0], W, H);
+    got = run_eval(pdir, gdir, &rc);
+    assert_int_equal(rc, 2);
+    assert_non_null(strstr(camo_last_error(), "val_label/x.png and"));
+    assert_non_null(strstr(camo_last_error(), "val_label/x_label.png both pair"));
+    free(got);
+
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* ---- JSON records hold only the metrics computed ---- */
+
+/* What `write` printed, parsed as one JSON object (fails the test when it does not parse). */
+static cJSON *parse_printed(char *buf) {
+    cJSON *j = cJSON_Parse(buf);
+    if (!j) fprintf(stderr, "not JSON: %s\n", buf);
+    assert_non_null(j);
+    assert_true(cJSON_IsObject(j));
+    free(buf);
+    return j;
+}
+
+/* Every key of `must` is a number (or, for class_iou, an array); none of `mustnt` is there. */
+static void check_keys(const cJSON *j, const char *const *must, const char *const *mustnt) {
+    for (; *must; must++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, *must);
+        if (!v) fprintf(stderr, "missing key %s\n", *must);
+        assert_true(cJSON_IsNumber(v) || (!strcmp(*must, "class_iou") && cJSON_IsArray(v)));
+    }
+    for (; *mustnt; mustnt++) {
+        if (cJSON_GetObjectItemCaseSensitive(j, *mustnt)) fprintf(stderr, "key %s\n", *mustnt);
+        assert_null(cJSON_GetObjectItemCaseSensitive(j, *mustnt));
+    }
+}
+
+static const char *const BIN_KEYS[] = {"iou", "dice", "mae", NULL};
+static const char *const CLS_KEYS[] = {"miou", "pixel_acc", NULL};
+
+static void test_eval_jsonl_keys(void **state) {
+    (void)state;
+    camo_eval_result r = {.n_images = 3, .loss = 0.5, .iou = 0.25, .dice = 0.4, .mae = 0.1,
+                          .seconds = 1};
+    for (int classes = 1; classes <= 3; classes += 2) {
+        char *buf = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&buf, &len);
+        camo_eval_jsonl(f, &r, classes, 2, 7);
+        fclose(f);
+        assert_int_equal(buf[len - 1], '\n');
+        cJSON *j = parse_printed(buf);
+        check_keys(j, classes > 1 ? CLS_KEYS : BIN_KEYS, classes > 1 ? BIN_KEYS : CLS_KEYS);
+        assert_string_equal(cJSON_GetObjectItemCaseSensitive(j, "type")->valuestring, "eval");
+        assert_true(cJSON_GetObjectItemCaseSensitive(j, "step")->valuedouble == 7);
+        assert_true(cJSON_GetObjectItemCaseSensitive(j, "images")->valuedouble == 3);
+        if (classes == 1)
+            assert_true(cJSON_GetObjectItemCaseSensitive(j, "dice")->valuedouble == 0.4);
+        else /* a diverged loss is null, not nan (which would not parse) */
+            assert_true(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(j, "loss")));
+        cJSON_Delete(j);
+        r.loss = NAN;
+    }
+}
+
+/* eval --json of class-index maps: per-class IoU as "class_iou", never as "iou". */
+static void test_cls_json_keys(void **state) {
+    (void)state;
+    const int32_t gt[] = {0, 1, 2, 2}, pred[] = {0, 1, 1, 2};
+    camo_cls_acc *a = camo_cls_acc_new(3, 255);
+    assert_int_equal(camo_cls_acc_add(a, pred, gt, 4), 0);
+    double iou[3];
+    camo_cls_metrics m;
+    camo_cls_acc_result(a, &m, iou);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    camo_cls_print(&m, f, 1);
+    fclose(f);
+    cJSON *j = parse_printed(buf);
+    const char *const must[] = {"miou", "pixel_acc", "mean_acc", "class_iou", NULL};
+    const char *const mustnt[] = {"iou", "dice", "mae", "sm", "em_mean", "wfm", NULL};
+    check_keys(j, must, mustnt);
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(j, "class_iou")), 3);
+    cJSON_Delete(j);
+    camo_cls_acc_free(a);
+}
+
 int main(void) {
     camo_log_set_quiet(1);
     const struct CMUnitTest tests[] = {
@@ -414,6 +547,9 @@ int main(void) {
         cmocka_unit_test(test_cls_hand),
         cmocka_unit_test(test_cls_fixture),
         cmocka_unit_test(test_eval_pred_dirs),
+        cmocka_unit_test(test_eval_pred_mask_names),
+        cmocka_unit_test(test_eval_jsonl_keys),
+        cmocka_unit_test(test_cls_json_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -62,6 +62,28 @@ static void test_parse_errors(void **state) {
     expect_error("layer = ( );", "unknown key 'layer'");
 }
 
+/* A misspelt type is reported as the unknown type (with the closest known one), before any
+ * key the misread type would not take; an unknown key names file:line, the layer (index and
+ * name), its type and the closest key; so do the generic readers' messages. */
+static void test_errors_name_layer(void **state) {
+    (void)state;
+    const char *two = "layers = (\n { name = \"a\"; type = \"relu\"; },\n %s\n);";
+    char text[512];
+    snprintf(text, sizeof text, two, "{ name = \"b\"; type = \"convv\"; filters = 3; }");
+    expect_error(text, "test.cfg:3: layer #2 'b': unknown type 'convv' (did you mean 'conv'?");
+    snprintf(text, sizeof text, two, "{ name = \"b\"; type = \"dense\"; filters = 3; }");
+    expect_error(text, "test.cfg:3: layer #2 'b': unknown type 'dense' (types: conv,");
+    assert_null(strstr(camo_last_error(), "did you mean"));
+    snprintf(text, sizeof text, two,
+             "{ name = \"b\"; type = \"conv\"; filters = 3; size = 3; strides = 2; }");
+    expect_error(text, "test.cfg:3: layer #2 'b': unknown key 'strides' for type 'conv' "
+                       "(did you mean 'stride'?");
+    snprintf(text, sizeof text, two, "{ name = \"b\"; type = \"maxpool\"; size = 2.5; }");
+    expect_error(text, "test.cfg:3: key 'size' must be an integer (layer #2 'b', type 'maxpool')");
+    snprintf(text, sizeof text, two, "{ type = \"relu\"; }");
+    expect_error(text, "test.cfg:3: missing key 'name' (layer #2)");
+}
+
 static void test_shape_mismatch_names_layer(void **state) {
     (void)state;
     camo_net *net = net_from_text(
@@ -225,6 +247,7 @@ int main(int argc, char **argv) {
     camo_cpu_env_reexec(argv); /* passive OpenMP waits: tests share 2 busy cores */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_parse_errors),
+        cmocka_unit_test(test_errors_name_layer),
         cmocka_unit_test(test_shape_mismatch_names_layer),
         cmocka_unit_test(test_composite_names),
         cmocka_unit_test(test_block_layout),

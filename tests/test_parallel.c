@@ -19,7 +19,7 @@
 static char root[CAMO_PATH_MAX], data[CAMO_PATH_MAX + 16], tmp[CAMO_PATH_MAX];
 
 static const char *UNET =
-    "model = \"%s/unet_s_avg.cfg\";\n"
+    "model = \"%s/unet_s_smooth.cfg\";\n"
     "seed = 5;\n"
     "data = { root = \"%s\"; img_size = 32; classes = 1; workers = 1;\n"
     "         augment = { hflip = true; scale_min = 0.9; scale_max = 1.1; jitter = 0.1; }; };\n"
@@ -51,7 +51,7 @@ static const char *TINY =
     "log = { every = 1000; };\n";
 
 static const char *FPN =
-    "model = \"%s/fpn_r18_avg.cfg\";\n"
+    "model = \"%s/fpn_r18_smooth.cfg\";\n"
     "seed = 9;\n"
     "data = { root = \"%s\"; img_size = 64; classes = 1; workers = 1; };\n"
     "train = { epochs = 1; batch = 4; optimizer = \"sgd\"; lr = 0.02; momentum = 0.9; loss = \"bce\";\n"
@@ -69,26 +69,12 @@ static void write_conf(const char *name, const char *text) {
     fclose(f);
 }
 
-/* A shipped network with max pooling turned into average pooling. Max pooling's argmax
- * turns last-bit differences of the forward (sums in another order across replicas) into a
- * different routed pixel, a gradient change far above rounding; everything else matches. */
-static int write_avgpool_net(const char *model, const char *name) {
-    char path[CAMO_PATH_MAX + 64];
-    snprintf(path, sizeof path, "%s/conf/models/%s", root, model);
-    FILE *f = fopen(path, "r");
-    if (!f) return -1;
-    char text[16384];
-    size_t n = fread(text, 1, sizeof text - 1, f);
-    fclose(f);
-    text[n] = 0;
-    for (char *p = strstr(text, "\"maxpool\""); p; p = strstr(p, "\"maxpool\""))
-        memcpy(p + 1, "avg", 3);
-    snprintf(path, sizeof path, "%s/%s", tmp, name);
-    f = fopen(path, "w");
-    if (!f) return -1;
-    fputs(text, f);
-    fclose(f);
-    return 0;
+/* A shipped network made smooth (tu_write_smooth_net) in the test folder. */
+static int write_smooth_net(const char *model, const char *name) {
+    char src[CAMO_PATH_MAX + 64], dst[CAMO_PATH_MAX + 64];
+    snprintf(src, sizeof src, "%s/conf/models/%s", root, model);
+    snprintf(dst, sizeof dst, "%s/%s", tmp, name);
+    return tu_write_smooth_net(src, dst);
 }
 
 static int group_setup(void **state) {
@@ -98,8 +84,8 @@ static int group_setup(void **state) {
     snprintf(data, sizeof data, "%s/synth", tmp);
     char *argv[] = {"--out", data, "--train", "22", "--test", "2", "--size", "32", "--seed", "3"};
     if (cli_synth(10, argv) != CAMO_OK) return -1;
-    if (write_avgpool_net("unet_s.cfg", "unet_s_avg.cfg") ||
-        write_avgpool_net("fpn_r18.cfg", "fpn_r18_avg.cfg"))
+    if (write_smooth_net("unet_s.cfg", "unet_s_smooth.cfg") ||
+        write_smooth_net("fpn_r18.cfg", "fpn_r18_smooth.cfg"))
         return -1;
     char text[4096];
     snprintf(text, sizeof text, UNET, tmp, data);
@@ -172,16 +158,19 @@ static void sq_sums(const float *x, const float *y, size_t n, double *d, double 
 }
 
 /* Run a's last.ckpt against run b's (same position). The relative L2 error of all weights
- * and BN statistics together must be within tol: that is "the same weights"; single
- * weight tensors within 1e-2. Optimizer slots (momentum = gradients) within 0.2 a tensor
- * and 0.1 overall: a missing replica's or bucket's share is an O(1) error there, while a
- * gradient of a randomly initialised BN network is ill-conditioned (a BN bias gradient is
- * a near-cancelling sum; a layer followed by BN receives dy minus its mean), so rounding
- * differences of another summation order reach 1e-3 after one step and grow by a few
- * times a step (see docs/parallel.md). Exactness of the exchange itself is checked
- * bitwise: DP and DDP of the same replica count agree bit for bit. SGD here: Adam's first
- * steps move every weight by +-lr whatever its gradient's size, sign of rounding noise
- * included. Returns the whole-model weight error. */
+ * and BN statistics together must be within tol (TOL): that is "the same weights"; each
+ * tensor within TENSOR_TOL; the optimizer slots (momentum = summed gradients) within
+ * SLOT_TOL together and SLOT_TENSOR_TOL each. The networks are smooth copies
+ * (tu_write_smooth_net), so two runs differ by rounding alone: observed at most 2.5e-8
+ * (whole model) and 7e-6 (a tensor, a slot) under every OpenBLAS kernel, while a planted
+ * bug (one replica's gradients scaled by 1 + 1e-3, a dropped sample, a stale bucket)
+ * moves the slots by 5e-4 or more (docs/parallel.md "Testing"). Exactness of the exchange
+ * itself is checked bitwise too: DP and DDP of the same replica count agree bit for bit.
+ * Returns the whole-model weight error. */
+#define TOL 1e-6
+#define TENSOR_TOL 1e-4
+#define SLOT_TOL 1e-4
+#define SLOT_TENSOR_TOL 1e-3
 static double compare_runs(const char *a, const char *b, double tol) {
     char pa[CAMO_PATH_MAX + 64], pb[CAMO_PATH_MAX + 64];
     ckpt_path(a, pa, sizeof pa);
@@ -192,7 +181,7 @@ static double compare_runs(const char *a, const char *b, double tol) {
     assert_int_equal(ca->st.step, cb->st.step);
     assert_int_equal(ca->st.epoch, cb->st.epoch);
     assert_int_equal(ca->st.batch, cb->st.batch);
-    double dw = 0, mw = 0, dox = 0, mo = 0;
+    double dw = 0, mw = 0, dox = 0, mo = 0, worst_w = 0, worst_o = 0;
     int compared = 0, bad = 0;
     for (int i = 0; i < camo_st_count(ca->file); i++) {
         const camo_st_tensor *ta = camo_st_get(ca->file, i);
@@ -208,7 +197,8 @@ static double compare_runs(const char *a, const char *b, double tol) {
         sq_sums(x, y, (size_t)ta->numel, &d, &m);
         int slot = !strncmp(ta->name, "optim.", 6);
         if (slot) { dox += d; mo += m; } else { dw += d; mw += m; }
-        double e = m > 0 ? sqrt(d / m) : sqrt(d), t = slot ? 0.2 : 1e-2;
+        double e = m > 0 ? sqrt(d / m) : sqrt(d), t = slot ? SLOT_TENSOR_TOL : TENSOR_TOL;
+        if (slot) worst_o = fmax(worst_o, e); else worst_w = fmax(worst_w, e);
         if (!(e <= t)) {
             fprintf(stderr, "  %s: relative error %.3g (tolerance %.3g)\n", ta->name, e, t);
             bad++;
@@ -222,9 +212,10 @@ static double compare_runs(const char *a, const char *b, double tol) {
     camo_ckpt_close(cb);
     double ew = sqrt(dw / mw), eo = mo > 0 ? sqrt(dox / mo) : 0;
     if (!(ew <= tol)) fprintf(stderr, "  weights: relative error %.3g (tolerance %.3g)\n", ew, tol);
-    if (!(eo <= 0.1)) fprintf(stderr, "  optimizer slots: relative error %.3g\n", eo);
+    if (!(eo <= SLOT_TOL)) fprintf(stderr, "  optimizer slots: relative error %.3g\n", eo);
+    printf("  worst tensor %.2g, optimizer slots %.2g (worst %.2g)\n", worst_w, eo, worst_o);
     assert_int_equal(bad, 0);
-    assert_true(eo <= 0.1);
+    assert_true(eo <= SLOT_TOL);
     return ew;
 }
 
@@ -246,7 +237,6 @@ static int bitwise_equal(const char *a, const char *b) {
     return same;
 }
 
-#define TOL 1e-5
 
 /* The device list of n replicas: cpu:n, or with CAMO_TEST_GPUS=k GPU replicas round-robin
  * over GPUs 0..k-1 (tests/test_gpu_paths.sh), so that the same equivalence checks cover

@@ -111,4 +111,33 @@ static inline const char *tu_tmpdir(void) {
     return d ? d : "/tmp";
 }
 
+/* Writes a copy of network file `src` made smooth to `dst`: max pooling becomes average
+ * pooling and every ReLU (layers, conv `act`, resblocks) SiLU. Equivalence and parity
+ * tests of whole networks run on these copies. At a kink (a max-pool near-tie, a ReLU
+ * input within rounding of zero, which BN makes common since it centres its outputs on 0)
+ * a last-bit difference of the forward (sums in another order: another replica count,
+ * OpenBLAS kernel or GPU library) routes a gradient another way, a change of percents
+ * that no tolerance can tell from a bug; without kinks runs differ by rounding alone.
+ * The kinked ops keep their own per-op tests. 0, or -1 when a file cannot be used. */
+static inline int tu_write_smooth_net(const char *src, const char *dst) {
+    FILE *f = fopen(src, "r");
+    if (!f) return -1;
+    static char text[32768];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    if (n == sizeof text - 1) return -1;
+    text[n] = 0;
+    for (char *p = strstr(text, "\"maxpool\""); p; p = strstr(p, "\"maxpool\""))
+        memcpy(p + 1, "avg", 3);
+    for (char *p = strstr(text, "\"relu\""); p; p = strstr(p, "\"relu\""))
+        memcpy(p + 1, "silu", 4);
+    if (!(f = fopen(dst, "w"))) return -1;
+    const char *rb = "\"resblock\";";
+    char *p = text;
+    for (char *q; (q = strstr(p, rb)); p = q + strlen(rb))
+        fprintf(f, "%.*s%s act = \"silu\";", (int)(q - p), p, rb);
+    fputs(p, f);
+    return fclose(f);
+}
+
 #endif

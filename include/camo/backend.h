@@ -184,6 +184,18 @@ struct camo_backend {
                                float *dlogits, const float *logits, const int *labels,
                                int ignore_index, float norm);
 
+    /* ---- training metrics ---- */
+    /* Pixel accuracy of a prediction, as counts: acc[0] += pixels predicted right,
+     * acc[1] += pixels counted; acc is 2 doubles in backend memory (integer counts stay exact
+     * up to 2^53, so sums over replicas and micro-batches do not depend on their order).
+     * C == 1: logits, target (N,H,W,1), prediction sigmoid(logit) > 0.5 against target > 0.5
+     * (the eval's threshold), every pixel counted. C > 1: logits (N,H,W,C), labels int32
+     * (N,H,W), prediction the first largest logit; label == ignore_index (or outside
+     * [0, C)) not counted. The unused one of target / labels may be NULL. */
+    void (*pixel_correct)(camo_backend *be, int N, int H, int W, int C, double *acc,
+                          const float *logits, const float *target, const int *labels,
+                          int ignore_index);
+
     /* ---- optimizer and reductions ---- */
     /* out[0] = sum of x^2 (backend memory); used for the global grad norm */
     void (*sumsq)(camo_backend *be, size_t n, float *out, const float *x);

@@ -17,6 +17,11 @@ void camo_set_error(const char *file, int line, const char *fmt, ...)
 const char *camo_last_error(void);
 void camo_clear_error(void);
 #define CAMO_ERR(...) camo_set_error(__FILE__, __LINE__, __VA_ARGS__)
+/* The same with our source location first: "cuda/comm.cu:123: <message>". For failures of
+ * library calls (the CUDA runtime, cuBLAS, cuDNN, NCCL: cuda/cuda_common.cuh), where there is
+ * no user file to name and the call site is what a bug report needs. */
+void camo_set_error_at(const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 /* Fatal checks for conditions that are programming errors or out-of-memory. */
 void camo_die(const char *file, int line, const char *fmt, ...)
@@ -34,10 +39,21 @@ char *camo_strdup_check(const char *s, const char *file, int line);
 #define camo_realloc(p, n) camo_realloc_check((p), (n), __FILE__, __LINE__)
 #define camo_strdup(s) camo_strdup_check((s), __FILE__, __LINE__)
 
-/* Logging: info goes to stderr unless quiet; warnings always. */
+/* Logging, one line per call (the newline is added). Every line also goes to the run's log
+ * once camo_log_open has opened one (quiet or not), so train.log keeps what the console
+ * showed. info: stderr unless quiet; warn: "camotrain: warning: ..." on stderr; print: a
+ * result on stdout (the end summary); print_error: "camotrain: error: ..." on stderr. */
 void camo_log_set_quiet(int quiet);
 void camo_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void camo_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void camo_print(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void camo_print_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Appends every later line to `path`, after a line "==== <local time>  <marker>" (runs and
+ * resumes appended to one file stay apart) and the lines logged before this call (at most
+ * 64 KiB of them). 0, or -1 + error. */
+int camo_log_open(const char *path, const char *marker);
+/* Closes the log; later lines go to the console only (and wait for the next log). */
+void camo_log_close(void);
 
 double camo_now(void); /* monotonic seconds */
 

@@ -25,4 +25,10 @@ void camo_eval_full_free(camo_eval_full *e);
 /* A table (json = 0) or one JSON object on one line: images, loss, seconds and the metrics. */
 void camo_eval_full_print(const camo_eval_full *e, FILE *out, int json);
 
+/* The evaluation record of metrics.jsonl, one line: type, epoch, step, loss, then iou, dice,
+ * mae (classes == 1) or miou, pixel_acc (classes > 1), images, seconds. Only the metrics of
+ * the network's kind: a 0 written for one not computed would read as a score. */
+void camo_eval_jsonl(FILE *f, const camo_eval_result *r, int classes, int epoch,
+                     long long step);
+
 #endif

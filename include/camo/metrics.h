@@ -85,16 +85,31 @@ void camo_cls_print_fields(const camo_cls_metrics *m, FILE *out);
 
 /* ---- scoring saved predictions (src/eval_pred.c) ---- */
 
-/* Scores every GT image in gt_dir against the prediction in pred_dir with the same file
- * stem (any extension), binary masks (gt > 127), then prints the metrics to out.
- * Predictions of another size are resized to the GT's (bilinear, half-pixel centres, as
- * cv2.resize in the field's scripts). A prediction without GT is warned about and skipped.
- * Returns 0, or 2 with an error naming the folder/file: missing or empty folder, a GT
- * without prediction, two predictions with one stem, an unreadable image. */
+/* What the ground truth is and how to score it. */
+typedef struct camo_pred_eval {
+    int classes;        /* 1: probability maps (GT > 127 is foreground); 2..256: class indices */
+    int ignore_index;   /* classes > 1: GT pixels with this value are not counted (e.g. 255) */
+    const char *format; /* a data.format name or NULL; "ade20k": GT 0 = ignore, v = class v-1 */
+    const char *split;  /* gt is a data-set root: its split (NULL: "Test", with its aliases) */
+} camo_pred_eval;
+
+/* Scores the predictions in pred_dir (predict's output: one map per image, named by the
+ * image's stem, any extension) against gt, then prints the metrics to out (a table, or one
+ * JSON line). gt is either a folder of masks, each paired with the prediction of its own stem,
+ * else of its image's stem in data.format's layouts (CARLA's NAME_label.png: NAME), or, when
+ * it holds no images, a data-set root whose split is opened as training opens it
+ * (camo_dataset_open with o->format, "auto" when NULL), each mask paired with the prediction
+ * of its image; an ADE20K root implies the ade20k mapping. Predictions of another size are
+ * resized to the GT's: bilinear for probabilities (half-pixel centres, as cv2.resize in the
+ * field's scripts), nearest for class indices. A prediction without GT is warned about and
+ * skipped. Returns 0, or 2 with an error naming the folder/file: missing folder, no
+ * predictions, a GT without prediction, two predictions with one stem or two GTs for one
+ * prediction, an unreadable image, a class value out of range. */
+int camo_eval_pred(const char *pred_dir, const char *gt, const camo_pred_eval *o, int json,
+                   FILE *out);
+/* camo_eval_pred for probability maps (classes = 1). */
 int camo_eval_pred_dirs(const char *pred_dir, const char *gt_dir, int json, FILE *out);
-/* The same for class-index PNGs (predict's multi-class output): predictions resized to the
- * GT nearest-neighbour, then mIoU, per-class IoU, pixel and mean class accuracy; GT pixels
- * equal to ignore_index are not counted; ade20k: GT value 0 is ignored and v is class v - 1. */
+/* camo_eval_pred for class-index maps; ade20k: format "ade20k". */
 int camo_eval_pred_dirs_cls(const char *pred_dir, const char *gt_dir, int classes,
                             int ignore_index, int ade20k, int json, FILE *out);
 
