@@ -4,6 +4,10 @@
 
 CC       ?= gcc
 CUDA_HOME ?= /usr/local/cuda
+# cuDNN and NCCL from elsewhere (a GPU machine's PyTorch wheels: ../shared/tools/device-deps.sh
+# exports both); searched before $(CUDA_HOME), and their lib folders are the binaries' rpath
+CUDNN_HOME ?=
+NCCL_HOME ?=
 NVCC     ?= $(CUDA_HOME)/bin/nvcc
 # CUDA is built when nvcc is found, unless CUDA=0
 CUDA     ?= $(if $(wildcard $(NVCC)),1,0)
@@ -24,9 +28,14 @@ $(DEPS_GOALS):
 	@$(MAKE) --no-print-directory CAMO_DEPS_OK=1 $@
 else
 
+comma    := ,
 PKGS     := libconfig openblas libcjson
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) stb 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+# packages unpacked under a sysroot (no dpkg, as on a GPU machine without apt): rpath too
+ifneq ($(PKG_CONFIG_SYSROOT_DIR),)
+  PKG_LIBS += $(patsubst -L%,-Wl$(comma)-rpath$(comma)%,$(filter -L%,$(PKG_LIBS)))
+endif
 
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=gnu11 -Wall -Wextra -Iinclude -Isrc $(PKG_CFLAGS) -MMD -MP
@@ -61,10 +70,15 @@ LDFLAGS += $(OPENMP)
 LIB_SRC  := $(filter-out src/main.c,$(wildcard src/*.c))
 CU_SRC   := $(wildcard cuda/*.cu)
 ifeq ($(CUDA),1)
-  CFLAGS  += -DCAMO_HAVE_CUDA=1 -I$(CUDA_HOME)/include
-  NVCCFLAGS ?= -O2 $(CUDA_ARCH) --threads 0 --extended-lambda -MMD -MP -Iinclude \
+  CUDA_HOMES := $(CUDNN_HOME) $(NCCL_HOME) $(CUDA_HOME)
+  CUDA_INC := $(foreach h,$(CUDA_HOMES),-I$(h)/include)
+  CUDA_LIBDIRS := $(foreach h,$(CUDNN_HOME) $(NCCL_HOME),$(h)/lib) $(CUDA_HOME)/lib64
+  CFLAGS  += -DCAMO_HAVE_CUDA=1 $(CUDA_INC)
+  NVCCFLAGS ?= -O2 $(CUDA_ARCH) --threads 0 --extended-lambda -MMD -MP -Iinclude $(CUDA_INC) \
                -Xcompiler -Wall,-Wextra
-  LDLIBS  += -L$(CUDA_HOME)/lib64 -lcudnn -lcublas -lcudart -lnccl -lstdc++
+  # rpath: the binaries find these libraries without LD_LIBRARY_PATH
+  LDLIBS  += $(foreach d,$(CUDA_LIBDIRS),-L$(d) -Wl,-rpath,$(d)) \
+             -lcudnn -lcublas -lcudart -lnccl -lstdc++
   CU_OBJ  := $(CU_SRC:cuda/%.cu=$(BUILD)/cuda/%.o)
 else ifeq ($(CUDA),emu)
   CFLAGS  += -DCAMO_HAVE_CUDA=1 -Itests/cuemu/include

@@ -266,6 +266,34 @@ extern "C" camo_backend *camo_backend_cuda_create(int device) {
     return be;
 }
 
+/* Logs the CUDA, cuDNN and NCCL versions found at run time beside those compiled against:
+ * a GPU machine may carry its own (a PyTorch environment's wheels). cuDNN of another major
+ * version, or older than its headers, misses symbols and fails in odd ways later: refused. */
+extern "C" int camo_cuda_check_versions(void) {
+    int rt = 0, drv = 0, nccl = 0;
+    cudaRuntimeGetVersion(&rt);
+    cudaDriverGetVersion(&drv);
+    ncclGetVersion(&nccl);
+    size_t dnn = cudnnGetVersion();
+    camo_info("cuda: runtime %d.%d, driver %d.%d; cuDNN %zu.%zu.%zu (built with %d.%d.%d); "
+              "NCCL %d.%d.%d (built with %d.%d.%d)", rt / 1000, rt % 1000 / 10, drv / 1000,
+              drv % 1000 / 10, dnn / 10000, dnn / 100 % 100, dnn % 100, CUDNN_MAJOR, CUDNN_MINOR,
+              CUDNN_PATCHLEVEL, nccl / 10000, nccl / 100 % 100, nccl % 100, NCCL_MAJOR,
+              NCCL_MINOR, NCCL_PATCH);
+    if (dnn / 10000 != CUDNN_MAJOR || dnn < (size_t)CUDNN_VERSION) {
+        CAMO_ERR("cuDNN %zu.%zu.%zu found at run time, but camotrain was built with cuDNN "
+                 "%d.%d.%d headers: put a cuDNN %d of at least that version first (CUDNN_HOME at "
+                 "build time; the binary's rpath or LD_LIBRARY_PATH at run time)", dnn / 10000,
+                 dnn / 100 % 100, dnn % 100, CUDNN_MAJOR, CUDNN_MINOR, CUDNN_PATCHLEVEL,
+                 CUDNN_MAJOR);
+        return -1;
+    }
+    if (nccl / 10000 != NCCL_MAJOR)
+        camo_warn("NCCL %d.x found at run time, built with %d.%d: collectives may fail",
+                  nccl / 10000, NCCL_MAJOR, NCCL_MINOR);
+    return 0;
+}
+
 /* cudaGetDeviceCount leaves its argument untouched without a driver (BUILD-NOTES 5). */
 extern "C" int camo_cuda_device_count(void) {
     int n = 0;

@@ -20,6 +20,7 @@ extern "C" {
 #include <stdlib.h>
 #include <pthread.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #define HOST_SLOT 4096  /* doubles per rank for all_reduce_host; larger arrays go in chunks */
@@ -32,6 +33,8 @@ typedef struct comm_group {
     pthread_cond_t cv;
     int arrived, refs;
     unsigned gen;
+    unsigned *arrived_gen;         /* per rank: gen + 1 of its last barrier arrival */
+    long *issued;                  /* nccl: collectives each rank has issued */
     int aborted;
     char reason[256];
     double *slots;                 /* (n, HOST_SLOT) */
@@ -89,13 +92,33 @@ static int fail_aborted(comm_group *g) {
     return -1;
 }
 
-static int group_barrier(comm_group *g) {
+/* ": replica 1, 3 did not join (replica 0 waited)" for the ranks r with late(g, r, rank), or ""
+ * when every rank joined (a peer joined but its GPU never finished). Under g->mu. */
+static void name_missing(comm_group *g, int rank, int (*late)(comm_group *, int, int),
+                         char *buf, size_t size) {
+    size_t len = 0;
+    buf[0] = 0;
+    for (int r = 0; r < g->n && len + 16 < size; r++)
+        if (late(g, r, rank))
+            len += (size_t)snprintf(buf + len, size - len, "%s%d", len ? ", " : ": replica ", r);
+    if (len) snprintf(buf + len, size - len, " did not join (replica %d waited)", rank);
+}
+
+/* rank r has not arrived at the barrier `rank` waits at */
+static int barrier_late(comm_group *g, int r, int rank) {
+    return g->arrived_gen[r] != g->arrived_gen[rank];
+}
+
+/* Host barrier of the group's ranks; `rank`: the caller's. Times out after timeout_s
+ * (aborting the group with the ranks that did not come), wakes on abort. */
+static int group_barrier(comm_group *g, int rank) {
     pthread_mutex_lock(&g->mu);
     if (g->aborted) {
         pthread_mutex_unlock(&g->mu);
         return fail_aborted(g);
     }
     unsigned gen = g->gen;
+    g->arrived_gen[rank] = gen + 1;
     if (++g->arrived == g->n) {
         g->arrived = 0;
         g->gen++;
@@ -112,8 +135,9 @@ static int group_barrier(comm_group *g) {
         if (g->timeout_s <= 0) {
             pthread_cond_wait(&g->cv, &g->mu);
         } else if (pthread_cond_timedwait(&g->cv, &g->mu, &dl) == ETIMEDOUT && gen == g->gen) {
-            char msg[128];
-            snprintf(msg, sizeof msg, "collective timed out after %g s", g->timeout_s);
+            char missing[160], msg[200];
+            name_missing(g, rank, barrier_late, missing, sizeof missing);
+            snprintf(msg, sizeof msg, "collective timed out after %g s%s", g->timeout_s, missing);
             group_abort_locked(g, msg);
         }
     }
@@ -129,13 +153,13 @@ static int common_all_reduce_host(camo_comm *c, double *data, size_t n) {
     for (size_t off = 0; off < n; off += HOST_SLOT) {
         size_t m = n - off < HOST_SLOT ? n - off : HOST_SLOT;
         memcpy(mine, data + off, m * sizeof(double));
-        if (group_barrier(g)) return -1;
+        if (group_barrier(g, c->rank)) return -1;
         for (size_t i = 0; i < m; i++) {
             double s = 0;
             for (int r = 0; r < g->n; r++) s += g->slots[(size_t)r * HOST_SLOT + i];
             data[off + i] = s;
         }
-        if (group_barrier(g)) return -1; /* nobody refills a slot still being read */
+        if (group_barrier(g, c->rank)) return -1; /* nobody refills a slot still being read */
     }
     return 0;
 }
@@ -153,6 +177,8 @@ static comm_group *group_new(int n, double timeout_s) {
     pthread_mutex_init(&g->mu, NULL);
     pthread_cond_init(&g->cv, NULL);
     g->slots = (double *)camo_calloc((size_t)n * HOST_SLOT, sizeof(double));
+    g->arrived_gen = (unsigned *)camo_calloc(n, sizeof(unsigned));
+    g->issued = (long *)camo_calloc(n, sizeof(long));
     return g;
 }
 
@@ -160,6 +186,8 @@ static void group_free(comm_group *g) {
     pthread_mutex_destroy(&g->mu);
     pthread_cond_destroy(&g->cv);
     free(g->slots);
+    free(g->arrived_gen);
+    free(g->issued);
     free(g->nccl);
     free(g->nccl_dead);
     free(g->nccl_dev);
@@ -208,7 +236,24 @@ static int nccl_begin(camo_comm *c) {
         CUDA_CHECK(cudaEventRecord(r->ev_ready, r->compute)) ||
         CUDA_CHECK(cudaStreamWaitEvent(r->side, r->ev_ready, 0)))
         return nccl_fail(c);
+    pthread_mutex_lock(&r->g->mu); /* for a timeout's message: who did not issue it */
+    r->g->issued[c->rank]++;
+    pthread_mutex_unlock(&r->g->mu);
     return 0;
+}
+
+/* rank r has issued fewer collectives than `rank`, which waits for its last one */
+static int issue_late(comm_group *g, int r, int rank) { return g->issued[r] < g->issued[rank]; }
+
+/* The timeout of nccl_poll, naming the ranks that never issued the awaited collective. */
+static int nccl_timed_out(camo_comm *c) {
+    comm_group *g = R(c)->g;
+    char missing[160];
+    pthread_mutex_lock(&g->mu);
+    name_missing(g, c->rank, issue_late, missing, sizeof missing);
+    pthread_mutex_unlock(&g->mu);
+    CAMO_ERR("collective timed out after %g s%s", g->timeout_s, missing);
+    return nccl_fail(c);
 }
 
 static int nccl_wait(camo_comm *c);
@@ -282,10 +327,7 @@ static int nccl_poll(camo_comm *c) {
             nccl_abort_own(c);
             return fail_aborted(g);
         }
-        if (g->timeout_s > 0 && camo_now() - t0 > g->timeout_s) {
-            CAMO_ERR("collective timed out after %g s", g->timeout_s);
-            return nccl_fail(c);
-        }
+        if (g->timeout_s > 0 && camo_now() - t0 > g->timeout_s) return nccl_timed_out(c);
         struct timespec ts = {0, 50000}; /* 50 us */
         nanosleep(&ts, NULL);
     }
@@ -303,7 +345,7 @@ static int nccl_wait(camo_comm *c) {
 
 static int nccl_barrier(camo_comm *c) {
     if (nccl_wait(c)) return -1;
-    return group_barrier(R(c)->g);
+    return group_barrier(R(c)->g, c->rank);
 }
 
 /* ncclCommFinalize/ncclCommDestroy synchronise with the peers of the communicator, so one
@@ -392,7 +434,7 @@ static int local_publish(camo_comm *c, const float *p) {
     if (CUDA_CHECK(cudaSetDevice(r->device)) ||
         CUDA_CHECK(cudaEventRecord(g->ev_ready[c->rank], r->compute)))
         return local_fail(c);
-    return group_barrier(g);
+    return group_barrier(g, c->rank);
 }
 
 /* Rank 0: the staging buffer (ranks, n) on its GPU holds at least n floats a rank. Grows
@@ -423,7 +465,7 @@ static int local_reduce(camo_comm *c, float *data, size_t n, int copy_back) {
     /* every rank reads the capacity before the barrier; only rank 0 changes it, after */
     int grow = n * g->n > g->shared_cap;
     /* A: every rank finished the previous collective, its ev_copied is recorded */
-    if (group_barrier(g)) return -1;
+    if (group_barrier(g, c->rank)) return -1;
     if (c->rank == 0 && grow && local_grow(c, n)) return -1;
     /* Every rank overwrites part of the staging buffer below, and with another n its slot
      * overlaps the last collective's slot 0, which slower ranks may still be copying their
@@ -431,13 +473,13 @@ static int local_reduce(camo_comm *c, float *data, size_t n, int copy_back) {
     for (int j = 0; j < g->n; j++)
         if (CUDA_CHECK(cudaStreamWaitEvent(r->compute, g->ev_copied[j], 0)))
             return local_fail(c);
-    if (grow && group_barrier(g)) return -1; /* the new staging buffer exists */
+    if (grow && group_barrier(g, c->rank)) return -1; /* the new staging buffer exists */
     float *slot = g->shared + (size_t)c->rank * n;
     if (CUDA_CHECK(cudaMemcpyPeerAsync(slot, g->device, data, r->device, n * sizeof(float),
                                        r->compute)) ||
         CUDA_CHECK(cudaEventRecord(g->ev_ready[c->rank], r->compute)))
         return local_fail(c);
-    if (group_barrier(g)) return -1;
+    if (group_barrier(g, c->rank)) return -1;
     if (c->rank == 0) {
         for (int j = 0; j < g->n; j++)
             if (CUDA_CHECK(cudaStreamWaitEvent(r->compute, g->ev_ready[j], 0)))
@@ -446,7 +488,7 @@ static int local_reduce(camo_comm *c, float *data, size_t n, int copy_back) {
         if (CUDA_CHECK(cudaGetLastError()) || CUDA_CHECK(cudaEventRecord(g->ev_sum, r->compute)))
             return local_fail(c);
     }
-    if (group_barrier(g)) return -1;
+    if (group_barrier(g, c->rank)) return -1;
     if (CUDA_CHECK(cudaStreamWaitEvent(r->compute, g->ev_sum, 0))) return local_fail(c);
     if (copy_back && CUDA_CHECK(cudaMemcpyPeerAsync(data, r->device, g->shared, g->device,
                                                     n * sizeof(float), r->compute)))
@@ -468,7 +510,7 @@ static int local_reduce_to_root(camo_comm *c, float *data, size_t n, int root) {
 static int local_wait_copies(camo_comm *c) {
     comm_rank *r = R(c);
     comm_group *g = r->g;
-    if (group_barrier(g)) return -1;
+    if (group_barrier(g, c->rank)) return -1;
     for (int j = 0; j < g->n; j++)
         if (CUDA_CHECK(cudaStreamWaitEvent(r->compute, g->ev_copied[j], 0)))
             return local_fail(c);
@@ -508,7 +550,7 @@ static int local_wait(camo_comm *c) {
     return group_aborted(R(c)->g) ? fail_aborted(R(c)->g) : 0;
 }
 
-static int local_barrier(camo_comm *c) { return group_barrier(R(c)->g); }
+static int local_barrier(camo_comm *c) { return group_barrier(R(c)->g, c->rank); }
 
 static void local_destroy(camo_comm *c) {
     if (!c) return;
@@ -591,14 +633,33 @@ static int nccl_rank_init(camo_comm *c) {
     return 0;
 }
 
+/* The NCCL settings the poll/abort path above depends on. NCCL reads both in the
+ * initialisation of each communicator (init.cc, initTransportsRank; the launch mode is then
+ * process-wide), so they are set here, before every ncclCommInitAll, from the one thread
+ * that creates the comms, before any replica thread runs.
+ *  - NCCL_RUNTIME_CONNECT=0: NCCL >= 2.22 connects peers lazily inside the first collective
+ *    of each kind, where a rank's thread blocks until its peers arrive and NCCL allocates and
+ *    maps memory while other ranks' kernels may already run (DESIGN.md hazards). Connect
+ *    everything in ncclCommInitAll instead, unless the user chose otherwise.
+ *  - NCCL_LAUNCH_MODE=PARALLEL, always: in GROUP mode the ranks of one process launch their
+ *    kernels through a host spin barrier (ncclCommIntraBarrierOut in group.cc, which never
+ *    looks at the abort flag), so a stalled replica would hang its peers' threads inside
+ *    ncclAllReduce, where wait()'s polling, parallel.timeout_s and abort() cannot reach
+ *    them. A user's other value is overridden with one warning. */
+static void nccl_env(void) {
+    if (!getenv("NCCL_RUNTIME_CONNECT")) setenv("NCCL_RUNTIME_CONNECT", "0", 0);
+    const char *mode = getenv("NCCL_LAUNCH_MODE");
+    if (mode && strcasecmp(mode, "PARALLEL"))
+        camo_warn("NCCL_LAUNCH_MODE=%s overridden with PARALLEL: in GROUP mode a stalled "
+                  "replica hangs the others inside NCCL, out of reach of parallel.timeout_s",
+                  mode);
+    setenv("NCCL_LAUNCH_MODE", "PARALLEL", 1);
+}
+
 extern "C" int camo_comm_nccl_create(int n, const int *devices, void *const *streams,
                                      double timeout_s, camo_comm **comms) {
     if (check_devices(n, devices, 1)) return -1;
-    /* NCCL >= 2.22 connects peers lazily inside the first collective of each kind, where a
-     * rank's thread blocks until its peers arrive and NCCL allocates and maps memory while
-     * other ranks' kernels may already run (DESIGN.md hazards). Connect everything here,
-     * in ncclCommInitAll, from this one thread, unless the user chose otherwise. */
-    if (!getenv("NCCL_RUNTIME_CONNECT")) setenv("NCCL_RUNTIME_CONNECT", "0", 0);
+    nccl_env();
     comm_group *g = group_new(n, timeout_s);
     g->nccl = (ncclComm_t *)camo_calloc(n, sizeof(ncclComm_t));
     g->nccl_dead = (int *)camo_calloc(n, sizeof(int));

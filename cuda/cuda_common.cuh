@@ -21,18 +21,22 @@ extern "C" {
  * CAMO_CHECK_GEN(lib, type, ok, to_string) defines cu_check_<lib>(status, file, line, expr):
  * 0 on success, else -1 with camo_last_error() =
  * "cuda/file.cu:line: expr failed: <library message> (<lib> error <code>)", the message
- * that reaches the user (wrappers such as "cannot set up GPU 0: ..." keep it whole). */
-#define CAMO_CHECK_GEN(lib, type, ok, to_string)                                              \
+ * that reaches the user (wrappers such as "cannot set up GPU 0: ..." keep it whole).
+ * `clear` runs after a failure: the CUDA runtime also keeps a failed call's error as the
+ * thread's last error, which the next launch check (cudaGetLastError) would report against
+ * another operation; reading it once resets it. */
+#define CAMO_CHECK_GEN(lib, type, ok, to_string, clear)                                       \
     static inline int cu_check_##lib(type st, const char *file, int line, const char *expr) { \
         if (st == (ok)) return 0;                                                             \
         camo_set_error_at(file, line, "%s failed: %s (%s error %d)", expr, to_string(st),     \
                           #lib, (int)st);                                                     \
+        clear;                                                                                \
         return -1;                                                                            \
     }
-CAMO_CHECK_GEN(cuda, cudaError_t, cudaSuccess, cudaGetErrorString)
-CAMO_CHECK_GEN(cublas, cublasStatus_t, CUBLAS_STATUS_SUCCESS, cublasGetStatusString)
-CAMO_CHECK_GEN(cudnn, cudnnStatus_t, CUDNN_STATUS_SUCCESS, cudnnGetErrorString)
-CAMO_CHECK_GEN(nccl, ncclResult_t, ncclSuccess, ncclGetErrorString)
+CAMO_CHECK_GEN(cuda, cudaError_t, cudaSuccess, cudaGetErrorString, (void)cudaGetLastError())
+CAMO_CHECK_GEN(cublas, cublasStatus_t, CUBLAS_STATUS_SUCCESS, cublasGetStatusString, (void)0)
+CAMO_CHECK_GEN(cudnn, cudnnStatus_t, CUDNN_STATUS_SUCCESS, cudnnGetErrorString, (void)0)
+CAMO_CHECK_GEN(nccl, ncclResult_t, ncclSuccess, ncclGetErrorString, (void)0)
 
 /* Return-style checks: evaluate to 0 or -1 (error recorded). */
 #define CUDA_CHECK(x) cu_check_cuda((x), __FILE__, __LINE__, #x)

@@ -13,8 +13,10 @@
 static void *cpu_alloc(camo_backend *be, size_t bytes) {
     (void)be;
     void *p = NULL;
-    /* 64-byte alignment keeps SIMD loops and OpenBLAS on their fast paths */
-    if (posix_memalign(&p, 64, bytes ? bytes : 64) != 0) {
+    /* 256 bytes: the alignment net.c gives every parameter inside its blocks
+     * (CAMO_PARAM_ALIGN, as the CUDA backend's cudaMalloc blocks have); more than SIMD loops
+     * and OpenBLAS need for their fast paths */
+    if (posix_memalign(&p, 256, bytes ? bytes : 256) != 0) {
         CAMO_ERR("out of memory: cannot allocate %zu bytes on the CPU", bytes);
         return NULL;
     }

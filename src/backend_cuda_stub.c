@@ -36,6 +36,8 @@ camo_backend *camo_backend_cuda_create(int device) {
 
 int camo_cuda_device_count(void) { return 0; }
 
+int camo_cuda_check_versions(void) { return 0; }
+
 void *camo_backend_stream(camo_backend *be) {
     (void)be;
     return NULL;
@@ -68,6 +70,16 @@ camo_cuda_amp camo_cuda_set_amp(camo_backend *be, camo_cuda_amp mode) {
 void camo_cuda_set_deterministic(camo_backend *be, int on) { (void)be, (void)on; }
 
 int camo_cuda_backend_status(camo_backend *be) {
+    (void)be;
+    return 0;
+}
+
+int camo_cuda_direct_conv_count(camo_backend *be) {
+    (void)be;
+    return 0;
+}
+
+int camo_cuda_amp_fp32_conv_count(camo_backend *be) {
     (void)be;
     return 0;
 }

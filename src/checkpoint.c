@@ -74,6 +74,13 @@ static int add_meta(camo_st_writer *w, const camo_net *net, const camo_optim *op
         snprintf(buf, sizeof buf, "%.17g", st->loss_scale);
         rc = rc || camo_st_add_meta(w, "loss_scale", buf);
     }
+    if (st->batch > 0) { /* optional key, as loss_scale */
+        const camo_epoch_sums *e = &st->epoch_sums;
+        char sums[160];
+        snprintf(sums, sizeof sums, "%.17g %.17g %.17g %.17g %d", e->loss_x_images, e->images,
+                 e->correct, e->counted, e->steps);
+        rc = rc || camo_st_add_meta(w, "epoch_sums", sums);
+    }
     if (opt) {
         rc = rc || camo_st_add_meta(w, "optimizer", opt->slot_name[0][0] == 'm' ? "sgd" : "adamw") ||
              meta_int(w, "optimizer_t", opt->t) || meta_int(w, "ema", opt->ema != NULL);
@@ -109,6 +116,16 @@ static int meta_i64(camo_ckpt *ck, const char *key, int64_t *out, int required) 
     }
     *out = x;
     return 0;
+}
+
+/* The optional "epoch_sums" key; one that does not parse is ignored (the resumed epoch
+ * then reports only its own steps, as with checkpoints that predate the key). */
+static void read_epoch_sums(camo_ckpt *ck) {
+    const char *v = camo_st_meta(ck->file, "epoch_sums");
+    camo_epoch_sums *e = &ck->st.epoch_sums;
+    ck->st.has_epoch_sums = v && sscanf(v, "%lf %lf %lf %lf %d", &e->loss_x_images, &e->images,
+                                        &e->correct, &e->counted, &e->steps) == 5;
+    if (!ck->st.has_epoch_sums) memset(e, 0, sizeof *e);
 }
 
 camo_ckpt *camo_ckpt_open(const char *path) {
@@ -152,6 +169,7 @@ camo_ckpt *camo_ckpt_open(const char *path) {
     const char *ls = camo_st_meta(f, "loss_scale");
     ck->st.loss_scale = ls ? strtod(ls, NULL) : 0;
     if (!(ck->st.loss_scale > 0 && ck->st.loss_scale < 1e300)) ck->st.loss_scale = 0;
+    read_epoch_sums(ck);
     return ck;
 fail:
     camo_ckpt_close(ck);

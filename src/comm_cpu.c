@@ -2,7 +2,9 @@
  * shared memory. Every rank posts its buffer, waits at a barrier, then reduces its own
  * contiguous chunk of the result over all ranks in rank order (0 + 1 + ... + N-1), so the
  * sums are deterministic and identical on every rank, and the work is spread over ranks.
- * Barriers wake on abort and time out after timeout_s, so a lost peer never hangs a run. */
+ * Barriers wake on abort and time out after timeout_s, so a lost peer never hangs a run.
+ * The `host` comm is the same group with the float (backend memory) collectives refused:
+ * the control comm of GPU replicas, which sums host values only. */
 #include "camo/comm.h"
 
 #include <errno.h>
@@ -198,6 +200,44 @@ static void cpu_destroy(camo_comm *c) {
     free(c);
 }
 
+/* ---- the host comm: the same group, host collectives only ---- */
+
+/* A float collective on a host comm: the caller passed (device) data to a comm made for host
+ * values only (camo_devices_ctl_comms decided its replicas would not need one). A bug, not a
+ * run-time condition: the whole group is aborted with the reason, so every rank stops at
+ * once instead of waiting for the timeout in its next collective. */
+static int host_refuse(camo_comm *c, const char *op) {
+    char why[256];
+    snprintf(why, sizeof why, "replica %d: %s on the host comm, which carries host sums "
+             "only (all_reduce_host, barrier): this group was created without a GPU clique "
+             "(src/devices.c camo_devices_ctl_comms)", c->rank, op);
+    c->abort(c, why);
+    CAMO_ERR("%s", why);
+    return -1;
+}
+
+static int host_all_reduce_sum(camo_comm *c, float *data, size_t n) {
+    (void)data, (void)n;
+    return host_refuse(c, "all_reduce_sum");
+}
+
+static int host_broadcast(camo_comm *c, float *data, size_t n, int root) {
+    (void)data, (void)n, (void)root;
+    return host_refuse(c, "broadcast");
+}
+
+static int host_reduce_to_root(camo_comm *c, float *data, size_t n, int root) {
+    (void)data, (void)n, (void)root;
+    return host_refuse(c, "reduce_to_root");
+}
+
+static int host_all_gather(camo_comm *c, float *out, const float *in, size_t n) {
+    (void)out, (void)in, (void)n;
+    return host_refuse(c, "all_gather");
+}
+
+/* ---- construction ---- */
+
 int camo_comm_cpu_create(int n, double timeout_s, camo_comm **comms) {
     if (n < 1) {
         CAMO_ERR("cpu comm: %d ranks (need at least 1)", n);
@@ -230,6 +270,18 @@ int camo_comm_cpu_create(int n, double timeout_s, camo_comm **comms) {
         c->aborted = cpu_aborted;
         c->destroy = cpu_destroy;
         comms[r] = c;
+    }
+    return 0;
+}
+
+int camo_comm_host_create(int n, double timeout_s, camo_comm **comms) {
+    if (camo_comm_cpu_create(n, timeout_s, comms)) return -1;
+    for (int r = 0; r < n; r++) {
+        comms[r]->name = "host";
+        comms[r]->all_reduce_sum = host_all_reduce_sum;
+        comms[r]->broadcast = host_broadcast;
+        comms[r]->reduce_to_root = host_reduce_to_root;
+        comms[r]->all_gather = host_all_gather;
     }
     return 0;
 }

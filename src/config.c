@@ -377,7 +377,7 @@ static int load_rest(camo_config *c) {
     static const char *const ekeys[] = {"every", "batch", "threshold", NULL};
     static const char *const kkeys[] = {"every_steps", "metric", NULL};
     static const char *const pkeys[] = {"devices", "mode", "bucket_mb", "sync_bn", "timeout_s", NULL};
-    static const char *const lkeys[] = {"every", NULL};
+    static const char *const lkeys[] = {"every", "tensorboard", NULL};
     c->eval.every = 1;
     c->eval.batch = c->train.stages[0].batch;
     c->eval.threshold = 0.5;
@@ -387,6 +387,7 @@ static int load_rest(camo_config *c) {
     c->parallel.bucket_mb = 25;
     c->parallel.timeout_s = 300;
     c->log.every = 10;
+    c->log.tensorboard = 1;
     if ((e && cfg_check_keys(e, ekeys, "eval")) || (k && cfg_check_keys(k, kkeys, "checkpoint")) ||
         (p && cfg_check_keys(p, pkeys, "parallel")) || (l && cfg_check_keys(l, lkeys, "log")))
         return -1;
@@ -401,7 +402,8 @@ static int load_rest(camo_config *c) {
         get_num(p, "bucket_mb", &c->parallel.bucket_mb, 0.001, 1e6) ||
         get_flag(p, "sync_bn", &c->parallel.sync_bn) ||
         get_num(p, "timeout_s", &c->parallel.timeout_s, 1, 1e6) ||
-        get_int(l, "every", &c->log.every, 1, 1000000))
+        get_int(l, "every", &c->log.every, 1, 1000000) ||
+        get_flag(l, "tensorboard", &c->log.tensorboard))
         return -1;
     return 0;
 }

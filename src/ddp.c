@@ -26,7 +26,19 @@ static void plan_ready(camo_ddp *d) {
     }
 }
 
-/* Bucket ends on parameter boundaries: a bucket closes once it holds at least its size. */
+/* Where parameter k's room in the block ends: the start of the next parameter in block order
+ * (k-1, k-2, ...), or the block's end. With net.c's layout that is past k's alignment gap. */
+static size_t room_end(const camo_net *net, int k) {
+    for (int j = k - 1; j >= 0; j--) {
+        const camo_param *q = &net->params[j];
+        if (q->kind == CAMO_PARAM_WEIGHT && q->grad) return (size_t)(q->grad - net->grad_block);
+    }
+    return net->n_weight_floats;
+}
+
+/* Bucket ends on parameter boundaries, after the parameter's alignment gap: every bucket
+ * starts where a parameter does, 256-byte aligned as NCCL's fastest paths want, and the gaps
+ * (zeros) travel with their bucket. A bucket closes once it holds at least its size. */
 static void plan_buckets(camo_ddp *d, double first_mb, double bucket_mb) {
     camo_net *net = d->net;
     size_t total = net->n_weight_floats;
@@ -37,7 +49,7 @@ static void plan_buckets(camo_ddp *d, double first_mb, double bucket_mb) {
     for (int k = net->n_params - 1; k >= 0; k--) {
         camo_param *p = &net->params[k];
         if (p->kind != CAMO_PARAM_WEIGHT || !p->grad) continue;
-        size_t end = (size_t)(p->grad - net->grad_block) + p->numel;
+        size_t end = room_end(net, k);
         if (end - start >= cap) {
             d->bucket_end[d->n_buckets++] = end;
             start = end;

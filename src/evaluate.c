@@ -13,6 +13,7 @@
 #include "camo/common.h"
 #include "camo/data.h"
 #include "camo/loss.h"
+#include "camo/tensorboard.h"
 
 /* Bilinear taps of one axis, PyTorch's F.interpolate(align_corners=False) rule. */
 typedef struct { int i0, i1; float w; } tap;
@@ -297,6 +298,29 @@ void camo_eval_jsonl(FILE *f, const camo_eval_result *r, int classes, int epoch,
         jsonl_num(f, "mae", r->mae);
     }
     fprintf(f, "\"images\":%d,\"seconds\":%.3f}\n", r->n_images, r->seconds);
+}
+
+void camo_eval_tb(camo_tb *tb, const camo_eval_full *e, long long step) {
+    camo_tb_scalar(tb, "eval/loss", step, e->r.loss);
+    if (e->classes > 1) {
+        const camo_cls_metrics *m = &e->cls;
+        camo_tb_scalar(tb, "eval/miou", step, m->miou);
+        camo_tb_scalar(tb, "eval/pixel_acc", step, m->pixel_acc);
+        camo_tb_scalar(tb, "eval/mean_acc", step, m->mean_acc);
+        for (int k = 0; k < m->K; k++) {
+            char tag[48];
+            snprintf(tag, sizeof tag, "eval/class_iou/%d", k);
+            if (isfinite(m->iou[k])) camo_tb_scalar(tb, tag, step, m->iou[k]); /* NaN: absent */
+        }
+        return;
+    }
+    const camo_sod_metrics *m = &e->sod;
+    const struct { const char *tag; double v; } sod[] = {
+        {"eval/sm", m->sm}, {"eval/em_mean", m->em_mean}, {"eval/em_max", m->em_max},
+        {"eval/wfm", m->wfm}, {"eval/fm_mean", m->fm_mean}, {"eval/fm_max", m->fm_max},
+        {"eval/mae", m->mae}, {"eval/iou", m->iou}, {"eval/dice", m->dice}};
+    for (size_t i = 0; i < sizeof sod / sizeof sod[0]; i++)
+        camo_tb_scalar(tb, sod[i].tag, step, sod[i].v);
 }
 
 double camo_eval_score(const camo_eval_result *r, const char *metric) {

@@ -19,6 +19,9 @@ static void usage(FILE *out) {
         "  camotrain predict --ckpt C --input DIR --output DIR\n"
         "  camotrain inspect C                        tensors, shapes and metadata of a checkpoint\n"
         "  camotrain synth --out DIR [options]        synthetic camouflage data set (COD10K layout)\n"
+        "  camotrain plot RUN [RUN...] [-o FILE.png]  loss, lr, validation curves of runs (gnuplot)\n"
+        "  camotrain profile --conf X.cfg [options]   img/s and peak memory per batch size\n"
+        "  camotrain inspect --events FILE            check and list a TensorBoard events file\n"
         "\n"
         "train options (each also a config key; the flag wins):\n"
         "  --conf FILE          training config (conf/*.cfg) or a network file (conf/models/*.cfg)\n"
@@ -47,6 +50,8 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "predict")) return cli_predict(argc - 2, argv + 2);
     if (!strcmp(cmd, "inspect")) return cli_inspect(argc - 2, argv + 2);
     if (!strcmp(cmd, "synth")) return cli_synth(argc - 2, argv + 2);
+    if (!strcmp(cmd, "plot")) return cli_plot(argc - 2, argv + 2);
+    if (!strcmp(cmd, "profile")) return cli_profile(argc - 2, argv + 2);
     if (cmd[0] == '-') return cli_train(argc - 1, argv + 1);
     fprintf(stderr, "camotrain: unknown command '%s' (try --help)\n", cmd);
     return CAMO_ERR_INPUT;

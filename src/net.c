@@ -63,33 +63,39 @@ void layer_free(camo_net *net, void *p) {
 /* ---- parameter blocks ---- */
 
 /* Weights and their gradients share one layout, in REVERSE parameter order: the last
- * layer's gradients come first, as backward produces them, so DDP buckets are contiguous. */
+ * layer's gradients come first, as backward produces them, so DDP buckets are contiguous.
+ * Each tensor takes camo_param_padded(numel) floats, so every one starts 256-byte aligned
+ * (the blocks themselves are: backends align alloc); the gaps are zeroed by alloc. */
 void net_alloc_params(camo_net *net) {
     size_t nw = 0, nb = 0;
     for (int i = 0; i < net->n_params; i++) {
         camo_param *p = &net->params[i];
-        if (p->kind == CAMO_PARAM_WEIGHT) nw += p->numel;
-        else if (p->kind == CAMO_PARAM_BUFFER) nb += p->numel;
+        if (p->kind == CAMO_PARAM_WEIGHT) nw += camo_param_padded(p->numel);
+        else if (p->kind == CAMO_PARAM_BUFFER) nb += camo_param_padded(p->numel);
     }
     net->n_weight_floats = nw;
     net->n_buffer_floats = nb;
-    net->param_block = layer_alloc(net, nw * sizeof(float));
-    net->grad_block = layer_alloc(net, nw * sizeof(float));
+    net->param_block = layer_alloc(net, (nw ? nw : 1) * sizeof(float));
+    net->grad_block = layer_alloc(net, (nw ? nw : 1) * sizeof(float));
     net->buffer_block = layer_alloc(net, (nb ? nb : 1) * sizeof(float));
+    if (((uintptr_t)net->param_block | (uintptr_t)net->grad_block |
+         (uintptr_t)net->buffer_block) % (CAMO_PARAM_ALIGN * sizeof(float)))
+        CAMO_DIE("backend %s: alloc returned a block that is not %zu-byte aligned",
+                 net->be->name, CAMO_PARAM_ALIGN * sizeof(float));
     size_t off = 0;
     for (int i = net->n_params - 1; i >= 0; i--) {
         camo_param *p = &net->params[i];
         if (p->kind != CAMO_PARAM_WEIGHT) continue;
         p->data = net->param_block + off;
         p->grad = net->grad_block + off;
-        off += p->numel;
+        off += camo_param_padded(p->numel);
     }
     off = 0;
     for (int i = 0; i < net->n_params; i++) {
         camo_param *p = &net->params[i];
         if (p->kind != CAMO_PARAM_BUFFER) continue;
         p->data = net->buffer_block + off;
-        off += p->numel;
+        off += camo_param_padded(p->numel);
     }
 }
 
@@ -187,7 +193,13 @@ camo_param *camo_net_find_param(camo_net *net, const char *name) {
     return NULL;
 }
 
-size_t camo_net_param_count(const camo_net *net) { return net->n_weight_floats; }
+/* the trainable values themselves: n_weight_floats also counts the alignment gaps */
+size_t camo_net_param_count(const camo_net *net) {
+    size_t n = 0;
+    for (int i = 0; i < net->n_params; i++)
+        if (net->params[i].kind == CAMO_PARAM_WEIGHT) n += net->params[i].numel;
+    return n;
+}
 
 /* ---- activations ---- */
 
@@ -348,8 +360,9 @@ void camo_net_summary(const camo_net *net, FILE *out) {
                 l->name, l->H, l->W, l->C, net->outputs[i].weight);
     }
     char ps[16], fs[16];
-    human((double)net->n_weight_floats, ps, sizeof ps);
+    size_t np = camo_net_param_count(net);
+    human((double)np, ps, sizeof ps);
     human(camo_net_forward_flops(net), fs, sizeof fs);
-    fprintf(out, "parameters: %zu (%s, %.1f MB fp32)   forward FLOPs per image: %s\n",
-            net->n_weight_floats, ps, net->n_weight_floats * 4.0 / 1e6, fs);
+    fprintf(out, "parameters: %zu (%s, %.1f MB fp32)   forward FLOPs per image: %s\n", np, ps,
+            np * 4.0 / 1e6, fs);
 }

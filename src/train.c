@@ -27,6 +27,7 @@
 #include "camo/loss.h"
 #include "camo/optim.h"
 #include "camo/replica.h"
+#include "camo/tensorboard.h"
 #include "layer.h"
 
 static volatile sig_atomic_t stop_signal;
@@ -58,14 +59,11 @@ typedef struct board {
     char fail_msg[1024];
 } board;
 
-/* Sums over the optimizer steps of one epoch, for its mean training loss (weighted by the
- * images of each step) and its training pixel accuracy. Not in checkpoints: after a resume
- * in the middle of an epoch they cover the steps from the resume on (from_batch says so). */
+/* The epoch's training sums (camo_epoch_sums, kept in checkpoints), and where they start:
+ * 0, or after a resume from a checkpoint without them, the batch resumed at. */
 typedef struct epoch_sums {
-    double loss_x_images, images;   /* sum of step loss * step images; images */
-    double correct, counted;        /* pixel counts (camo_step_stats) */
-    int steps;
-    int from_batch;                 /* 0-based batch the sums start at (> 0 after a resume) */
+    camo_epoch_sums sum;
+    int from_batch;
 } epoch_sums;
 
 typedef struct trainer {
@@ -89,6 +87,9 @@ typedef struct trainer {
     int fail_replica;
     int fail_stall;             /* CAMO_TEST_FAIL_STALL=1: the replica hangs instead */
     FILE *jsonl;
+    camo_tb *tb;                /* TensorBoard events (log.tensorboard), else NULL */
+    double tb_last_t;           /* time and images at the previous step: its img/s */
+    int64_t tb_last_images;
     char out[CAMO_PATH_MAX];
     double t0, elapsed0, last_log_t;
     int64_t images, last_log_images;
@@ -391,6 +392,7 @@ static int save_checkpoint(trainer *T, const char *file) {
     out_path(T, file, path, sizeof path);
     T->st.elapsed_s = T->elapsed0 + camo_now() - T->t0;
     T->st.loss_scale = T->rep[0].scaling ? T->rep[0].ls.scale : 0;
+    T->st.epoch_sums = T->ep.sum;
     if (camo_ckpt_save(path, T->net, T->opt, &T->st, T->c->text, T->network_text, T->c->seed)) {
         camo_warn("%s", camo_last_error());
         return -1;
@@ -407,8 +409,9 @@ static void log_gpu_memory(trainer *T) {
     size_t reserved, peak, mallocs;
     if (strcmp(T->be->name, "cuda") != 0) return;
     camo_cuda_mem_stats(T->be, &reserved, &peak, &mallocs);
-    fprintf(T->jsonl, ",\"gpu_mem_mb\":%.1f,\"gpu_peak_mb\":%.1f,\"gpu_mallocs\":%zu",
-            reserved / 1048576.0, peak / 1048576.0, mallocs);
+    fprintf(T->jsonl, ",\"gpu_mem_mb\":%.1f,\"gpu_peak_mb\":%.1f,\"gpu_mallocs\":%zu"
+            ",\"direct_convs\":%d", reserved / 1048576.0, peak / 1048576.0, mallocs,
+            camo_cuda_direct_conv_count(T->be));
 }
 
 /* A JSON number, or null for NaN/inf (which JSON lacks). */
@@ -417,9 +420,34 @@ static void json_number(FILE *f, double v) {
     else fputs("null", f);
 }
 
+/* The step's scalars in TensorBoard: what its metrics.jsonl record holds, plus the step's
+ * own img/s (the console's is over log.every steps). */
+static void tb_step(trainer *T, double lr, double loss, double gnorm, double now) {
+    int64_t s = T->st.step;
+    double dt = now - T->tb_last_t;
+    camo_tb_scalar(T->tb, "train/loss", s, loss);
+    camo_tb_scalar(T->tb, "train/lr", s, lr);
+    if (isfinite(gnorm)) camo_tb_scalar(T->tb, "train/grad_norm", s, gnorm);
+    if (dt > 0) camo_tb_scalar(T->tb, "train/img_per_s", s, (T->images - T->tb_last_images) / dt);
+    if (T->rep[0].scaling) camo_tb_scalar(T->tb, "train/loss_scale", s, T->rep[0].ls.scale);
+    if (T->n_rep > 1) {
+        camo_tb_scalar(T->tb, "comm/time_s", s, T->rep[0].comm_s);
+        camo_tb_scalar(T->tb, "comm/wait_s", s, T->rep[0].wait_s);
+    }
+    if (!strcmp(T->be->name, "cuda")) {
+        size_t reserved, peak;
+        camo_cuda_mem_stats(T->be, &reserved, &peak, NULL);
+        camo_tb_scalar(T->tb, "gpu/mem_mb", s, reserved / 1048576.0);
+        camo_tb_scalar(T->tb, "gpu/peak_mb", s, peak / 1048576.0);
+    }
+    T->tb_last_t = now;
+    T->tb_last_images = T->images;
+}
+
 static void log_step(trainer *T, int epoch, int batch, int n_batches, double lr, double loss,
                      double gnorm, int64_t steps_total) {
     double now = camo_now();
+    if (T->tb) tb_step(T, lr, loss, gnorm, now);
     T->loss_sum += loss;
     T->loss_count++;
     if (T->jsonl) {
@@ -450,12 +478,13 @@ static void log_step(trainer *T, int epoch, int batch, int n_batches, double lr,
     T->last_log_t = now;
     T->last_log_images = T->images;
     if (T->jsonl) fflush(T->jsonl);
+    camo_tb_flush(T->tb);
 }
 
 /* Adds an optimizer step to the epoch's sums; images: the step's global image count. A
  * non-finite loss (an fp16 step skipped on overflow) adds its pixels but not its loss. */
 static void epoch_add(trainer *T, const camo_step_stats *ss, double images) {
-    epoch_sums *e = &T->ep;
+    camo_epoch_sums *e = &T->ep.sum;
     if (isfinite(ss->loss)) {
         e->loss_x_images += ss->loss * images;
         e->images += images;
@@ -467,14 +496,21 @@ static void epoch_add(trainer *T, const camo_step_stats *ss, double images) {
 
 /* The epoch's training measures: a log line and an "epoch" record in metrics.jsonl. */
 static void log_epoch(trainer *T, int epoch) {
-    const epoch_sums *e = &T->ep;
+    const camo_epoch_sums *e = &T->ep.sum;
+    int from_batch = T->ep.from_batch;
     double loss = e->images > 0 ? e->loss_x_images / e->images : NAN;
     double acc = e->counted > 0 ? e->correct / e->counted : NAN;
     char resumed[64] = "";
-    if (e->from_batch > 0)
-        snprintf(resumed, sizeof resumed, ", from batch %d after a resume", e->from_batch + 1);
+    if (from_batch > 0)
+        snprintf(resumed, sizeof resumed, ", from batch %d after a resume", from_batch + 1);
     camo_info("train epoch %d: loss %.4f  pixel acc %.4f  (%.0f images, %d step%s%s)",
               epoch + 1, loss, acc, e->images, e->steps, e->steps == 1 ? "" : "s", resumed);
+    if (T->tb) {
+        camo_tb_scalar(T->tb, "epoch/train_loss", T->st.step, loss);
+        camo_tb_scalar(T->tb, "epoch/train_pixel_acc", T->st.step, acc);
+        camo_tb_scalar(T->tb, "epoch/epoch", T->st.step, epoch + 1);
+        camo_tb_flush(T->tb);
+    }
     if (!T->jsonl) return;
     fprintf(T->jsonl, "{\"type\":\"epoch\",\"epoch\":%d,\"step\":%lld,\"train_loss\":",
             epoch + 1, (long long)T->st.step);
@@ -483,7 +519,7 @@ static void log_epoch(trainer *T, int epoch) {
     json_number(T->jsonl, acc);
     fprintf(T->jsonl, ",\"images\":%.0f,\"pixels\":%.0f,\"steps\":%d", e->images, e->counted,
             e->steps);
-    if (e->from_batch > 0) fprintf(T->jsonl, ",\"from_batch\":%d", e->from_batch + 1);
+    if (from_batch > 0) fprintf(T->jsonl, ",\"from_batch\":%d", from_batch + 1);
     fputs("}\n", T->jsonl);
     fflush(T->jsonl);
 }
@@ -491,10 +527,17 @@ static void log_epoch(trainer *T, int epoch) {
 /* ---- evaluation at the end of an epoch ---- */
 
 static int run_eval(trainer *T, int epoch, int *early_stop) {
-    camo_eval_result r;
+    camo_eval_full full; /* every metric, for TensorBoard; r is its summary */
     camo_optim_swap_ema(T->net, T->opt); /* evaluate (and keep as best) the EMA weights */
-    int rc = camo_evaluate(T->net, T->c, T->val_ds, T->c->data.workers, &r);
+    int rc = camo_evaluate_full(T->net, T->c, T->val_ds, T->c->data.workers, &full);
     camo_optim_swap_ema(T->net, T->opt);
+    camo_eval_result r = full.r;
+    if (!rc && T->tb) {
+        camo_eval_tb(T->tb, &full, (long long)T->st.step);
+        camo_tb_flush(T->tb);
+    }
+    camo_eval_full_free(&full);
+    T->tb_last_t = camo_now(); /* the next step's img/s leaves the evaluation out */
     if (rc) return -1;
     double score = camo_eval_score(&r, T->c->checkpoint.metric);
     int improved = !(score <= T->st.best_metric); /* NaN best = first eval */
@@ -545,6 +588,10 @@ static int run_epoch(trainer *T, int epoch, int64_t steps_total, int *stop) {
     int start = epoch == T->st.epoch ? T->st.batch : 0;
     memset(&T->ep, 0, sizeof T->ep);
     T->ep.from_batch = start;
+    if (start > 0 && T->st.has_epoch_sums) { /* resumed mid-epoch: the steps before count */
+        T->ep.sum = T->st.epoch_sums;
+        T->ep.from_batch = 0;
+    }
     camo_loader_start(T->loader, order + (size_t)start * B, n - start * B, B, c->seed, epoch);
     int rc = 0;
     for (int b = start; b < nb && !rc && !*stop; b++) {
@@ -667,7 +714,8 @@ static int setup_model(trainer *T, const camo_ckpt *ck) {
             camo_cuda_set_deterministic(be, c->train.deterministic);
         }
         if (camo_replica_init(&T->rep[i], c, ck, be, i, T->n_rep, local,
-                              i == 0 ? &T->network_text : NULL))
+                              i == 0 ? &T->network_text : NULL) ||
+            camo_devices_prepare(&T->dev, T->rep[i].net, c, camo_dataset_size(T->train_ds), i))
             return -1;
         T->rep[i].user = T;
         T->rep[i].scaling = scaling;
@@ -681,7 +729,7 @@ static int setup_model(trainer *T, const camo_ckpt *ck) {
         T->comms = camo_calloc((size_t)T->n_rep, sizeof *T->comms);
         T->ctls = camo_calloc((size_t)T->n_rep, sizeof *T->ctls);
         if (camo_devices_comms(&T->dev, bes, c->parallel.timeout_s, T->comms) ||
-            camo_devices_comms(&T->dev, bes, c->parallel.timeout_s, T->ctls))
+            camo_devices_ctl_comms(&T->dev, bes, c, T->ctls))
             return -1;
     }
     for (int i = 0; i < T->n_rep; i++)
@@ -694,6 +742,25 @@ static int setup_model(trainer *T, const camo_ckpt *ck) {
                   c->parallel.sync_bn ? ", sync-BN" : "", local, T->dev.gpu ? 1 : T->dev.threads,
                   T->dev.gpu || T->dev.threads == 1 ? "" : "s");
     return 0;
+}
+
+/* A new events file in the run folder (a resume adds one; TensorBoard merges a folder's
+ * files), with the config as text: indented, so TensorBoard's markdown shows it verbatim. */
+static int open_tensorboard(trainer *T) {
+    if (!(T->tb = camo_tb_open(T->out))) return -1;
+    size_t n = 0;
+    char *md = NULL;
+    FILE *f = open_memstream(&md, &n);
+    if (!f) CAMO_DIE("open_memstream failed");
+    for (const char *p = T->c->text; *p;) {
+        size_t k = strcspn(p, "\n");
+        fprintf(f, "    %.*s\n", (int)k, p);
+        p += k + (p[k] == '\n');
+    }
+    fclose(f);
+    int rc = camo_tb_text(T->tb, "config", 0, md);
+    free(md);
+    return rc;
 }
 
 static int setup_run_folder(trainer *T, const char *resume_path) {
@@ -723,6 +790,7 @@ static int setup_run_folder(trainer *T, const char *resume_path) {
     char marker[CAMO_PATH_MAX + 32];
     snprintf(marker, sizeof marker, "%s %s", resume_path ? "resumed from" : "new run of",
              resume_path ? resume_path : c->path);
+    if (c->log.tensorboard && open_tensorboard(T)) return -1;
     out_path(T, "train.log", path, sizeof path);
     return camo_log_open(path, marker);
 }
@@ -756,6 +824,7 @@ static void teardown(trainer *T) {
     free(T->ctls);
     free(T->rep);
     if (T->jsonl) fclose(T->jsonl);
+    camo_tb_close(T->tb);
     free(T->network_text);
 }
 
@@ -774,6 +843,10 @@ static void print_summary(trainer *T, const char *why) {
         size_t peak;
         camo_cuda_mem_stats(T->be, NULL, &peak, NULL);
         camo_print("peak GPU memory (replica 0): %.0f MiB", peak / 1048576.0);
+        int direct = camo_cuda_direct_conv_count(T->be);
+        if (direct > 0) /* cuDNN said unsupported: correct, but slow (docs/cuda.md) */
+            camo_warn("%d convolution set-up%s of replica 0 ran on camotrain's direct kernel, "
+                      "not cuDNN (unsupported there; slow)", direct, direct == 1 ? "" : "s");
     }
     if (T->jsonl)
         fprintf(T->jsonl, "{\"type\":\"summary\",\"reason\":\"%s\",\"epochs\":%d,\"steps\":%lld,"
@@ -856,7 +929,7 @@ int camo_train_run(camo_config *c, const char *resume_path) {
     camo_info("training %s: %zu parameters, %d epochs, %lld steps, loss %s, optimizer %s",
               T.net->name, camo_net_param_count(T.net), c->train.epochs, (long long)steps_total,
               c->train.loss, c->train.optimizer);
-    T.t0 = T.last_log_t = camo_now();
+    T.t0 = T.last_log_t = T.tb_last_t = camo_now();
     int stop = 0, early = 0, started = 0;
     pthread_t threads[CAMO_MAX_REPLICAS];
     rc = start_replicas(&T, threads, &started) ? CAMO_ERR_RUNTIME : CAMO_OK;

@@ -7,7 +7,7 @@
 # ---- usage and configs ----
 expect help 0 "--conf" -- $BIN --help
 expect no_args 2 "usage" -- $BIN
-for sub in eval predict inspect synth; do
+for sub in eval predict inspect synth plot profile; do
     expect "help_$sub" 0 "usage: camotrain $sub" -- $BIN $sub --help
 done
 expect unknown_option 2 "unknown option '--frobnicate'" -- $BIN --conf conf/demo.cfg --frobnicate
@@ -132,4 +132,29 @@ victim=$(ls "$BAD/Train/Image" | sed -n 3p)
 head -c 300 /dev/urandom > "$BAD/Train/Image/$victim"
 expect corrupt_jpeg 2 "$victim" -- $BIN --conf conf/demo.cfg $COMMON --set data.root=$BAD --set train.epochs=1 --out "$TMP/run_bad"
 expect corrupt_jpeg_skip 0 "done" -- $BIN --conf conf/demo.cfg $COMMON --set data.root=$BAD --set train.epochs=1 --set data.skip_bad=true --out "$TMP/run_skip"
+
+# ---- the tools the README lists are there after `make test` (and `make demo`) ----
+# the default build copies tools/test_multi_gpu next to the other tools; without a GPU it
+# says so and exits 2 (sanitizer builds keep theirs in their build folder)
+if [ "${BUILD:-build}" = build ] && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+    [ -x tools/test_multi_gpu ] && pass test_multi_gpu_in_tools || fail test_multi_gpu_in_tools "not built"
+elif [ "${BUILD:-build}" = build ]; then
+    expect test_multi_gpu_in_tools 2 'GPU' -- tools/test_multi_gpu
+else
+    skip test_multi_gpu_in_tools "BUILD=$BUILD keeps its tools in $BUILD/tools"
+fi
+
+# a CUDA build finds cuDNN, NCCL and the CUDA libraries without LD_LIBRARY_PATH (rpath)
+if ! command -v readelf > /dev/null; then skip cuda_rpath "no readelf"
+elif ! readelf -d "$BIN" | grep -q 'NEEDED.*libcudart'; then skip cuda_rpath "built without CUDA"
+elif readelf -d "$BIN" | grep -Eq 'R(UN)?PATH.*cuda'; then pass cuda_rpath
+else fail cuda_rpath "no rpath to the CUDA libraries: $(readelf -d "$BIN" | grep -i path)"; fi
+
+# tools/gpu_check.sh (the GPU acceptance) on a machine without a GPU: exit 2, one clear line
+# (its checks run on cuemu with CAMO_GPU_CHECK_CUEMU=1; too long for every make test)
+if nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+    skip gpu_check_without_gpu "this machine has a GPU"
+else
+    expect gpu_check_without_gpu 2 'no NVIDIA GPU on this machine' -- tools/gpu_check.sh "$TMP/gpu_check"
+fi
 exit 0

@@ -1,6 +1,7 @@
 /* test_comm.c: the cpu comm between real threads: every collective's result on every
  * rank against a sum done here in rank order (so bitwise), abort waking blocked ranks,
- * and the timeout when a rank never arrives. */
+ * and the timeout when a rank never arrives; the host comm (the control comm of GPU
+ * replicas): the same host sums, float collectives refused with an abort, the timeout. */
 #include "test_util.h"
 
 #include <pthread.h>
@@ -145,12 +146,110 @@ static void test_single_rank(void **state) {
     assert_int_not_equal(camo_comm_cpu_create(0, 1, &bad), 0);
 }
 
+/* ---- the host comm: host sums as the cpu comm, float collectives refused ---- */
+
+/* ranks 0..NR-2 wait at the barrier; the last rank calls a float collective on the host
+ * comm, which must fail at once and abort the group, waking the others */
+static void *misuse_or_wait(void *p) {
+    rank_arg *a = p;
+    camo_comm *c = a->c;
+    double t0 = camo_now();
+    if (c->rank == NR - 1) {
+        struct timespec ts = {0, 50 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        a->rc = c->all_reduce_sum(c, a->data, LEN);
+    } else {
+        a->rc = c->barrier(c);
+    }
+    if (a->rc) snprintf(a->err, sizeof a->err, "%s", camo_last_error());
+    a->seconds = camo_now() - t0;
+    return NULL;
+}
+
+static void *host_sums(void *p) {
+    rank_arg *a = p;
+    camo_comm *c = a->c;
+    a->host[0] = c->rank;
+    a->host[1] = 0.1 * (c->rank + 1); /* inexact: the order of the adds shows in the bits */
+    a->host[2] = -1e17 * (c->rank == 0) + 1.0;
+    a->rc = c->all_reduce_host(c, a->host, 3) || c->barrier(c) || c->wait(c);
+    if (a->rc) snprintf(a->err, sizeof a->err, "%s", camo_last_error());
+    return NULL;
+}
+
+static void test_host_comm_sums(void **state) {
+    (void)state;
+    camo_comm *comms[NR];
+    double want[3] = {0, 0, 0};
+    for (int r = 0; r < NR; r++) { /* rank order, as the cpu and GPU comms sum */
+        want[0] += r;
+        want[1] += 0.1 * (r + 1);
+        want[2] += -1e17 * (r == 0) + 1.0;
+    }
+    assert_int_equal(camo_comm_host_create(NR, 10, comms), 0);
+    assert_string_equal(comms[0]->name, "host");
+    run_ranks(comms, host_sums);
+    for (int r = 0; r < NR; r++) {
+        if (args[r].rc) fprintf(stderr, "rank %d: %s\n", r, args[r].err);
+        assert_int_equal(args[r].rc, 0);
+        for (int i = 0; i < 3; i++) assert_true(args[r].host[i] == want[i]);
+    }
+    for (int r = 0; r < NR; r++) comms[r]->destroy(comms[r]);
+}
+
+static void test_host_comm_refuses_floats(void **state) {
+    (void)state;
+    camo_comm *comms[NR];
+    assert_int_equal(camo_comm_host_create(NR, 0 /* no timeout: only the abort wakes */, comms), 0);
+    run_ranks(comms, misuse_or_wait);
+    for (int r = 0; r < NR; r++) {
+        assert_int_not_equal(args[r].rc, 0);
+        assert_non_null(strstr(args[r].err, "replica 3: all_reduce_sum on the host comm"));
+        assert_true(args[r].seconds < 5);
+    }
+    float x = 1;
+    assert_int_not_equal(comms[0]->broadcast(comms[0], &x, 1, 0), 0);
+    assert_int_not_equal(comms[1]->reduce_to_root(comms[1], &x, 1, 0), 0);
+    assert_int_not_equal(comms[2]->all_gather(comms[2], &x, &x, 1), 0);
+    assert_true(x == 1); /* nothing was touched */
+    for (int r = 0; r < NR; r++) comms[r]->destroy(comms[r]);
+}
+
+/* a stalled rank: the host comm times out naming it, like the cpu comm */
+static void *absent_rank_host(void *p) {
+    rank_arg *a = p;
+    camo_comm *c = a->c;
+    if (c->rank == 2) return NULL;
+    double t0 = camo_now();
+    a->rc = c->all_reduce_host(c, a->host, 3);
+    if (a->rc) snprintf(a->err, sizeof a->err, "%s", camo_last_error());
+    a->seconds = camo_now() - t0;
+    return NULL;
+}
+
+static void test_host_comm_timeout(void **state) {
+    (void)state;
+    camo_comm *comms[NR];
+    assert_int_equal(camo_comm_host_create(NR, 0.3, comms), 0);
+    run_ranks(comms, absent_rank_host);
+    for (int r = 0; r < NR; r++) {
+        if (r == 2) continue;
+        assert_int_not_equal(args[r].rc, 0);
+        assert_non_null(strstr(args[r].err, "timed out after 0.3 s: replica 2 did not join"));
+        assert_true(args[r].seconds >= 0.25 && args[r].seconds < 5);
+    }
+    for (int r = 0; r < NR; r++) comms[r]->destroy(comms[r]);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_collectives),
         cmocka_unit_test(test_abort_wakes_everyone),
         cmocka_unit_test(test_timeout),
         cmocka_unit_test(test_single_rank),
+        cmocka_unit_test(test_host_comm_sums),
+        cmocka_unit_test(test_host_comm_refuses_floats),
+        cmocka_unit_test(test_host_comm_timeout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1000,6 +1000,323 @@ static void test_cuda_error_location(void **state) {
     b->destroy(b);
 }
 
+/* ---- [gpu-ready]: cuDNN failures, batch splitting, the direct kernels, alignment ----
+ * These tests run on a fresh backend of their own (fresh conv plans, so its direct count
+ * starts at 0), put in `gpu` so conv_case and the tt helpers use it; their teardown puts the
+ * suite's backend back and clears the test knobs (also after a failed assertion). */
+
+#ifdef CAMO_HAVE_CUDA
+#include <cuda_runtime.h>
+#include <cudnn.h> /* CUDA=emu builds: tests/cuemu's, which defines CUEMU_CUDNN_H */
+#endif
+
+static camo_backend *suite_gpu; /* the suite's backend while a test runs on a fresh one */
+
+static camo_backend *use_fresh_gpu(void) {
+    if (!suite_gpu) suite_gpu = gpu;
+    else if (gpu) gpu->destroy(gpu);
+    /* no clearing of CUDA's last error here: an earlier test's deliberately failed call
+     * (test_cuda_error_location) must not be blamed on this backend's first kernel
+     * (cuda_common.cuh's checks reset it) */
+    gpu = camo_backend_cuda_create(0);
+    assert_non_null(gpu);
+    return gpu;
+}
+
+static int fresh_gpu_teardown(void **state) {
+    (void)state;
+    unsetenv("CAMO_CUEMU_DNN_FAIL");
+    unsetenv("CAMO_CUEMU_DNN_MAX_ELEMS");
+    unsetenv("CAMO_TEST_CUDNN_MAX_ELEMS");
+    if (suite_gpu) {
+        if (gpu) gpu->destroy(gpu);
+        gpu = suite_gpu;
+        suite_gpu = NULL;
+    }
+    return 0;
+}
+
+#define NEED_CUDA()                                 \
+    do {                                            \
+        NEED_GPU();                                 \
+        if (strcmp(gpu->name, "cuda") != 0) skip(); \
+    } while (0)
+
+/* The three ops on the GPU only (random operands), for what they leave in the backend: its
+ * plans, counts and status. */
+static void conv_gpu_only(camo_conv_desc d) {
+    assert_int_equal(camo_conv_desc_finish(&d), 0);
+    size_t nx = (size_t)d.N * d.H * d.W * d.C, ny = (size_t)d.N * d.P * d.Q * d.K;
+    size_t nw = (size_t)d.K * d.R * d.S * (d.C / d.groups);
+    tt x = tt_new(nx, 11, -1, 1), w = tt_new(nw, 12, -0.5f, 0.5f), y = tt_zero(ny);
+    tt dy = tt_new(ny, 14, -1, 1), dx = tt_zero(nx), dw = tt_zero(nw);
+    gpu->conv2d_forward(gpu, &d, y.g, x.g, w.g, NULL);
+    gpu->conv2d_backward_data(gpu, &d, dx.g, dy.g, w.g);
+    gpu->conv2d_backward_filter(gpu, &d, dw.g, NULL, dy.g, x.g);
+    gpu->sync(gpu);
+    tt_free(&x), tt_free(&w), tt_free(&y), tt_free(&dy), tt_free(&dx), tt_free(&dw);
+}
+
+/* The check a real GPU must pass first: an ordinary 3x3 64->64 convolution (NHWC) runs on
+ * cuDNN in fp32 (FMA math), with train.deterministic, and in bf16 (AMP): none of its three
+ * ops on the direct kernel, none of the AMP ones fallen back to fp32. */
+static void test_conv_plain_not_direct(void **state) {
+    (void)state;
+    NEED_CUDA();
+    camo_conv_desc d = {2, 16, 16, 64, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0, 0};
+    camo_backend *b = use_fresh_gpu();
+    conv_case(d, "3x3 64->64 fp32");
+    camo_cuda_set_deterministic(b, 1);
+    conv_case(d, "3x3 64->64 fp32, deterministic");
+    camo_cuda_set_deterministic(b, 0);
+    fprintf(stderr, "  fp32: %d on the direct kernel\n", camo_cuda_direct_conv_count(b));
+    assert_int_equal(camo_cuda_direct_conv_count(b), 0);
+    camo_cuda_amp amp = camo_cuda_set_amp(b, CAMO_AMP_BF16); /* fp16 on sm_75 */
+    conv_gpu_only(d);
+    assert_int_equal(camo_cuda_backend_status(b), 0);
+    fprintf(stderr, "  %s: %d in fp32 instead, %d on the direct kernel\n",
+            amp == CAMO_AMP_BF16 ? "bf16" : "fp16", camo_cuda_amp_fp32_conv_count(b),
+            camo_cuda_direct_conv_count(b));
+    assert_int_equal(camo_cuda_amp_fp32_conv_count(b), 0);
+    assert_int_equal(camo_cuda_direct_conv_count(b), 0);
+}
+
+static void set_cap(const char *var, size_t n) {
+    char v[32];
+    snprintf(v, sizeof v, "%zu", n);
+    setenv(var, v, 1);
+}
+
+/* downloads two GPU tensors of n floats and compares them: relative error at most tol, with a
+ * floor of floor_frac times b's largest magnitude */
+static void gpu_close(const float *a, const float *b, size_t n, double floor_frac, double tol,
+                      const char *what) {
+    float *ha = malloc(n * 4), *hb = malloc(n * 4);
+    gpu->download(gpu, ha, a, n * 4);
+    gpu->download(gpu, hb, b, n * 4);
+    assert_int_equal(camo_cuda_backend_status(gpu), 0);
+    double mx = 0;
+    for (size_t i = 0; i < n; i++) mx = fmax(mx, fabs(hb[i]));
+    TU_ASSERT_CLOSE(ha, hb, n, fmax(1e-6, floor_frac * mx), tol, what);
+    free(ha), free(hb);
+}
+
+/* bf16: the three ops with the batch split (cap set) against the same ops unsplit, from the
+ * same starting gradients, within 1% of each tensor's largest value: bf16 rounding (the
+ * filter gradient sums the pieces' bf16 results in fp32, each rounded at its own magnitude;
+ * a real GPU may pick other algorithms for other batch sizes). A piece misplaced or not
+ * accumulated is off by the size of its whole contribution. */
+static void split_bf16_case(camo_conv_desc d, size_t cap) {
+    assert_int_equal(camo_conv_desc_finish(&d), 0);
+    size_t nx = (size_t)d.N * d.H * d.W * d.C, ny = (size_t)d.N * d.P * d.Q * d.K;
+    size_t nw = (size_t)d.K * d.R * d.S * (d.C / d.groups);
+    tt x = tt_new(nx, 21, -1, 1), w = tt_new(nw, 22, -0.5f, 0.5f), dy = tt_new(ny, 23, -1, 1);
+    tt y[2] = {tt_zero(ny), tt_zero(ny)};
+    tt dx[2] = {tt_new(nx, 24, -1, 1), tt_new(nx, 24, -1, 1)};
+    tt dw[2] = {tt_new(nw, 25, -1, 1), tt_new(nw, 25, -1, 1)};
+    for (int k = 0; k < 2; k++) { /* 0 split, 1 whole */
+        if (k == 0) {
+            set_cap("CAMO_TEST_CUDNN_MAX_ELEMS", cap);
+            set_cap("CAMO_CUEMU_DNN_MAX_ELEMS", cap);
+        } else {
+            unsetenv("CAMO_TEST_CUDNN_MAX_ELEMS");
+            unsetenv("CAMO_CUEMU_DNN_MAX_ELEMS");
+        }
+        gpu->conv2d_forward(gpu, &d, y[k].g, x.g, w.g, NULL);
+        gpu->conv2d_backward_data(gpu, &d, dx[k].g, dy.g, w.g);
+        gpu->conv2d_backward_filter(gpu, &d, dw[k].g, NULL, dy.g, x.g);
+    }
+    gpu_close(y[0].g, y[1].g, ny, 1, 1e-2, "bf16 forward, split vs whole");
+    gpu_close(dx[0].g, dx[1].g, nx, 1, 1e-2, "bf16 backward data, split vs whole");
+    gpu_close(dw[0].g, dw[1].g, nw, 1, 1e-2, "bf16 backward filter, split vs whole");
+    tt *all[] = {&x, &w, &dy, &y[0], &y[1], &dx[0], &dx[1], &dw[0], &dw[1]};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) tt_free(all[i]);
+}
+
+/* cuDNN's legacy API takes at most 2^31 - 1 elements a tensor (a batch of 32 x 512^2 x 256
+ * reaches it). The backend splits the batch into pieces under the cap, here lowered to 2.5
+ * images' worth in the backend and in cuemu's cuDNN (which then refuses anything bigger, so
+ * an unsplit call would fall to the direct kernel): batches of 5 run as 2 + 2 + 1 images,
+ * give the CPU's results (the filter and bias gradients accumulated over the pieces onto
+ * nonzero starting values), and nothing runs on the direct kernel. */
+static void test_conv_split_batch(void **state) {
+    (void)state;
+    NEED_CUDA();
+    camo_conv_desc ds[2] = {{5, 12, 10, 8, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0, 0},
+                            {5, 13, 11, 6, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1, 0, 0}};
+    camo_backend *b = use_fresh_gpu();
+    for (int k = 0; k < 2; k++) {
+        camo_conv_desc d = ds[k];
+        assert_int_equal(camo_conv_desc_finish(&d), 0);
+        size_t per = (size_t)CAMO_MAX(d.H * d.W * d.C, d.P * d.Q * d.K), cap = per * 5 / 2;
+        set_cap("CAMO_TEST_CUDNN_MAX_ELEMS", cap);
+        set_cap("CAMO_CUEMU_DNN_MAX_ELEMS", cap);
+        conv_case(d, k ? "stride 2, batch of 5 in pieces of 2 + 2 + 1" :
+                         "3x3, batch of 5 in pieces of 2 + 2 + 1");
+        assert_int_equal(camo_cuda_direct_conv_count(b), 0);
+        if (camo_cuda_set_amp(b, CAMO_AMP_BF16) != CAMO_AMP_OFF) split_bf16_case(d, cap);
+        camo_cuda_set_amp(b, CAMO_AMP_OFF);
+        assert_int_equal(camo_cuda_direct_conv_count(b), 0);
+        assert_int_equal(camo_cuda_amp_fp32_conv_count(b), 0);
+    }
+}
+
+/* the direct backward filter, twice from the same starting values: the same bits */
+static void direct_filter_repeats(camo_conv_desc d) {
+    assert_int_equal(camo_conv_desc_finish(&d), 0);
+    size_t nx = (size_t)d.N * d.H * d.W * d.C, ny = (size_t)d.N * d.P * d.Q * d.K;
+    size_t nw = (size_t)d.K * d.R * d.S * (d.C / d.groups);
+    tt x = tt_new(nx, 31, -1, 1), dy = tt_new(ny, 32, -1, 1);
+    tt dw1 = tt_new(nw, 33, -1, 1), dw2 = tt_new(nw, 33, -1, 1);
+    gpu->conv2d_backward_filter(gpu, &d, dw1.g, NULL, dy.g, x.g);
+    gpu->conv2d_backward_filter(gpu, &d, dw2.g, NULL, dy.g, x.g);
+    float *a = malloc(nw * 4), *b = malloc(nw * 4);
+    gpu->download(gpu, a, dw1.g, nw * 4);
+    gpu->download(gpu, b, dw2.g, nw * 4);
+    assert_int_equal(camo_cuda_backend_status(gpu), 0);
+    assert_memory_equal(a, b, nw * 4);
+    free(a), free(b);
+    tt_free(&x), tt_free(&dy), tt_free(&dw1), tt_free(&dw2);
+}
+
+/* the shapes of test_conv plus larger ones: several pixel chunks and weight tiles in the
+ * direct backward filter's reduction (up to 38 chunks, 30 tiles a tap; small enough for
+ * cuemu, which runs each thread of a block with barriers as a fiber) */
+static const camo_conv_desc direct_shapes[] = {
+    {2, 9, 7, 6, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0, 0},
+    {2, 9, 7, 6, 5, 3, 3, 2, 2, 1, 1, 1, 1, 1, 0, 0},
+    {1, 11, 10, 4, 3, 3, 3, 1, 1, 2, 2, 2, 2, 1, 0, 0},
+    {2, 7, 9, 6, 4, 3, 3, 1, 1, 1, 1, 1, 1, 2, 0, 0},
+    {2, 8, 7, 6, 6, 3, 3, 1, 1, 1, 1, 1, 1, 6, 0, 0},
+    {1, 8, 7, 3, 6, 3, 3, 2, 1, 1, 1, 1, 1, 3, 0, 0},
+    {2, 5, 7, 7, 9, 1, 1, 1, 1, 0, 0, 1, 1, 1, 0, 0},
+    {1, 10, 9, 3, 4, 5, 3, 1, 2, 2, 1, 1, 1, 1, 0, 0},
+    {2, 13, 11, 3, 8, 7, 7, 2, 2, 3, 3, 1, 1, 1, 0, 0},
+    {3, 33, 31, 19, 24, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0, 0},
+    {1, 20, 18, 24, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0, 0},
+    {1, 96, 100, 8, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0, 0},
+    {2, 30, 36, 16, 16, 3, 3, 1, 1, 1, 1, 1, 1, 16, 0, 0},
+};
+#define N_DIRECT_SHAPES (int)(sizeof direct_shapes / sizeof *direct_shapes)
+#define SHAPE_3_IMAGES direct_shapes[9]  /* 3 x 33x31x19 -> 24 */
+#define SHAPE_30_TILES direct_shapes[10] /* 20x18x24 -> 40: 30 tiles of 32 weights a tap */
+
+/* The direct kernels against the CPU, and the backward filter's reduction repeating bit for
+ * bit (train.deterministic may run on it). A cap of one element puts every convolution on
+ * them (a tensor over the cap: no cuDNN call can take it), on any GPU; the batch then runs
+ * image by image. */
+static void test_conv_direct_kernels(void **state) {
+    (void)state;
+    NEED_CUDA();
+    camo_backend *b = use_fresh_gpu();
+    setenv("CAMO_TEST_CUDNN_MAX_ELEMS", "1", 1);
+    char what[64];
+    for (int i = 0; i < N_DIRECT_SHAPES; i++) {
+        snprintf(what, sizeof what, "direct kernels (one image a piece), shape %d", i);
+        conv_case(direct_shapes[i], what);
+    }
+    direct_filter_repeats(SHAPE_30_TILES);
+    fprintf(stderr, "  %d convolutions on the direct kernel\n", camo_cuda_direct_conv_count(b));
+    assert_true(camo_cuda_direct_conv_count(b) >= 3 * N_DIRECT_SHAPES);
+}
+
+/* cuemu only (its CAMO_CUEMU_DNN_FAIL hook): what a cuDNN failure does.
+ *  - "unsupported" statuses (NOT_SUPPORTED, _SHAPE, _DATA_TYPE), at planning or at run time:
+ *    the convolution runs on the direct kernel on the whole batch, right, and is counted;
+ *    an AMP one first goes to fp32;
+ *  - everything else (a sub-library that does not load, version, runtime and architecture
+ *    mismatches, internal errors, a misaligned pointer), in fp32 and in AMP: the backend
+ *    fails, and its message names our file:line, the call, cuDNN's status and cuDNN's own
+ *    message; nothing falls back. */
+#ifdef CUEMU_CUDNN_H
+static const struct {
+    const char *hook, *status, *call;
+    int amp;
+} dnn_fatal_cases[] = {
+    {"heuristics:1008", "CUDNN_STATUS_SUBLIBRARY_LOADING_FAILED",
+     "cudnnGetConvolutionForwardAlgorithm_v7", 0},
+    {"heuristics:3009", "CUDNN_STATUS_NOT_SUPPORTED_SUBLIBRARY_UNAVAILABLE",
+     "cudnnGetConvolutionForwardAlgorithm_v7", 0},
+    {"heuristics:3006", "CUDNN_STATUS_NOT_SUPPORTED_INCOMPATIBLE_CUDART",
+     "cudnnGetConvolutionForwardAlgorithm_v7", 1},
+    {"workspace:1002", "CUDNN_STATUS_SUBLIBRARY_VERSION_MISMATCH",
+     "cudnnGetConvolutionForwardWorkspaceSize", 0},
+    {"conv:3007", "CUDNN_STATUS_NOT_SUPPORTED_ARCH_MISMATCH", "cudnnConvolutionForward", 0},
+    {"conv:4000", "CUDNN_STATUS_INTERNAL_ERROR", "cudnnConvolutionForward", 1},
+    {"conv:2003", "CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER", "cudnnConvolutionForward", 0},
+};
+
+static void dnn_fatal_case(int i) {
+    camo_conv_desc d = {2, 9, 7, 6, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0, 0};
+    camo_backend *b = use_fresh_gpu();
+    if (dnn_fatal_cases[i].amp) camo_cuda_set_amp(b, CAMO_AMP_BF16);
+    setenv("CAMO_CUEMU_DNN_FAIL", dnn_fatal_cases[i].hook, 1);
+    conv_gpu_only(d);
+    camo_clear_error();
+    assert_int_not_equal(camo_cuda_backend_status(b), 0);
+    const char *msg = camo_last_error();
+    fprintf(stderr, "  %s%s: %s\n", dnn_fatal_cases[i].hook,
+            dnn_fatal_cases[i].amp ? " (bf16)" : "", msg);
+    assert_true(names_cuda_line(msg, dnn_fatal_cases[i].call));
+    assert_non_null(strstr(msg, dnn_fatal_cases[i].status));
+    assert_non_null(strstr(msg, "cuDNN says: cuemu: "));
+    assert_int_equal(camo_cuda_direct_conv_count(b), 0);
+    assert_int_equal(camo_cuda_amp_fp32_conv_count(b), 0);
+}
+#endif
+
+static void test_conv_dnn_failures(void **state) {
+    (void)state;
+    NEED_CUDA();
+#ifndef CUEMU_CUDNN_H
+    skip(); /* the failures are injected by cuemu's cuDNN */
+#else
+    camo_conv_desc d = {2, 9, 7, 6, 5, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0, 0};
+    const char *fallbacks[] = {"heuristics:3002", "conv:3000", "workspace:3003"};
+    for (int i = 0; i < 3; i++) {
+        camo_backend *b = use_fresh_gpu();
+        setenv("CAMO_CUEMU_DNN_FAIL", fallbacks[i], 1);
+        conv_case(d, fallbacks[i]);
+        if (i == 0) conv_case(SHAPE_3_IMAGES, "heuristics:3002, 3 images");
+        fprintf(stderr, "  %s: %d on the direct kernel\n", fallbacks[i],
+                camo_cuda_direct_conv_count(b));
+        assert_int_equal(camo_cuda_direct_conv_count(b), i == 0 ? 6 : 3);
+    }
+    camo_backend *b = use_fresh_gpu(); /* AMP: an unsupported half set-up runs in fp32 */
+    camo_cuda_set_amp(b, CAMO_AMP_BF16);
+    setenv("CAMO_CUEMU_DNN_FAIL", "conv:3003", 1);
+    conv_case(d, "bf16, conv:3003 (then fp32 refused too)");
+    assert_int_equal(camo_cuda_amp_fp32_conv_count(b), 3);
+    assert_int_equal(camo_cuda_direct_conv_count(b), 3);
+    for (int i = 0; i < (int)(sizeof dnn_fatal_cases / sizeof *dnn_fatal_cases); i++)
+        dnn_fatal_case(i);
+#endif
+}
+
+/* Every parameter's data and gradient and every buffer of the shipped networks is 256-byte
+ * aligned on the GPU too (cuDNN: BAD_PARAM_MISALIGNED_POINTER or slower kernels otherwise;
+ * NCCL buckets start on them). */
+static void test_param_alignment_gpu(void **state) {
+    (void)state;
+    NEED_GPU();
+    const char *cfgs[] = {"conf/models/unet_s.cfg", "conf/models/fpn_r18.cfg"};
+    for (int k = 0; k < 2; k++) {
+        camo_net *net = camo_net_load(cfgs[k], gpu, 0);
+        assert_non_null(net);
+        int n = 0;
+        for (int i = 0; i < net->n_params; i++) {
+            camo_param *p = &net->params[i];
+            if (p->kind == CAMO_PARAM_COUNTER) continue;
+            if ((uintptr_t)p->data % 256 || (p->grad && (uintptr_t)p->grad % 256))
+                fail_msg("%s: %s data %p grad %p not 256-byte aligned", cfgs[k], p->name,
+                         (void *)p->data, (void *)p->grad);
+            n++;
+        }
+        fprintf(stderr, "  %s: %d tensors aligned\n", cfgs[k], n);
+        camo_net_free(net);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gemm),          cmocka_unit_test(test_conv),
@@ -1016,6 +1333,11 @@ int main(void) {
         cmocka_unit_test(test_comm_nccl),     cmocka_unit_test(test_resize_deterministic),
         cmocka_unit_test(test_unet_s_deterministic),
         cmocka_unit_test(test_pixel_correct),  cmocka_unit_test(test_cuda_error_location),
+        cmocka_unit_test_teardown(test_conv_plain_not_direct, fresh_gpu_teardown),
+        cmocka_unit_test_teardown(test_conv_split_batch, fresh_gpu_teardown),
+        cmocka_unit_test_teardown(test_conv_direct_kernels, fresh_gpu_teardown),
+        cmocka_unit_test_teardown(test_conv_dnn_failures, fresh_gpu_teardown),
+        cmocka_unit_test(test_param_alignment_gpu),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

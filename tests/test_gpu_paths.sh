@@ -94,6 +94,18 @@ n=$(grep -c '"gpu_mallocs"' "$TMP/g1/metrics.jsonl")
     || fail "${MODE}_no_malloc_after_warmup" "$n step records, $m distinct gpu_mallocs values"
 grep -q 'peak GPU memory (replica 0): [0-9]* MiB' "$TMP/g1.log" && pass "${MODE}_peak_memory_line" \
     || fail "${MODE}_peak_memory_line" "no peak GPU memory line in the summary"
+# every convolution of unet_s on cuDNN, none on the direct kernel; the versions at start-up
+d=$(grep -o '"direct_convs":[0-9]*' "$TMP/g1/metrics.jsonl" | sort -u | tr '\n' ' ')
+[ "$d" = '"direct_convs":0 ' ] && pass "${MODE}_no_direct_convs" \
+    || fail "${MODE}_no_direct_convs" "metrics.jsonl says: ${d:-nothing}"
+grep -Eq '^cuda: runtime [0-9.]+, driver [0-9.]+; cuDNN [0-9.]+ \(built with [0-9.]+\); NCCL [0-9.]+ \(built with [0-9.]+\)$' \
+    "$TMP/g1/train.log" && pass "${MODE}_versions_line" \
+    || fail "${MODE}_versions_line" "no versions line in train.log: $(grep -m1 '^cuda:' "$TMP/g1/train.log")"
+# a cuDNN of another major version at run time is refused before anything starts
+if [ $MODE = cuemu ]; then
+    expect cuemu_cudnn_version_refused 2 'cuDNN 8.9.7 found at run time, but camotrain was built with cuDNN' -- \
+        env CAMO_CUEMU_CUDNN_VERSION=80907 $B $D --devices 0 --out "$TMP/oldcudnn"
+fi
 
 # two replicas: DDP = DP bit for bit; sync-BN two replicas = one GPU (whole model, 1e-6; smooth network)
 TWO="0,0"; [ "$GPUS" -ge 2 ] && TWO="0,1"
@@ -159,5 +171,59 @@ if [ $MODE = cuemu ]; then
     out=$(CUDA_VISIBLE_DEVICES=1 $B ${C% --quiet} --devices auto --set train.max_steps=1 --out "$TMP/auto3" 2>&1 | head -20)
     echo "$out" | grep -q 'auto -> 1 GPU (ids 0..0 of CUDA_VISIBLE_DEVICES=1)' && pass cuemu_auto_visible_devices \
         || fail cuemu_auto_visible_devices "$(echo "$out" | grep -i 'parallel\|error' | head -3)"
+fi
+# a partial last batch makes no cudaMalloc either (src/devices.c camo_devices_prepare: every
+# convolution runs at each local batch size before step 1): two replicas, slices 4, 4, 3;
+# cuemu's cuDNN wants more workspace for a ragged batch than for the full one
+m=$(grep -o '"gpu_mallocs":[0-9]*' "$TMP/s_ddp/metrics.jsonl" 2>/dev/null | sort -u | wc -l)
+n=$(grep -c '"gpu_mallocs"' "$TMP/s_ddp/metrics.jsonl" 2>/dev/null)
+[ "$m" = 1 ] && [ "$n" = 3 ] && pass "${MODE}_no_malloc_at_partial_batch" \
+    || fail "${MODE}_no_malloc_at_partial_batch" "$n step records, $m distinct gpu_mallocs values"
+
+# ---- what the emulated driver and NCCL saw at initialisation (CAMO_CUEMU_REPORT) ----
+if [ $MODE = cuemu ]; then
+    # rep NAME DEVICES [options/env via env]: one short run; its report in $TMP/NAME.rep
+    rep() {
+        local name=$1 dev=$2; shift 2
+        rm -f "$TMP/$name.rep"
+        CAMO_CUEMU_REPORT="$TMP/$name.rep" $B $C --devices "$dev" --set train.max_steps=1 "$@" \
+            --out "$TMP/rep_$name" > "$TMP/rep_$name.log" 2>&1
+    }
+    # seen NAME KEY: the values of KEY= in NAME's report, one line each
+    seen() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" "$TMP/$1.rep" | sort -u; }
+    cliques() { grep -c '^nccl_comm_init_all ' "$TMP/$1.rep"; }
+
+    # NCCL_LAUNCH_MODE=GROUP in the environment: overridden (with a warning), NCCL sees PARALLEL
+    if NCCL_LAUNCH_MODE=GROUP rep group 0,1; then
+        [ "$(seen group launch_mode)" = PARALLEL ] && grep -q 'NCCL_LAUNCH_MODE=GROUP overridden' "$TMP/rep_group.log" \
+            && pass cuemu_nccl_launch_mode_parallel \
+            || fail cuemu_nccl_launch_mode_parallel "report: $(tr '\n' ' ' < "$TMP/group.rep")"
+    else fail cuemu_nccl_launch_mode_parallel "exit: $(tail -2 "$TMP/rep_group.log")"; fi
+
+    # eager module loading only where NCCL runs (two distinct GPUs); a user's value is kept;
+    # auto counts GPUs before CUDA starts: CUDA_VISIBLE_DEVICES, /proc/driver/nvidia/gpus
+    # (absent here unless the machine has an NVIDIA driver: then 2 emulated GPUs is unknown)
+    rep one 0; rep shared 0,0; CUDA_MODULE_LOADING=LAZY rep user 0,1
+    CUDA_VISIBLE_DEVICES=1 rep auto_one auto; rep auto_two auto
+    want_auto=EAGER; [ -d /proc/driver/nvidia/gpus ] && want_auto=$(seen auto_two module_loading)
+    got="0:$(seen one module_loading) 0,0:$(seen shared module_loading) 0,1:$(seen group module_loading)"
+    got="$got user:$(seen user module_loading) auto(1 visible):$(seen auto_one module_loading)"
+    got="$got auto(2):$(seen auto_two module_loading)"
+    [ "$got" = "0:unset 0,0:unset 0,1:EAGER user:LAZY auto(1 visible):unset auto(2):$want_auto" ] \
+        && pass cuemu_eager_loading_only_for_nccl || fail cuemu_eager_loading_only_for_nccl "$got"
+
+    # one NCCL communicator per replica: the control comm is a host comm, except under DP
+    # with sync-BN, whose BN sums of device data go through it
+    rep ddp_bn 0,1 --set parallel.sync_bn=true; rep dp_bn 0,1 --parallel dp --set parallel.sync_bn=true
+    rep dp 0,1 --parallel dp
+    got="ddp:$(cliques group) ddp+bn:$(cliques ddp_bn) dp:$(cliques dp) dp+bn:$(cliques dp_bn)"
+    [ "$got" = "ddp:1 ddp+bn:1 dp:1 dp+bn:2" ] && [ "$(seen dp_bn ranks)" = 2 ] \
+        && pass cuemu_nccl_comms_per_replica || fail cuemu_nccl_comms_per_replica "cliques $got"
+
+    # a stalled replica on nccl: exit 1, the timeout names it
+    out=$(CAMO_TEST_FAIL_REPLICA=1 CAMO_TEST_FAIL_STEP=2 CAMO_TEST_FAIL_STALL=1 $B $C --devices 0,1 \
+          --set parallel.timeout_s=2 --out "$TMP/stall_named" 2>&1); rc=$?
+    [ $rc = 1 ] && echo "$out" | grep -q 'timed out after 2 s: replica 1 did not join' \
+        && pass cuemu_stall_names_replica || fail cuemu_stall_names_replica "exit $rc: $(echo "$out" | tail -1)"
 fi
 exit 0

@@ -5,7 +5,9 @@
 #include <libconfig.h>
 
 #include "camo/backend.h"
+#include "camo/comm.h"
 #include "camo/common.h"
+#include "camo/ddp.h"
 #include "camo/net.h"
 
 static camo_backend *be;
@@ -141,7 +143,7 @@ static void test_composite_names(void **state) {
 }
 
 /* Gradients are laid out in reverse parameter order, each with its weight at the same
- * offset of param_block (DDP buckets are contiguous slices). */
+ * offset of param_block (DDP buckets are contiguous slices), each padded to 256 bytes. */
 static void test_block_layout(void **state) {
     (void)state;
     camo_net *net = camo_net_load("conf/models/unet_s.cfg", be, 0);
@@ -152,7 +154,7 @@ static void test_block_layout(void **state) {
         if (p->kind != CAMO_PARAM_WEIGHT) continue;
         assert_ptr_equal(p->data, net->param_block + expect);
         assert_ptr_equal(p->grad, net->grad_block + expect);
-        expect += p->numel;
+        expect += camo_param_padded(p->numel);
     }
     assert_int_equal(expect, net->n_weight_floats);
     camo_net_free(net);
@@ -242,6 +244,85 @@ static void test_missing_file(void **state) {
     assert_non_null(strstr(camo_last_error(), "syntax.cfg:2"));
 }
 
+/* Every parameter's data and gradient and every buffer starts on a 256-byte boundary (cuDNN
+ * and NCCL want aligned operands); the gaps between them hold zeros after backward and
+ * after whole-block optimizer steps (so no norm or all-reduce sees them); the parameter
+ * count leaves them out. */
+static void check_gaps_zero(const camo_net *net, const float *block, const char *what) {
+    unsigned char *used = calloc(net->n_weight_floats + 1, 1);
+    for (int i = 0; i < net->n_params; i++) {
+        const camo_param *p = &net->params[i];
+        if (p->kind == CAMO_PARAM_WEIGHT)
+            memset(used + (p->data - net->param_block), 1, p->numel);
+    }
+    for (size_t j = 0; j < net->n_weight_floats; j++)
+        if (!used[j] && block[j] != 0) fail_msg("%s: gap float %zu is %g", what, j, block[j]);
+    free(used);
+}
+
+/* DDP buckets of small sizes (many of them) start and end on 256-byte boundaries and cover
+ * the whole gradient block in order. */
+static void check_buckets_aligned(camo_net *net) {
+    camo_comm *comm[1];
+    camo_ddp d;
+    assert_int_equal(camo_comm_cpu_create(1, 30, comm), 0);
+    assert_int_equal(camo_ddp_init(&d, net, comm[0], 0.01, 0.05), 0);
+    assert_true(d.n_buckets > 4);
+    for (int b = 0; b < d.n_buckets; b++) {
+        size_t lo = b ? d.bucket_end[b - 1] : 0;
+        if (lo % 64 || d.bucket_end[b] <= lo)
+            fail_msg("bucket %d of %d: [%zu, %zu)", b, d.n_buckets, lo, d.bucket_end[b]);
+    }
+    assert_int_equal(d.bucket_end[d.n_buckets - 1], net->n_weight_floats);
+    camo_ddp_free(&d);
+    comm[0]->destroy(comm[0]);
+}
+
+static void check_aligned_net(const char *cfg) {
+    camo_net *net = camo_net_load(cfg, be, 0);
+    assert_non_null(net);
+    size_t count = 0, odd = 0;
+    for (int i = 0; i < net->n_params; i++) {
+        camo_param *p = &net->params[i];
+        if (p->kind == CAMO_PARAM_COUNTER) continue;
+        if ((uintptr_t)p->data % 256 || (p->grad && (uintptr_t)p->grad % 256))
+            fail_msg("%s: %s data %p grad %p not 256-byte aligned", cfg, p->name,
+                     (void *)p->data, (void *)p->grad);
+        if (p->kind == CAMO_PARAM_WEIGHT) count += p->numel, odd += p->numel % 64 != 0;
+    }
+    fprintf(stderr, "  %s: %zu parameters in %zu floats\n", cfg, count, net->n_weight_floats);
+    assert_int_equal(camo_net_param_count(net), count);
+    assert_true(odd > 0); /* the shipped networks do have tensors that need a gap */
+    check_buckets_aligned(net);
+    int N = 2, S = 32, H, W, C;
+    assert_int_equal(camo_net_set_input_size(net, N, S, S), 0);
+    camo_net_init_weights(net, 5);
+    tu_fill(net->input, (size_t)N * S * S * 3, 6, -1, 1);
+    camo_net_zero_param_grads(net);
+    camo_net_forward(net, N, 1);
+    camo_net_zero_act_grads(net);
+    camo_net_output(net, 0, &H, &W, &C);
+    tu_fill(camo_net_output_grad(net, 0), (size_t)N * H * W * C, 7, -1, 1);
+    camo_net_backward(net, N);
+    check_gaps_zero(net, net->grad_block, "gradients after backward");
+    size_t n = net->n_weight_floats;
+    float *m = be->alloc(be, n * sizeof(float)), *v = be->alloc(be, n * sizeof(float));
+    be->adamw_step(be, n, net->param_block, net->grad_block, m, v, 1e-3f, 0.9f, 0.999f, 1e-8f,
+                   0.05f, 1.0f, 1);
+    be->sgd_step(be, n, net->param_block, net->grad_block, m, 0.1f, 0.9f, 1, 1e-4f, 1.0f, 1);
+    check_gaps_zero(net, net->param_block, "weights after AdamW and SGD steps");
+    check_gaps_zero(net, m, "optimizer state");
+    check_gaps_zero(net, v, "AdamW second moments");
+    be->free(be, m), be->free(be, v);
+    camo_net_free(net);
+}
+
+static void test_param_alignment(void **state) {
+    (void)state;
+    check_aligned_net("conf/models/unet_s.cfg");
+    check_aligned_net("conf/models/fpn_r18.cfg");
+}
+
 int main(int argc, char **argv) {
     (void)argc;
     camo_cpu_env_reexec(argv); /* passive OpenMP waits: tests share 2 busy cores */
@@ -255,6 +336,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_unet_outputs),
         cmocka_unit_test(test_frozen_params),
         cmocka_unit_test(test_missing_file),
+        cmocka_unit_test(test_param_alignment),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

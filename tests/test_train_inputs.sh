@@ -56,7 +56,8 @@ expect_str resume_other_model 2 "--resume continues the network saved in" -- \
 expect_str resume_other_classes 2 "data.classes" -- $BIN --resume "$CK" --set data.classes=3 --quiet
 expect_str resume_other_optimizer 2 "checkpoint optimizer is 'adamw', the config asks for 'sgd'" -- \
     $BIN --resume "$CK" --set train.optimizer=sgd --quiet
-left=$(ls -A "$TMP/run" | grep -v -x -e last.ckpt -e best.ckpt -e metrics.jsonl -e config.cfg -e train.log)
+left=$(ls -A "$TMP/run" | grep -v -x -e last.ckpt -e best.ckpt -e metrics.jsonl -e config.cfg -e train.log \
+       -e 'events\.out\.tfevents\..*')
 [ -z "$left" ] && pass ckpt_no_temp_files_left || fail ckpt_no_temp_files_left "$left"
 
 # ---- bad data: exit 2 naming the file, or skipped with a warning ----

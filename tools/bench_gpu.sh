@@ -67,6 +67,12 @@ for model in unet_s fpn_r18; do
         tail -20 "$log"; die "camotrain failed on $model (log above)"
     fi
     c_ips=$(sed -n 's/.* \([0-9.]*\) img\/s; best.*/\1/p' "$log" | tail -1)
+    # a convolution cuDNN refused runs on camotrain's slow direct kernel: not a fair benchmark
+    direct=$(grep -o '"direct_convs":[0-9]*' "$out/run/metrics.jsonl" | tail -1 | cut -d: -f2)
+    if [ "${direct:-0}" != 0 ]; then
+        grep -i 'direct' "$log" | tail -3
+        die "$model: $direct convolution set-up(s) planned on the direct kernel, not cuDNN (docs/cuda.md)"
+    fi
     c_mem=$PEAK_MIB
     echo "== $model: PyTorch"
     if ! with_peak_mem "$PY" tools/torch_bench.py --model "conf/models/$model.cfg" \

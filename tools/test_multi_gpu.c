@@ -2,15 +2,18 @@
  * Lists the GPUs (name, memory, compute capability), CUDA runtime/driver, cuDNN and NCCL
  * versions and peer access between each pair; checks an NCCL all-reduce over every GPU for
  * correctness and prints its bus bandwidth from 1 MiB to 256 MiB; runs one unet_s training
- * step (forward, structure loss, backward) on each GPU and compares loss and gradient norm
- * with the CPU backend. Prints PASS/FAIL per check; exit 0 when all pass, 1 when one
- * fails, 2 when there is no usable GPU. Models: the seeds' test_multi_gpu.py / test_ddp.py. */
+ * step (forward, structure loss, backward) on each GPU and compares it with the CPU backend:
+ * loss, gradient norm and gradients of a smooth copy of the network tightly, the shipped
+ * network's loss loosely (see "one training step per GPU"). Prints PASS/FAIL per check;
+ * exit 0 when all pass, 1 when one fails, 2 when there is no usable GPU. Models: the seeds'
+ * test_multi_gpu.py / test_ddp.py. */
 #include "camo/backend.h"
 #include "camo/common.h"
 #include "camo/cuda.h"
 #include "camo/loss.h"
 #include "camo/net.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -160,9 +163,19 @@ static void check_allreduce(int n) {
     free(host);
 }
 
-/* ---- one training step per GPU vs the CPU ---- */
+/* ---- one training step per GPU vs the CPU ----
+ * On a smooth copy of unet_s (max pooling -> average pooling, every ReLU -> SiLU): at a
+ * kink (a max-pool near-tie, a ReLU input within rounding of zero after BN) a last-bit
+ * difference of the forward, which any other summation order (cuDNN's algorithms, NCCL)
+ * legitimately makes, sends a gradient another way and moves gradients by percents, so no
+ * tight bound would hold on the shipped network (docs/parallel.md "bounds that hold on
+ * every machine"). Without kinks CPU and GPU differ by rounding alone (about 2e-6 on the
+ * emulator), and the bound can stay tight. The shipped network's loss (its forward is
+ * continuous) is still compared, loosely. */
 
 enum { STEP_N = 2, STEP_S = 96 };
+#define SMOOTH_TOL 1e-4  /* loss, gradient norm, gradients (relative L2) of the smooth net */
+#define SHIPPED_TOL 1e-3 /* loss of the shipped net */
 
 /* conf/models/unet_s.cfg from the working directory, or from the repository this binary
  * was built in (build/tools/ or tools/) */
@@ -183,10 +196,71 @@ static const char *model_path(char *buf, size_t size) {
     return rel;
 }
 
-/* loss and gradient norm of one unet_s step on `be`; -1 on error */
-static int train_step(camo_backend *be, double *loss_out, double *gnorm_out) {
-    char path[4200];
-    camo_net *net = camo_net_load(model_path(path, sizeof path), be, 0);
+/* Text of file `path` (malloc'd, NUL-terminated), or NULL with a message. */
+static char *read_text(const char *path) {
+    FILE *f = fopen(path, "rb");
+    char *text = NULL;
+    long n = -1;
+    if (f && fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0) {
+        text = malloc((size_t)n + 1);
+        if (text && fread(text, 1, (size_t)n, f) == (size_t)n) text[n] = 0;
+        else free(text), text = NULL;
+    }
+    if (f) fclose(f);
+    if (!text) printf("%s: cannot read: %s\n", path, strerror(errno));
+    return text;
+}
+
+/* Writes `text` to f with every `from` replaced by `to` (quoted names: same length or not). */
+static void put_replaced(FILE *f, const char *text, const char *const (*pairs)[2], int n) {
+    for (const char *p = text; *p;) {
+        int hit = -1;
+        for (int i = 0; i < n && hit < 0; i++)
+            if (!strncmp(p, pairs[i][0], strlen(pairs[i][0]))) hit = i;
+        if (hit < 0) {
+            fputc(*p++, f);
+            continue;
+        }
+        fputs(pairs[hit][1], f);
+        p += strlen(pairs[hit][0]);
+    }
+}
+
+/* The smooth copy of network file src in a new temporary file; its path in out (the caller
+ * unlinks it). The same edit as tests/lib.sh smooth_net. 0, or -1 with a message. */
+static int write_smooth_net(const char *src, char *out, size_t size) {
+    static const char *const pairs[][2] = {
+        {"\"maxpool\"", "\"avgpool\""},
+        {"\"relu\"", "\"silu\""},
+        {"\"resblock\";", "\"resblock\"; act = \"silu\";"},
+    };
+    char *text = read_text(src);
+    if (!text) return -1;
+    const char *dir = getenv("TMPDIR");
+    snprintf(out, size, "%s/camo_unet_s_smooth_XXXXXX", dir && *dir ? dir : "/tmp");
+    int fd = mkstemp(out);
+    FILE *f = fd < 0 ? NULL : fdopen(fd, "w");
+    if (f) put_replaced(f, text, pairs, 3);
+    free(text);
+    if (!f || fclose(f)) {
+        printf("%s: cannot write the smooth copy of %s: %s\n", out, src, strerror(errno));
+        if (fd >= 0) unlink(out);
+        return -1;
+    }
+    return 0;
+}
+
+/* One step's results: loss, gradient norm, the gradients (host copy, malloc'd) */
+typedef struct step_result {
+    double loss, gnorm;
+    float *grad;
+    size_t n;
+} step_result;
+
+/* loss, gradient norm and gradients of one step of network `path` on `be`; -1 on error */
+static int train_step(camo_backend *be, const char *path, step_result *r) {
+    memset(r, 0, sizeof *r);
+    camo_net *net = camo_net_load(path, be, 0);
     if (!net || camo_net_set_input_size(net, STEP_N, STEP_S, STEP_S)) {
         if (net) camo_net_free(net);
         return -1;
@@ -212,38 +286,83 @@ static int train_step(camo_backend *be, double *loss_out, double *gnorm_out) {
     be->sumsq(be, net->n_weight_floats, sq, net->grad_block);
     be->download(be, &loss, loss_dev, 4);
     be->download(be, &g2, sq, 4);
-    *loss_out = loss;
-    *gnorm_out = sqrt(g2);
+    r->loss = loss;
+    r->gnorm = sqrt(g2);
+    r->n = net->n_weight_floats;
+    r->grad = malloc(r->n * sizeof(float));
+    be->download(be, r->grad, net->grad_block, r->n * sizeof(float));
     be->free(be, target), be->free(be, loss_dev), be->free(be, sq);
     camo_net_free(net);
     free(img), free(mask);
     return camo_cuda_backend_status(be);
 }
 
-static void check_training(int n) {
+/* ||a - b|| / ||b|| over the gradients */
+static double grad_rel_l2(const step_result *a, const step_result *b) {
+    double d = 0, nb = 0;
+    for (size_t i = 0; i < b->n && a->n == b->n; i++) {
+        double e = (double)a->grad[i] - b->grad[i];
+        d += e * e;
+        nb += (double)b->grad[i] * b->grad[i];
+    }
+    return a->n == b->n && nb > 0 ? sqrt(d / nb) : INFINITY;
+}
+
+static double rel(double a, double b) { return fabs(a - b) / fabs(b); }
+
+/* The CPU reference of both networks; 0, or -1 after reporting the failure. */
+static int cpu_reference(const char *shipped, const char *smooth, step_result *ref_shipped,
+                         step_result *ref_smooth) {
     camo_backend *cpu = camo_backend_cpu_create(0);
-    double lc, gc;
-    if (train_step(cpu, &lc, &gc)) {
+    int rc = train_step(cpu, shipped, ref_shipped) || train_step(cpu, smooth, ref_smooth);
+    cpu->destroy(cpu);
+    if (rc) {
         printf("CPU reference step failed: %s\n", camo_last_error());
         report(0, "unet_s CPU reference step");
-        cpu->destroy(cpu);
+        return -1;
+    }
+    printf("unet_s step (%d x %dx%d, structure loss) on the CPU: loss %.7f; smooth copy: "
+           "loss %.7f, grad norm %.6g\n", STEP_N, STEP_S, STEP_S, ref_shipped->loss,
+           ref_smooth->loss, ref_smooth->gnorm);
+    return 0;
+}
+
+/* GPU d against the CPU references: both networks' steps, then the two checks. */
+static void check_gpu(int d, const char *shipped, const char *smooth, const step_result *cs,
+                      const step_result *cm) {
+    char what[200];
+    step_result gs = {0}, gm = {0};
+    camo_backend *be = camo_backend_cuda_create(d);
+    int rc = !be || train_step(be, shipped, &gs) || train_step(be, smooth, &gm);
+    if (rc) printf("GPU %d: %s\n", d, camo_last_error());
+    double el = rel(gm.loss, cm->loss), en = rel(gm.gnorm, cm->gnorm), eg = grad_rel_l2(&gm, cm);
+    if (!rc)
+        printf("GPU %d: smooth copy: loss %.7f, grad norm %.6g; relative differences: loss "
+               "%.1e, grad norm %.1e, gradients %.1e; shipped loss %.7f (%.1e)\n", d, gm.loss,
+               gm.gnorm, el, en, eg, gs.loss, rel(gs.loss, cs->loss));
+    snprintf(what, sizeof what, "GPU %d smooth unet_s step matches the CPU (loss, gradient "
+             "norm and gradients within %g relative)", d, SMOOTH_TOL);
+    report(!rc && el <= SMOOTH_TOL && en <= SMOOTH_TOL && eg <= SMOOTH_TOL, what);
+    snprintf(what, sizeof what, "GPU %d unet_s loss matches the CPU (within %g relative)", d,
+             SHIPPED_TOL);
+    report(!rc && rel(gs.loss, cs->loss) <= SHIPPED_TOL, what);
+    free(gs.grad), free(gm.grad);
+    if (be) be->destroy(be);
+}
+
+static void check_training(int n) {
+    char buf[4200], smooth[4200];
+    const char *shipped = model_path(buf, sizeof buf);
+    if (write_smooth_net(shipped, smooth, sizeof smooth)) {
+        report(0, "smooth copy of unet_s");
         return;
     }
-    cpu->destroy(cpu);
-    printf("unet_s step (%d x %dx%d, structure loss): CPU loss %.7f, grad norm %.6g\n", STEP_N,
-           STEP_S, STEP_S, lc, gc);
-    for (int d = 0; d < n; d++) {
-        char what[160];
-        double lg = 0, gg = 0;
-        camo_backend *be = camo_backend_cuda_create(d);
-        int rc = be ? train_step(be, &lg, &gg) : -1;
-        if (rc) printf("GPU %d: %s\n", d, camo_last_error());
-        else printf("GPU %d: loss %.7f, grad norm %.6g\n", d, lg, gg);
-        snprintf(what, sizeof what, "GPU %d unet_s training step matches the CPU (loss and "
-                 "gradient norm within 1e-4 relative)", d);
-        report(!rc && fabs(lg - lc) <= 1e-4 * fabs(lc) && fabs(gg - gc) <= 1e-4 * gc, what);
-        if (be) be->destroy(be);
+    step_result cs, cm;
+    if (cpu_reference(shipped, smooth, &cs, &cm) == 0) {
+        for (int d = 0; d < n; d++) check_gpu(d, shipped, smooth, &cs, &cm);
+        free(cs.grad), free(cm.grad);
     }
+    unlink(smooth);
 }
 
 int main(void) {

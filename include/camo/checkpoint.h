@@ -14,6 +14,15 @@
 #define CAMO_CKPT_FORMAT "camotrain-checkpoint"
 #define CAMO_CKPT_VERSION 1
 
+/* Sums over the optimizer steps of the epoch in progress, for its mean training loss
+ * (weighted by each step's images) and training pixel accuracy; in checkpoints, so that an
+ * epoch resumed in its middle still reports all its steps. */
+typedef struct camo_epoch_sums {
+    double loss_x_images, images;   /* sum of step loss * step images; images */
+    double correct, counted;        /* pixel counts (camo_step_stats) */
+    int steps;
+} camo_epoch_sums;
+
 typedef struct camo_train_state {
     int epoch;            /* epoch in progress (0-based) */
     int batch;            /* next batch of that epoch: the sampler position */
@@ -23,6 +32,8 @@ typedef struct camo_train_state {
     int bad_epochs;       /* evals since the best one (early stopping) */
     double elapsed_s;     /* training time so far, across resumes */
     double loss_scale;    /* fp16 dynamic loss scale; 0 = none (saved only when > 0) */
+    camo_epoch_sums epoch_sums; /* of the steps of `epoch` before `batch` (saved when batch > 0) */
+    int has_epoch_sums;   /* loaded: the checkpoint had them (older ones do not) */
 } camo_train_state;
 
 /* Writes everything needed to continue exactly. opt may be NULL (weights only). */

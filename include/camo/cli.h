@@ -8,5 +8,7 @@ int cli_eval(int argc, char **argv);    /* src/cli_eval.c */
 int cli_predict(int argc, char **argv); /* src/cli_eval.c */
 int cli_inspect(int argc, char **argv); /* src/cli_inspect.c */
 int cli_synth(int argc, char **argv);   /* src/synth.c */
+int cli_plot(int argc, char **argv);    /* src/cli_plot.c */
+int cli_profile(int argc, char **argv); /* src/cli_profile.c */
 
 #endif

@@ -7,8 +7,11 @@
  * Backends:
  *   cpu   - shared memory between threads, fixed reduction order (rank 0 + 1 + ... + N-1),
  *           so results are deterministic and identical on every rank (src/comm_cpu.c);
- *   nccl  - one NCCL communicator per replica from ncclCommInitAll (cuda/comm_nccl.cu);
- *   local - several replicas sharing one GPU, reduced on the device (cuda/comm_local.cu).
+ *   host  - the cpu comm for host values only (all_reduce_host, barrier, wait, abort); its
+ *           float collectives fail and abort the group. The control comm of GPU replicas
+ *           that need no device collective on it: no GPU clique, no GPU memory;
+ *   nccl  - one NCCL communicator per replica from ncclCommInitAll (cuda/comm.cu);
+ *   local - several replicas sharing one GPU, reduced on the device (cuda/comm.cu).
  *
  * Errors: every op returns 0, or non-zero with camo_last_error() set in the calling thread
  * ("comm aborted by replica 2: ..." or "collective timed out after 60 s"). After abort()
@@ -22,7 +25,7 @@
 typedef struct camo_comm camo_comm;
 
 struct camo_comm {
-    const char *name;   /* "cpu", "nccl", "local" */
+    const char *name;   /* "cpu", "host", "nccl", "local" */
     int rank, size;
     void *ctx;          /* backend private state (shared group + this rank's part) */
 
@@ -53,10 +56,19 @@ struct camo_comm {
  * (<= 0: no timeout). Returns 0 or -1 with an error. */
 int camo_comm_cpu_create(int n, double timeout_s, camo_comm **comms);
 
+/* The host comm: n ranks between threads; all_reduce_host sums in rank order, like the cpu
+ * comm and the host sums of the GPU comms, so results are bitwise the same as theirs. The
+ * float collectives fail ("replica R: all_reduce_sum on the host comm ...") and abort the
+ * group. 0, or -1 with an error. */
+int camo_comm_host_create(int n, double timeout_s, camo_comm **comms);
+
 /* NCCL over distinct GPUs devices[0..n) (ncclCommInitAll), and the `local` comm for
  * replicas that share one GPU (devices may repeat). streams[i]: the replica's compute
  * stream (cudaStream_t, from camo_backend_stream) the collectives must follow. Declared in
- * every build; without CUDA they fail with a clear error (src/backend_cuda_stub.c). */
+ * every build; without CUDA they fail with a clear error (src/backend_cuda_stub.c).
+ * nccl forces NCCL_LAUNCH_MODE=PARALLEL (a user's GROUP is overridden with a warning: in
+ * GROUP mode a stalled replica hangs its peers inside NCCL, past every timeout) and sets
+ * NCCL_RUNTIME_CONNECT=0 unless set, before ncclCommInitAll (cuda/comm.cu nccl_env). */
 int camo_comm_nccl_create(int n, const int *devices, void *const *streams, double timeout_s,
                           camo_comm **comms);
 int camo_comm_local_create(int n, const int *devices, void *const *streams, double timeout_s,

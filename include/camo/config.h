@@ -55,7 +55,7 @@ typedef struct camo_config {
     struct { int every, batch; char metric[16]; double threshold; } eval;
     struct { int every_steps; char metric[16]; } checkpoint;
     struct { char devices[64], mode[8]; double bucket_mb, timeout_s; int sync_bn; } parallel;
-    struct { int every; } log;
+    struct { int every, tensorboard; } log; /* tensorboard: write events.out.tfevents.* */
 } camo_config;
 
 /* Loads `path` (or, when text != NULL, the config text saved in a checkpoint), applies the

@@ -34,6 +34,15 @@ void camo_cuda_set_deterministic(camo_backend *be, int on);
  * NaN so a loss check catches it). 0 for the CPU backend. */
 int camo_cuda_backend_status(camo_backend *be);
 
+/* Convolutions of this backend planned on the direct kernel (own, slow fp32 kernels) because
+ * cuDNN reported the set-up unsupported: one per distinct (op, geometry, deterministic flag).
+ * 0 for the CPU backend and builds without CUDA. A healthy GPU run keeps this at 0; any
+ * other cuDNN failure is fatal instead (camo_cuda_backend_status). docs/cuda.md. */
+int camo_cuda_direct_conv_count(camo_backend *be);
+/* AMP convolutions of this backend (one per distinct op and geometry) that run in fp32
+ * because cuDNN reported their half-precision set-up unsupported. 0 without AMP. */
+int camo_cuda_amp_fp32_conv_count(camo_backend *be);
+
 /* Pinned (page-locked) host memory for loader batches: uploads from it are asynchronous and
  * never take the driver's pageable-copy path. Falls back to malloc when there is no GPU.
  * Free with camo_cuda_host_free. An upload from pinned memory may still be in flight when
@@ -47,5 +56,10 @@ void camo_cuda_loader_free(void *p, void *ctx);
 /* Caching allocator: bytes reserved from the driver and cudaMalloc calls so far
  * (tests check that a second training step makes none). 0 for the CPU backend. */
 void camo_cuda_mem_stats(camo_backend *be, size_t *reserved, size_t *peak, size_t *mallocs);
+
+/* Logs the CUDA runtime/driver, cuDNN and NCCL versions found at run time and those built
+ * against; -1 with an error when the cuDNN found cannot serve this build (another major
+ * version, or older than its headers). 0 without CUDA. */
+int camo_cuda_check_versions(void);
 
 #endif

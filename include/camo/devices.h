@@ -5,6 +5,8 @@
 
 #include "camo/backend.h"
 #include "camo/comm.h"
+#include "camo/config.h"
+#include "camo/net.h"
 
 #define CAMO_MAX_REPLICAS 64
 
@@ -17,7 +19,10 @@ typedef struct camo_devices {
 
 /* Parses a device spec. `threads`: train.threads (0 = all cores), divided among CPU
  * replicas. "auto" = every GPU, else one CPU replica with a one-line notice.
- * 0, or -1 with an error naming the spec. */
+ * 0, or -1 with an error naming the spec. Runs before the process's first CUDA call: when
+ * the replicas will talk through NCCL (two or more distinct GPUs; for "auto", GPUs counted
+ * without CUDA, or unknown) it sets CUDA_MODULE_LOADING=EAGER unless the environment has a
+ * value (docs/cuda.md "Lazy module loading"), with one info line; other runs stay lazy. */
 int camo_devices_parse(const char *spec, int threads, camo_devices *d);
 
 /* Backend of replica i. NULL + error. A CPU replica gets d->threads intra-op threads (its
@@ -25,9 +30,25 @@ int camo_devices_parse(const char *spec, int threads, camo_devices *d);
  * cores instead of oversubscribing them. */
 camo_backend *camo_devices_backend(const camo_devices *d, int i);
 
-/* A group of comms, one per replica: cpu for CPU replicas, nccl for distinct GPUs, local
- * when a GPU holds several replicas. backends[i] gives the streams. 0, or -1 + error. */
+/* A group of comms, one per replica: cpu for CPU replicas, nccl for two or more distinct
+ * GPUs, local when a GPU holds several replicas (or for a lone GPU). backends[i] gives the
+ * streams. 0, or -1 + error. */
 int camo_devices_comms(const camo_devices *d, camo_backend *const *backends,
                        double timeout_s, camo_comm **comms);
+
+/* The group of control comms (replica.h `ctl`) for config c: the host comm (no GPU clique,
+ * no GPU memory) for GPU replicas unless ctl must carry device data (sync-BN in DP mode),
+ * else what camo_devices_comms gives. 0, or -1 + error. */
+int camo_devices_ctl_comms(const camo_devices *d, camo_backend *const *backends,
+                           const camo_config *c, camo_comm **comms);
+
+/* GPU replicas, before step 1 and before any comm exists: runs every convolution of net
+ * (replica `rank`, on its backend) once at each image count the replica will see in
+ * training (its slice of each stage's full and last partial global batch of n_images,
+ * the sync-BN ghost pass), so that no step makes a cuDNN plan or grows a workspace
+ * (cudaMalloc) while collectives may be in flight. Parameter and activation gradients are
+ * zeroed after. No-op for CPU replicas. 0, or -1 + error naming the replica. */
+int camo_devices_prepare(const camo_devices *d, camo_net *net, const camo_config *c,
+                         int n_images, int rank);
 
 #endif

@@ -31,4 +31,10 @@ void camo_eval_full_print(const camo_eval_full *e, FILE *out, int json);
 void camo_eval_jsonl(FILE *f, const camo_eval_result *r, int classes, int epoch,
                      long long step);
 
+/* The evaluation as TensorBoard scalars at step: eval/loss and every metric of the kind
+ * (eval/sm, eval/em_mean, ... eval/iou, eval/dice; or eval/miou, eval/pixel_acc,
+ * eval/mean_acc and eval/class_iou/<k>), named as in `eval --json`. */
+struct camo_tb;
+void camo_eval_tb(struct camo_tb *tb, const camo_eval_full *e, long long step);
+
 #endif

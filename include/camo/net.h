@@ -39,6 +39,17 @@ typedef struct camo_param {
     int fan_in;                 /* for initialisation */
 } camo_param;
 
+/* Alignment of every parameter, gradient and buffer inside the blocks, in floats (256 bytes):
+ * cuDNN may refuse misaligned operands (CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER) or pick
+ * slower kernels, and NCCL's buckets start aligned. The backends' alloc returns blocks
+ * aligned at least this much. */
+#define CAMO_PARAM_ALIGN 64
+
+/* numel rounded up to whole CAMO_PARAM_ALIGN units: a tensor's room in its block */
+static inline size_t camo_param_padded(size_t numel) {
+    return (numel + CAMO_PARAM_ALIGN - 1) / CAMO_PARAM_ALIGN * CAMO_PARAM_ALIGN;
+}
+
 typedef struct camo_layer camo_layer; /* defined in src/layer.h */
 
 typedef struct camo_output {
@@ -58,13 +69,17 @@ typedef struct camo_net {
 
     /* Parameters in forward order. All WEIGHT data lives in one block and all gradients in
      * another, laid out in REVERSE parameter order so DDP buckets are contiguous slices
-     * (STYLE.md habit 4). */
+     * (STYLE.md habit 4). Every tensor of the blocks starts on a 256-byte boundary
+     * (CAMO_PARAM_ALIGN): the gap after each one is zero and stays zero, since every
+     * whole-block operation (zeroing, optimizer steps, EMA, norms, all-reduce, broadcast)
+     * maps zeros to zeros. */
     int n_params;
     camo_param *params;
     float *param_block, *grad_block;
-    size_t n_weight_floats;     /* floats in param_block == floats in grad_block */
+    size_t n_weight_floats;     /* floats in param_block == in grad_block, padding included
+                                   (camo_net_param_count: the parameters alone) */
     float *buffer_block;        /* BUFFER params (BN running statistics), forward order */
-    size_t n_buffer_floats;
+    size_t n_buffer_floats;     /* padding included */
 
     int n_outputs;
     camo_output outputs[CAMO_MAX_OUTPUTS];

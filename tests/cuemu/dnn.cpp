@@ -21,14 +21,26 @@
  * Algorithms cuDNN reports CUDNN_NON_DETERMINISTIC (backward-data ALGO_0, backward-filter
  * ALGO_0 and ALGO_3) really are run-to-run non-deterministic here, as on a GPU: the reduction
  * is cut into chunks whose fp32 partial sums are added in a random order (last-bit
- * differences, like atomicAdd). CAMO_CUEMU_NONDET=0 fixes the order. */
+ * differences, like atomicAdd). CAMO_CUEMU_NONDET=0 fixes the order.
+ *
+ * Test knobs, read on every call (a test may change them between calls):
+ *   CAMO_CUEMU_DNN_FAIL=<where>:<status>  the calls at <where> (heuristics: the three
+ *       cudnnGet*Algorithm_v7; workspace: the three workspace queries; conv: the three
+ *       convolutions) return cuDNN status <status> (a number, e.g. 3002 or 1008) and leave
+ *       a message for cudnnGetLastErrorString, as a broken installation or an unsupported
+ *       set-up would;
+ *   CAMO_CUEMU_DNN_MAX_ELEMS=<n>  tensor and filter descriptors refuse more than n elements
+ *       (default 2^31 - 1, cuDNN's limit), so the callers' batch splitting runs on small
+ *       tensors. */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cudnn.h>
 
 #include "lib_checks.h"
 
+#include <stdarg.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -82,6 +94,34 @@ bool type_ok(cudnnDataType_t t) {
     return t == CUDNN_DATA_FLOAT || t == CUDNN_DATA_HALF || t == CUDNN_DATA_BFLOAT16;
 }
 
+/* cudnnGetLastErrorString's message: per thread, as in cuDNN 9. */
+thread_local char last_error[512];
+
+__attribute__((format(printf, 1, 2))) void set_last_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    va_end(ap);
+}
+
+double max_elems() {
+    const char *e = getenv("CAMO_CUEMU_DNN_MAX_ELEMS");
+    double v = e && *e ? atof(e) : 0;
+    return v > 0 && v < 2147483647.0 ? v : 2147483647.0;
+}
+
+/* CAMO_CUEMU_DNN_FAIL=<where>:<status>: the status injected into call `fn` at `where`, else
+ * CUDNN_STATUS_SUCCESS. */
+cudnnStatus_t injected(const char *where, const char *fn) {
+    const char *e = getenv("CAMO_CUEMU_DNN_FAIL");
+    size_t n = strlen(where);
+    if (!e || strncmp(e, where, n) != 0 || e[n] != ':') return CUDNN_STATUS_SUCCESS;
+    int st = atoi(e + n + 1);
+    if (st <= 0) cuemu::fatal("CAMO_CUEMU_DNN_FAIL=%s: the status must be a positive number", e);
+    set_last_error("cuemu: %s failed as told by CAMO_CUEMU_DNN_FAIL=%s", fn, e);
+    return (cudnnStatus_t)st;
+}
+
 /* Set-time checks shared by tensors and filters: dims, format, type. */
 cudnnStatus_t check_4d(cudnnTensorFormat_t f, cudnnDataType_t t, int a, int b, int c, int d) {
     if (f != CUDNN_TENSOR_NCHW && f != CUDNN_TENSOR_NHWC) {
@@ -91,8 +131,13 @@ cudnnStatus_t check_4d(cudnnTensorFormat_t f, cudnnDataType_t t, int a, int b, i
     if (t == CUDNN_DATA_DOUBLE) return CUDNN_STATUS_NOT_SUPPORTED; /* not emulated */
     if (!type_ok(t)) return CUDNN_STATUS_BAD_PARAM;
     if (a <= 0 || b <= 0 || c <= 0 || d <= 0) return CUDNN_STATUS_BAD_PARAM;
-    /* cuDNN limits a tensor to 2^31 - 1 elements */
-    if ((double)a * b * c * d > 2147483647.0) return CUDNN_STATUS_NOT_SUPPORTED;
+    /* cuDNN limits a tensor to 2^31 - 1 elements (lowered by CAMO_CUEMU_DNN_MAX_ELEMS) */
+    double n = (double)a * b * c * d, cap = max_elems();
+    if (n > cap) {
+        set_last_error("cuemu: a 4-d descriptor of %.0f elements exceeds the limit of %.0f", n,
+                       cap);
+        return CUDNN_STATUS_NOT_SUPPORTED;
+    }
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -188,7 +233,12 @@ cudnnStatus_t geometry(const cudnnTensorStruct *x, const cudnnFilterStruct *w,
  *     TF32 tensor-op kernel and does not exist under CUDNN_FMA_MATH;
  *   - the backward lists start with a non-deterministic algorithm;
  *   - FFT variants want more than 1 GiB of workspace; some entries are NOT_SUPPORTED;
- *   - workspaces are a few hundred KB, growing with the problem. */
+ *   - workspaces are a few hundred KB, growing with the problem;
+ *   - STRICTER than a fixed rule: the GEMM forward needs twice its workspace for a batch that
+ *     is not a multiple of 4 images (its last tile staged in a padded copy), so a smaller
+ *     batch can need more workspace than the full one, as real heuristics may pick another
+ *     algorithm for another batch size. A caller that sizes its workspace on the first batch
+ *     allocates again at the smaller last batch of an epoch (test_gpu_paths.sh checks). */
 struct Entry {
     int algo;
     cudnnStatus_t status;
@@ -215,6 +265,7 @@ std::vector<Entry> catalogue(Op op, const Geom &g) {
     if (op == FWD) {
         size_t pre = round256(64 * 1024 + yb / 4), pre_tc = round256(192 * 1024 + yb / 2);
         size_t im2col = round256((size_t)g.N * g.P * g.Q * g.Cg * g.R * g.S * es);
+        if (g.N % 4) im2col *= 2; /* a ragged last tile of images */
         if (half) {
             l.push_back({CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, tc ? OK : NS, TC, D,
                          tc ? pre_tc : 0, false});
@@ -309,6 +360,7 @@ cudnnStatus_t heuristics(Op op, cudnnHandle_t h, const cudnnTensorStruct *x,
                          const cudnnTensorStruct *y, int requested, int *returned, Perf *perf,
                          const char *fn) {
     cudnnStatus_t st = dnn_handle(h, fn, true);
+    if (st == CUDNN_STATUS_SUCCESS) st = injected("heuristics", fn);
     if (st != CUDNN_STATUS_SUCCESS) return st;
     if (!returned || !perf || requested <= 0) return CUDNN_STATUS_BAD_PARAM;
     Geom g;
@@ -342,6 +394,7 @@ cudnnStatus_t workspace_size(Op op, cudnnHandle_t h, const cudnnTensorStruct *x,
                              const cudnnTensorStruct *y, int algo, size_t *bytes,
                              const char *fn) {
     cudnnStatus_t st = dnn_handle(h, fn, true);
+    if (st == CUDNN_STATUS_SUCCESS) st = injected("workspace", fn);
     if (st != CUDNN_STATUS_SUCCESS) return st;
     if (!bytes) return CUDNN_STATUS_BAD_PARAM;
     Geom g;
@@ -634,6 +687,7 @@ cudnnStatus_t convolve(Op op, const char *fn, cudnnHandle_t h, const void *alpha
                        const void *in1, const void *in2, void *out, void *ws, size_t ws_size,
                        const void *beta) {
     cudnnStatus_t st = dnn_handle(h, fn, true);
+    if (st == CUDNN_STATUS_SUCCESS) st = injected("conv", fn);
     if (st != CUDNN_STATUS_SUCCESS) return st;
     if (!alpha || !beta) return CUDNN_STATUS_BAD_PARAM;
     Geom g;
@@ -702,7 +756,11 @@ cudnnStatus_t convolve(Op op, const char *fn, cudnnHandle_t h, const void *alpha
 
 /* ---- library, handle ---- */
 
-extern "C" size_t cudnnGetVersion(void) { return CUDNN_VERSION; }
+/* CAMO_CUEMU_CUDNN_VERSION=N: report version N (tests of the start-up version check) */
+extern "C" size_t cudnnGetVersion(void) {
+    const char *v = getenv("CAMO_CUEMU_CUDNN_VERSION");
+    return v ? (size_t)strtoul(v, NULL, 10) : (size_t)CUDNN_VERSION;
+}
 
 extern "C" const char *cudnnGetErrorString(cudnnStatus_t status) {
     switch (status) {
@@ -758,6 +816,13 @@ extern "C" const char *cudnnGetErrorString(cudnnStatus_t status) {
 #undef CUEMU_S
     }
     return "CUDNN_STATUS_UNKNOWN";
+}
+
+/* the calling thread's last message, then cleared (so it never describes an older error) */
+extern "C" void cudnnGetLastErrorString(char *message, size_t max_size) {
+    if (!message || !max_size) return;
+    snprintf(message, max_size, "%s", last_error);
+    last_error[0] = 0;
 }
 
 extern "C" cudnnStatus_t cudnnCreate(cudnnHandle_t *handle) {

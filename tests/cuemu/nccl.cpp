@@ -14,11 +14,15 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -166,6 +170,36 @@ __attribute__((format(printf, 3, 4))) ncclResult_t warn(ncclResult_t r, bool alw
     va_end(ap);
     if (always || debug_on()) fprintf(stderr, "cuemu nccl: %s\n", t_last_error);
     return r;
+}
+
+/* CAMO_CUEMU_REPORT=FILE: appends one line per communicator clique to FILE, with the
+ * environment NCCL would have read at its initialisation, for tests to assert on (how many
+ * communicators a run creates, the launch mode camotrain forces). One write(2) per line
+ * with O_APPEND, so lines of concurrent writers never interleave. */
+__attribute__((format(printf, 1, 2))) void report(const char *fmt, ...) {
+    const char *path = getenv("CAMO_CUEMU_REPORT");
+    if (!path || !*path) return;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    if (n > (int)sizeof line - 2) n = (int)sizeof line - 2;
+    line[n++] = '\n';
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT, 0644);
+    if (fd < 0) cuemu::fatal("CAMO_CUEMU_REPORT=%s: cannot open: %s", path, strerror(errno));
+    ssize_t w = write(fd, line, (size_t)n);
+    close(fd);
+    if (w != n) cuemu::fatal("CAMO_CUEMU_REPORT=%s: short write", path);
+}
+
+/* NCCL_LAUNCH_MODE as NCCL parses it (init.cc): GROUP, any case, else PARALLEL. In GROUP
+ * mode a real NCCL makes the ranks of a process meet in a host spin barrier at each launch
+ * (no abort check), which this emulation does not model: the report is how tests see it. */
+const char *launch_mode() {
+    const char *m = getenv("NCCL_LAUNCH_MODE");
+    return m && !strcasecmp(m, "GROUP") ? "GROUP" : "PARALLEL";
 }
 
 /* an error of a call made inside a group also fails the outermost ncclGroupEnd */
@@ -585,11 +619,21 @@ ncclResult_t ncclCommInitAll(ncclComm_t *comms, int ndev, const int *devlist) {
     cl->finalized.assign(ndev, 0);
     cl->async_err.assign(ndev, ncclSuccess);
     cl->issue_mu.reset(new std::mutex[ndev]);
-    std::lock_guard<std::mutex> l(g.mu);
-    for (int i = 0; i < ndev; i++) {
-        comms[i] = new ncclComm{cl, i, dev[i]};
-        g.live.insert(comms[i]);
+    {
+        std::lock_guard<std::mutex> l(g.mu);
+        for (int i = 0; i < ndev; i++) {
+            comms[i] = new ncclComm{cl, i, dev[i]};
+            g.live.insert(comms[i]);
+        }
     }
+    std::string devs;
+    for (int i = 0; i < ndev; i++) devs += (i ? "," : "") + std::to_string(dev[i]);
+    const char *rc = getenv("NCCL_RUNTIME_CONNECT");
+    report("nccl_comm_init_all clique=%d ranks=%d devices=%s launch_mode=%s runtime_connect=%s",
+           cl->id, ndev, devs.c_str(), launch_mode(), rc && *rc ? rc : "unset");
+    if (debug_on())
+        fprintf(stderr, "cuemu nccl: INFO clique %d: %d ranks on devices %s, NCCL_LAUNCH_MODE "
+                "%s\n", cl->id, ndev, devs.c_str(), launch_mode());
     return ncclSuccess;
 }
 

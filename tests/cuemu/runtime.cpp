@@ -8,12 +8,16 @@
 
 #include <cuda_runtime.h>
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -23,6 +27,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -72,8 +77,29 @@ cudaError_t fail(cudaError_t e) {
     return e;
 }
 
+/* CAMO_CUEMU_REPORT=FILE: appends `line` (and a newline) to FILE for tests to assert on;
+ * one write(2) with O_APPEND, so lines of concurrent writers (nccl.cpp) never interleave. */
+void report_line(const char *line) {
+    const char *path = getenv("CAMO_CUEMU_REPORT");
+    if (!path || !*path) return;
+    std::string l = std::string(line) + "\n";
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT, 0644);
+    ssize_t w = fd < 0 ? -1 : write(fd, l.data(), l.size());
+    if (fd >= 0) close(fd);
+    if (w != (ssize_t)l.size())
+        cuemu::fatal("CAMO_CUEMU_REPORT=%s: cannot append: %s", path, strerror(errno));
+}
+
+/* The driver's initialisation, at the process's first device call: it reads the
+ * environment then, so a variable set later (CUDA_MODULE_LOADING, which camotrain sets in
+ * src/devices.c only for NCCL runs) has no effect. The report records what it saw. */
 void init_devices_locked(globals &g) {
     if (g.n_devices >= 0) return;
+    const char *loading = getenv("CUDA_MODULE_LOADING");
+    char line[160];
+    snprintf(line, sizeof line, "cuda_init module_loading=%s",
+             loading && *loading ? loading : "unset");
+    report_line(line);
     const char *env = getenv("CAMO_CUEMU_DEVICES");
     g.n_devices = env && *env ? atoi(env) : 1;
     if (g.n_devices < 0) g.n_devices = 0;

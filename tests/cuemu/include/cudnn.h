@@ -173,6 +173,8 @@ typedef struct cudnnConvolutionBwdFilterAlgoPerfStruct {
 /* library and handle */
 size_t cudnnGetVersion(void);
 const char *cudnnGetErrorString(cudnnStatus_t status);
+/* cuDNN 9: the calling thread's last error message ("" if none); reading clears it */
+void cudnnGetLastErrorString(char *message, size_t max_size);
 cudnnStatus_t cudnnCreate(cudnnHandle_t *handle);
 cudnnStatus_t cudnnDestroy(cudnnHandle_t handle);
 cudnnStatus_t cudnnSetStream(cudnnHandle_t handle, cudaStream_t streamId);

@@ -4,7 +4,11 @@
  * operations: each one waits on its stream's worker until every rank of the clique reached
  * the same collective, or until its own communicator is aborted (ncclCommAbort), as a real
  * NCCL kernel does; CAMO_CUEMU_HANG_S (default 300 s) is the safety net that turns a wait
- * that long into a fatal error. What it cannot show: anything about NCCL itself. */
+ * that long into a fatal error. CAMO_CUEMU_REPORT=FILE appends a line per ncclCommInitAll
+ * to FILE ("nccl_comm_init_all clique=0 ranks=2 devices=0,1 launch_mode=PARALLEL
+ * runtime_connect=0": the environment NCCL reads at a communicator's initialisation), so
+ * tests can count communicators and see the launch mode (runtime.cpp adds the driver's
+ * "cuda_init module_loading=..."). What it cannot show: anything about NCCL itself. */
 #ifndef CUEMU_NCCL_H
 #define CUEMU_NCCL_H
 
