@@ -34,7 +34,8 @@ PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) stb 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 # packages unpacked under a sysroot (no dpkg, as on a GPU machine without apt): rpath too
 ifneq ($(PKG_CONFIG_SYSROOT_DIR),)
-  PKG_LIBS += $(patsubst -L%,-Wl$(comma)-rpath$(comma)%,$(filter -L%,$(PKG_LIBS)))
+  PKG_LIBS += $(patsubst -L%,-Wl$(comma)-rpath$(comma)%,$(filter -L%,$(PKG_LIBS))) \
+              -Wl,-rpath,$(PKG_CONFIG_SYSROOT_DIR)/usr/lib/$(shell $(CC) -dumpmachine)
 endif
 
 CFLAGS   ?= -O2 -g

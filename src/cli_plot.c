@@ -106,13 +106,16 @@ static void name_runs(plot_run *runs, int n) {
         size_t len = strlen(d);
         while (len > 1 && d[len - 1] == '/') d[--len] = 0;
         const char *base = strrchr(d, '/');
-        snprintf(runs[i].name, sizeof runs[i].name, "%s", base && base[1] ? base + 1 : d);
+        /* a display name: a longer one is cut (explicitly, for -Wformat-truncation) */
+        snprintf(runs[i].name, sizeof runs[i].name, "%.*s", (int)sizeof runs[i].name - 1,
+                 base && base[1] ? base + 1 : d);
     }
     for (int i = 0; i < n; i++)
         for (int j = 0; j < n; j++)
             if (i != j && !strcmp(runs[i].name, runs[j].name) &&
                 strcmp(runs[i].name, runs[i].dir) != 0)
-                snprintf(runs[i].name, sizeof runs[i].name, "%s", runs[i].dir);
+                snprintf(runs[i].name, sizeof runs[i].name, "%.*s",
+                         (int)sizeof runs[i].name - 1, runs[i].dir);
 }
 
 /* One panel: column y of each run's train (eval = 0) or eval file against column x. */
