@@ -294,6 +294,18 @@ extern "C" int camo_cuda_check_versions(void) {
     return 0;
 }
 
+extern "C" int camo_cuda_mem_info(int device, size_t *free_b, size_t *total_b) {
+    *free_b = *total_b = 0;
+    cudaError_t e = cudaSetDevice(device);
+    if (e == cudaSuccess) e = cudaMemGetInfo(free_b, total_b);
+    if (e != cudaSuccess) {
+        cudaGetLastError(); /* not sticky: later calls should not see it */
+        CAMO_ERR("GPU %d: cannot read its memory: %s", device, cudaGetErrorString(e));
+        return -1;
+    }
+    return 0;
+}
+
 /* cudaGetDeviceCount leaves its argument untouched without a driver (BUILD-NOTES 5). */
 extern "C" int camo_cuda_device_count(void) {
     int n = 0;

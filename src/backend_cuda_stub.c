@@ -38,6 +38,12 @@ int camo_cuda_device_count(void) { return 0; }
 
 int camo_cuda_check_versions(void) { return 0; }
 
+int camo_cuda_mem_info(int device, size_t *free_b, size_t *total_b) {
+    *free_b = *total_b = 0;
+    CAMO_ERR("GPU %d: camotrain was built without CUDA", device);
+    return -1;
+}
+
 void *camo_backend_stream(camo_backend *be) {
     (void)be;
     return NULL;

@@ -112,6 +112,9 @@ static int print_event(const camo_tb_event *ev, void *user) {
     if (ev->kind == CAMO_TB_VERSION) printf("version %s\n", ev->text);
     else if (ev->kind == CAMO_TB_SCALAR) printf("%lld %s %.9g\n", (long long)ev->step, ev->tag,
                                                 ev->value);
+    else if (ev->kind == CAMO_TB_SESSION)
+        printf("%lld session_log status %d%s\n", (long long)ev->step, (int)ev->value,
+               ev->value == 1 ? " (START)" : "");
     else printf("%lld %s text (%zu bytes)\n", (long long)ev->step, ev->tag, strlen(ev->text));
     return 0;
 }

@@ -25,6 +25,7 @@
 #include "camo/cli.h"
 #include "camo/common.h"
 #include "camo/config.h"
+#include "camo/cuda.h"
 #include "camo/gnuplot.h"
 
 #define MAX_BATCHES 32
@@ -155,7 +156,8 @@ static int write_child_config(const prof_args *a, const char *dir, char *path, s
                         "checkpoint.every_steps=0", a->devices ? devices : NULL};
     for (int i = 0; !rc && i < 6 && kv[i]; i++) rc = camo_config_override(&c.cfg, kv[i]);
     if (!rc && access(c.data.root, F_OK) != 0) rc = synth_data(&c, a, dir);
-    *gpu = !rc && gpu_devices(c.parallel.devices);
+    /* --devices went into the file only: c.parallel.devices is the config's own */
+    *gpu = !rc && gpu_devices(a->devices ? a->devices : c.parallel.devices);
     snprintf(path, n, "%s/profile.cfg", dir);
     if (!rc && !config_write_file(&c.cfg, path)) {
         CAMO_ERR("%s: cannot write", path);
@@ -295,6 +297,17 @@ static int profile_batch(const char *dir, const char *cfg, double cap_mb, double
 
 static double row_peak(const prof_row *r) { return r->gpu ? r->gpu_mb : r->rss_mb; }
 
+/* The total memory of the first GPU of spec (its first number; 0 when none), for the
+ * headroom when --mem-limit is not given. Called after the sweep: the CUDA context it
+ * starts here would otherwise take GPU memory from the children. */
+static int gpu_total_mb(const char *spec, double *mb) {
+    const char *d = spec ? strpbrk(spec, "0123456789") : NULL;
+    size_t free_b, total_b;
+    if (camo_cuda_mem_info(d ? atoi(d) : 0, &free_b, &total_b)) return -1;
+    *mb = (double)total_b / 1048576.0;
+    return 0;
+}
+
 /* The fitting size with the best img/s whose peak is under HEADROOM x limit; -1 if none. */
 static int best_row(const prof_row *rows, int n, double limit_mb) {
     int best = -1;
@@ -412,11 +425,13 @@ int cli_profile(int argc, char **argv) {
         return n == -2 ? CAMO_ERR_INPUT : CAMO_ERR_RUNTIME;
     }
     double limit = gpu ? gpu_cap : cap;
+    const char *gpu_src = "none given: 0";
+    if (gpu && limit <= 0 && gpu_total_mb(a.devices, &limit) == 0) gpu_src = "the GPU's total";
     int best = best_row(rows, n, limit);
     char txt[CAMO_PATH_MAX + 16];
     snprintf(txt, sizeof txt, "%s/profile.txt", dir);
     FILE *f = fopen(txt, "w");
-    const char *src = a.mem_limit_mb > 0 ? "--mem-limit" : gpu ? "none given: 0"
+    const char *src = a.mem_limit_mb > 0 ? "--mem-limit" : gpu ? gpu_src
                                                                : "available memory at the start";
     if (f) write_table(f, &a, rows, n, limit, src, best), fclose(f);
     write_table(stdout, &a, rows, n, limit, src, best);

@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static _Thread_local char error_buf[1024];
 
@@ -99,7 +100,9 @@ static struct {
     char *backlog;
     size_t backlog_len;
     int dropped;          /* lines that did not fit the backlog */
-} log_state = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    int tty;              /* stderr is a terminal: -1 until first asked */
+    int progress_open;    /* a progress line, without its newline, ends stderr */
+} log_state = {.mu = PTHREAD_MUTEX_INITIALIZER, .tty = -1};
 
 void camo_log_set_quiet(int quiet) { log_state.quiet = quiet; }
 
@@ -120,9 +123,27 @@ static void log_record(const char *line, size_t n) {
     pthread_mutex_unlock(&log_state.mu);
 }
 
+/* Shows a line (with its newline) on the console. A progress line on a terminal is drawn
+ * over the previous one and keeps no newline; any line after it starts by erasing it
+ * ("\r\033[K"), so finished lines scroll up and the next progress line redraws below.
+ * Under the lock: replica and loader threads print too. */
+static void console_put(FILE *console, const char *line, size_t len, int progress) {
+    pthread_mutex_lock(&log_state.mu);
+    if (log_state.tty < 0) log_state.tty = isatty(fileno(stderr));
+    int redraw = progress && log_state.tty && console == stderr;
+    if (log_state.progress_open) fputs("\r\033[K", stderr);
+    if (redraw) fwrite(line, 1, len - 1, stderr); /* no newline: the next line overwrites */
+    else fputs(line, console);
+    log_state.progress_open = redraw;
+    fflush(stderr);
+    fflush(console); /* stdout too: the console and the file show the same order */
+    pthread_mutex_unlock(&log_state.mu);
+}
+
 /* Formats prefix + message + newline, shows it on `console` (NULL: not shown) and records
- * it. */
-static void log_emit(FILE *console, const char *prefix, const char *fmt, va_list ap) {
+ * it: in the file always as a plain line. */
+static void log_emit_ex(FILE *console, const char *prefix, int progress, const char *fmt,
+                        va_list ap) {
     char small[1024], *line = small;
     va_list aq;
     va_copy(aq, ap);
@@ -134,12 +155,20 @@ static void log_emit(FILE *console, const char *prefix, const char *fmt, va_list
     vsnprintf(line + plen, len - plen, fmt, ap);
     line[len - 1] = '\n';
     line[len] = 0;
-    if (console) {
-        fputs(line, console);
-        fflush(console); /* stdout too: the console and the file show the same order */
-    }
+    if (console) console_put(console, line, len, progress);
     log_record(line, len);
     if (line != small) free(line);
+}
+
+static void log_emit(FILE *console, const char *prefix, const char *fmt, va_list ap) {
+    log_emit_ex(console, prefix, 0, fmt, ap);
+}
+
+void camo_progress(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    log_emit_ex(log_state.quiet ? NULL : stderr, "", 1, fmt, ap);
+    va_end(ap);
 }
 
 void camo_info(const char *fmt, ...) {
@@ -203,6 +232,8 @@ int camo_log_open(const char *path, const char *marker) {
 
 void camo_log_close(void) {
     pthread_mutex_lock(&log_state.mu);
+    if (log_state.progress_open) fputs("\n", stderr); /* the shell's prompt on a line of its own */
+    log_state.progress_open = 0;
     if (log_state.file) fclose(log_state.file);
     log_state.file = NULL;
     free(log_state.backlog);

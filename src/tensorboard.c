@@ -156,6 +156,22 @@ int camo_tb_scalar(camo_tb *tb, const char *tag, int64_t step, double value) {
     return rc;
 }
 
+/* An Event with session_log (field 7; 6 is the old log_message) = SessionLog { status (1)
+ * = START (1) } at step.
+ * TensorBoard's accumulator takes a folder's first START as the run's start and each
+ * later one as a restart: it drops every record already read with step >= this step. */
+int camo_tb_session_start(camo_tb *tb, int64_t step) {
+    pbuf ev = {0}, log = {0};
+    pb_key(&log, 1, 0), pb_varint(&log, 1);
+    pb_double(&ev, 1, unix_time());
+    if (step) pb_key(&ev, 2, 0), pb_varint(&ev, (uint64_t)step);
+    pb_bytes(&ev, 7, log.p, log.n);
+    int rc = write_record(tb, &ev);
+    free(ev.p), free(log.p);
+    if (!rc) fflush(tb->f); /* a run killed right after still marks its restart */
+    return rc;
+}
+
 int camo_tb_text(camo_tb *tb, const char *tag, int64_t step, const char *text) {
     pbuf v = {0}, meta = {0}, plugin = {0}, tensor = {0};
     pb_string(&plugin, 1, "text");               /* PluginData.plugin_name */
@@ -262,11 +278,23 @@ static int decode_value(pview v, camo_tb_event *ev, camo_tb_fn fn, void *user) {
     return rc;
 }
 
-/* One Event: fn per summary value, or once for the file_version record. -2: malformed. */
+/* SessionLog: its status (field 1), 0 (STATUS_UNSPECIFIED) when absent. */
+static int session_status(pview s, int *status) {
+    int f;
+    uint64_t num;
+    pview sub;
+    *status = 0;
+    while (s.p < s.end && pv_field(&s, &f, &num, &sub))
+        if (f == 1) *status = (int)num;
+    return s.ok;
+}
+
+/* One Event: fn per summary value, or once for the file_version or session_log record.
+ * -2: malformed. */
 static int decode_event(pview e, camo_tb_fn fn, void *user) {
     camo_tb_event ev = {.kind = CAMO_TB_VERSION};
-    pview summary = {0}, version = {0};
-    int f, have_summary = 0, have_version = 0;
+    pview summary = {0}, version = {0}, session = {0};
+    int f, have_summary = 0, have_version = 0, have_session = 0;
     uint64_t num;
     pview sub;
     while (e.p < e.end && pv_field(&e, &f, &num, &sub)) {
@@ -274,8 +302,17 @@ static int decode_event(pview e, camo_tb_fn fn, void *user) {
         else if (f == 2) ev.step = (int64_t)num;
         else if (f == 3) version = sub, have_version = 1;
         else if (f == 5) summary = sub, have_summary = 1;
+        else if (f == 7) session = sub, have_session = 1;
     }
     if (!e.ok) return -2;
+    if (have_session) {
+        int status;
+        if (!session_status(session, &status)) return -2;
+        camo_tb_event s = ev;
+        s.kind = CAMO_TB_SESSION, s.value = status;
+        int rc = fn(&s, user);
+        if (rc) return rc;
+    }
     if (have_version) {
         char *s = pv_strdup(&version);
         ev.text = s;

@@ -98,6 +98,7 @@ typedef struct trainer {
     epoch_sums ep;        /* the training measures of the epoch in progress */
     int max_batch;
     int64_t signal_at_step; /* CAMO_TEST_SIGNAL_AT_STEP: tests deliver SIGTERM at a step */
+    int test_signal;        /* CAMO_TEST_SIGNAL: another signal (9: a crash), else SIGTERM */
 } trainer;
 
 /* ---- networks ---- */
@@ -470,7 +471,8 @@ static void log_step(trainer *T, int epoch, int batch, int n_batches, double lr,
     double steps_per_s = dt > 0 ? T->loss_count / dt : 0;
     char eta[32];
     fmt_duration(steps_per_s > 0 ? (steps_total - T->st.step) / steps_per_s : -1, eta, sizeof eta);
-    camo_info("epoch %d/%d  batch %d/%d  step %lld  loss %.4f  lr %.2e  %.1f img/s  ETA %s",
+    /* on a terminal, redrawn in place; epoch and eval lines scroll above it */
+    camo_progress("epoch %d/%d  batch %d/%d  step %lld  loss %.4f  lr %.2e  %.1f img/s  ETA %s",
               epoch + 1, T->c->train.epochs, batch, n_batches, (long long)T->st.step,
               T->loss_sum / T->loss_count, lr, ips, eta);
     T->loss_sum = 0;
@@ -637,7 +639,8 @@ static int run_epoch(trainer *T, int epoch, int64_t steps_total, int *stop) {
         epoch_add(T, &ss, cmd.norm_images);
         if (c->checkpoint.every_steps > 0 && T->st.step % c->checkpoint.every_steps == 0)
             save_checkpoint(T, "last.ckpt");
-        if (T->signal_at_step && T->st.step == T->signal_at_step) raise(SIGTERM); /* test hook */
+        if (T->signal_at_step && T->st.step == T->signal_at_step) /* test hook */
+            raise(T->test_signal);
         if (stop_signal || (c->train.max_steps > 0 && T->st.step >= c->train.max_steps)) *stop = 1;
     }
     if (rc == -1 && camo_loader_failed(T->loader))
@@ -745,9 +748,13 @@ static int setup_model(trainer *T, const camo_ckpt *ck) {
 }
 
 /* A new events file in the run folder (a resume adds one; TensorBoard merges a folder's
- * files), with the config as text: indented, so TensorBoard's markdown shows it verbatim. */
-static int open_tensorboard(trainer *T) {
+ * files), with the config as text: indented, so TensorBoard's markdown shows it verbatim.
+ * It starts with a session START at the first step it will log: after a crash, the old
+ * file holds steps past the checkpoint that this run logs again, and TensorBoard drops
+ * those at a restart's START (steps >= its step), so each step shows once. */
+static int open_tensorboard(trainer *T, int64_t first_step) {
     if (!(T->tb = camo_tb_open(T->out))) return -1;
+    if (camo_tb_session_start(T->tb, first_step)) return -1;
     size_t n = 0;
     char *md = NULL;
     FILE *f = open_memstream(&md, &n);
@@ -763,7 +770,8 @@ static int open_tensorboard(trainer *T) {
     return rc;
 }
 
-static int setup_run_folder(trainer *T, const char *resume_path) {
+/* ck: the checkpoint resumed from, or NULL (T->st is only set from it later). */
+static int setup_run_folder(trainer *T, const char *resume_path, const camo_ckpt *ck) {
     const camo_config *c = T->c;
     if (c->out[0]) snprintf(T->out, sizeof T->out, "%s", c->out);
     else if (resume_path) {
@@ -790,7 +798,7 @@ static int setup_run_folder(trainer *T, const char *resume_path) {
     char marker[CAMO_PATH_MAX + 32];
     snprintf(marker, sizeof marker, "%s %s", resume_path ? "resumed from" : "new run of",
              resume_path ? resume_path : c->path);
-    if (c->log.tensorboard && open_tensorboard(T)) return -1;
+    if (c->log.tensorboard && open_tensorboard(T, ck ? ck->st.step + 1 : 0)) return -1;
     out_path(T, "train.log", path, sizeof path);
     return camo_log_open(path, marker);
 }
@@ -908,7 +916,7 @@ int camo_train_run(camo_config *c, const char *resume_path) {
     camo_ckpt *ck = NULL;
     int rc = CAMO_ERR_INPUT;
     if (resume_path && !(ck = camo_ckpt_open(resume_path))) goto done;
-    if (open_data(&T) || setup_model(&T, ck) || setup_run_folder(&T, resume_path)) goto done;
+    if (open_data(&T) || setup_model(&T, ck) || setup_run_folder(&T, resume_path, ck)) goto done;
     if (ck) {
         T.st = ck->st;
         T.elapsed0 = ck->st.elapsed_s;
@@ -925,6 +933,8 @@ int camo_train_run(camo_config *c, const char *resume_path) {
     install_signals();
     const char *sig_step = getenv("CAMO_TEST_SIGNAL_AT_STEP");
     T.signal_at_step = sig_step ? atoll(sig_step) : 0;
+    const char *sig = getenv("CAMO_TEST_SIGNAL");
+    T.test_signal = sig && atoi(sig) > 0 ? atoi(sig) : SIGTERM;
     int64_t steps_total = total_steps(c, camo_dataset_size(T.train_ds));
     camo_info("training %s: %zu parameters, %d epochs, %lld steps, loss %s, optimizer %s",
               T.net->name, camo_net_param_count(T.net), c->train.epochs, (long long)steps_total,

@@ -226,4 +226,22 @@ if [ $MODE = cuemu ]; then
     [ $rc = 1 ] && echo "$out" | grep -q 'timed out after 2 s: replica 1 did not join' \
         && pass cuemu_stall_names_replica || fail cuemu_stall_names_replica "exit $rc: $(echo "$out" | tail -1)"
 fi
+
+# camotrain profile on a GPU: peaks are the caching allocator's, the headroom is taken of
+# the GPU's total memory (the emulated GPU has CAMO_CUEMU_MEM_MB), and --mem-limit caps the
+# GPU peak: a cap between batch 2's and batch 4's peaks stops the sweep at 4
+if [ $MODE = cuemu ]; then
+    P="--conf conf/demo.cfg --set data.root=$DATA --set data.img_size=32 --set data.workers=1"
+    P="$P --devices 0 --batches 2,4 --steps 2"
+    out=$(CAMO_CUEMU_DEVICES=1 CAMO_CUEMU_MEM_MB=4096 $B profile $P --out "$TMP/prof" 2>&1)
+    rows=$(awk '$1 ~ /^[0-9]+$/ && $NF == "yes"' "$TMP/prof/profile.txt" 2>/dev/null | wc -l)
+    if grep -q '^memory limit: 4096 MB (the GPU.s total); peak: GPU memory' "$TMP/prof/profile.txt" &&
+       [ "$rows" = 2 ]; then pass cuemu_profile_gpu
+    else fail cuemu_profile_gpu "$(echo "$out" | tail -4)"; fi
+    p2=$(awk '$1 == 2 {print $4}' "$TMP/prof/profile.txt"); p4=$(awk '$1 == 4 {print $4}' "$TMP/prof/profile.txt")
+    cap=$(awk -v a="${p2:-0}" -v b="${p4:-0}" 'BEGIN { printf "%.0f", (a + b) / 2 }')
+    CAMO_CUEMU_DEVICES=1 $B profile $P --mem-limit "$cap" --out "$TMP/prof_cap" > "$TMP/prof_cap.log" 2>&1
+    grep -q '^ *4 .*no: GPU memory peak passed the cap' "$TMP/prof_cap/profile.txt" 2>/dev/null &&
+        pass cuemu_profile_gpu_cap || fail cuemu_profile_gpu_cap "cap $cap MB: $(tail -4 "$TMP/prof_cap.log")"
+fi
 exit 0

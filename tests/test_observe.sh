@@ -61,7 +61,29 @@ else
     first2=$(awk '$2 == "train/loss" {print $1; exit}' "$TMP/tb2.txt")
     [ -n "$first2" ] && [ "$first2" = $((last1 + 1)) ] && $BIN inspect --events "$ev" > /dev/null &&
         pass tb_resume || fail tb_resume "first step after resume $first2, last before $last1"
+    # each file starts with a session START at its first step: TensorBoard's restart mark
+    grep -q "^0 session_log status 1 (START)" "$TMP/tb.txt" &&
+        grep -q "^$((last1 + 1)) session_log status 1 (START)" "$TMP/tb2.txt" && pass tb_session_start ||
+        fail tb_session_start "$(grep session_log "$TMP/tb.txt" "$TMP/tb2.txt")"
 fi
+
+# a crash (SIGKILL at step 5) after a checkpoint at step 4: the old file holds step 5, the
+# resumed file's START is at 5, so TensorBoard drops the old step 5 and shows each step once
+CR=$TMP/run_crash
+(CAMO_TEST_SIGNAL_AT_STEP=5 CAMO_TEST_SIGNAL=9 $BIN --conf conf/demo.cfg $COMMON --set train.epochs=3 \
+    --set eval.every=0 --set log.every=1 --set checkpoint.every_steps=2 --devices cpu --out "$CR" > /dev/null 2>&1; :) 2> /dev/null # ":": the subshell, not this shell, reports the kill
+crash1=$(events_of "$CR")
+$BIN --resume "$CR/last.ckpt" --quiet > "$TMP/crash_resume.log" 2>&1 || fail tb_crash_train "$(tail -3 "$TMP/crash_resume.log")"
+crash2=$(events_of "$CR" | grep -v -x -F "$crash1" | head -1)
+$BIN inspect --events "$crash1" > "$TMP/crash1.txt" 2>&1; $BIN inspect --events "$crash2" > "$TMP/crash2.txt" 2>&1
+if grep -q "^5 train/loss " "$TMP/crash1.txt" && grep -q "^5 session_log status 1 (START)" "$TMP/crash2.txt" &&
+   grep -q "^5 train/loss " "$TMP/crash2.txt" && ! grep -q "^4 train/loss " "$TMP/crash2.txt"; then
+    pass tb_crash_resume
+else fail tb_crash_resume "old: $(grep -c train/loss "$TMP/crash1.txt") losses, new: $(grep -E 'session|^[45] train/loss' "$TMP/crash2.txt" | head -3)"; fi
+if [ -x /tmp/venv-tb/bin/python ]; then
+    /tmp/venv-tb/bin/python tools/tb_check.py "$CR" > "$TMP/crash_tb.txt" 2>&1 && pass tb_crash_tensorboard ||
+        fail tb_crash_tensorboard "$(grep FAIL "$TMP/crash_tb.txt" | head -3)"
+else skip tb_crash_tensorboard "no TensorBoard in /tmp/venv-tb (see tools/tb_check.py)"; fi
 
 # multi-class: mIoU, pixel accuracy, per-class IoU
 $BIN synth --out "$TMP/k3" --train 8 --test 4 --size 40 --seed 3 --classes 3 > /dev/null 2>&1
@@ -78,6 +100,24 @@ $BIN --conf conf/demo.cfg $COMMON --set train.epochs=1 --set log.tensorboard=fal
     --out "$TMP/run_off" > /dev/null 2>&1
 [ -f "$TMP/run_off/metrics.jsonl" ] && [ -z "$(events_of "$TMP/run_off")" ] && pass tb_off ||
     fail tb_off "$(ls "$TMP/run_off")"
+
+# ---- console: progress redrawn in place on a terminal, plain lines elsewhere ----
+CON="--conf conf/demo.cfg --set data.root=$DATA --set data.img_size=32 --set train.batch=8 --set eval.batch=8 --set train.threads=1 --set data.workers=1 --set train.epochs=1 --set log.every=1 --devices cpu"
+$BIN $CON --out "$TMP/run_pipe" 2>&1 | cat > "$TMP/pipe.txt"
+if grep -q $'\r\|\033' "$TMP/pipe.txt" || [ "$(grep -c ' step [0-9]* ' "$TMP/pipe.txt")" != 3 ]; then
+    fail console_pipe "$(cat -A "$TMP/pipe.txt" | grep step | head -3)"
+else pass console_pipe; fi
+if ! command -v script > /dev/null; then skip console_tty "script (util-linux) not installed"
+else
+    # script gives the run a terminal; each of the 3 progress lines but the first erases
+    # the one before ("\r\033[K"), and the epoch summary erases the last
+    script -qc "$BIN $CON --out $TMP/run_tty" /dev/null > "$TMP/tty.txt" 2>&1 < /dev/null
+    redraws=$(grep -o $'\r\033\[K' "$TMP/tty.txt" | wc -l)
+    log=$TMP/run_tty/train.log
+    if [ "$redraws" -ge 3 ] && grep -q $'\r\033\[Kepoch 1/1  batch 3/3' "$TMP/tty.txt" &&
+       ! grep -q $'\r\|\033' "$log" && [ "$(grep -c ' step [0-9]* ' "$log")" = 3 ]; then pass console_tty
+    else fail console_tty "$redraws redraws; train.log: $(cat -A "$log" | grep step | head -2)"; fi
+fi
 
 # ---- camotrain plot ----
 expect help_plot 0 "usage: camotrain plot" -- $BIN plot --help

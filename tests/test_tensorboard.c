@@ -66,6 +66,7 @@ typedef struct rec {
     char version[32], tag[64], text[512], plugin[16];
     float value;
     int has_value, dtype;
+    int session_status; /* SessionLog.status, -1: no session_log */
 } rec;
 
 static void copy_str(char *dst, size_t n, cur s) {
@@ -109,6 +110,11 @@ static void decode_event(cur e, rec *r) {
         if (f == 3) copy_str(r->version, sizeof r->version, sub);
         if (f == 5)
             while (field(&sub, &w, &num, &val) == 1) decode_value(val, r);
+        if (f == 7) { /* session_log: SessionLog, status is field 1, a varint enum */
+            r->session_status = 0;
+            while (field(&sub, &w, &num, &val))
+                if (w == 0) r->session_status = (int)num;
+        }
     }
 }
 
@@ -127,6 +133,7 @@ static int read_all(const char *path, rec *recs, int max) {
         assert_int_equal(rd_le(tail, 4), masked(crc32c_bitwise(buf, len)));
         assert_true(n < max);
         memset(&recs[n], 0, sizeof recs[n]);
+        recs[n].session_status = -1;
         decode_event((cur){buf, buf + len}, &recs[n]);
         n++;
     }
@@ -249,6 +256,42 @@ static void test_library_reader(void **state) {
     assert_true(s.vals[2] == 1.5);
 }
 
+/* A resumed run's file: version, then session_log START at the resumed step, read by
+ * both readers; a new run's START at step 0 has no step field (proto default). */
+static int first_session(const camo_tb_event *ev, void *user) {
+    if (ev->kind != CAMO_TB_SESSION) return 0;
+    int64_t *out = user;
+    out[0] = ev->step, out[1] = (int64_t)ev->value;
+    return 1;
+}
+
+static void test_session_start(void **state) {
+    (void)state;
+    char dir[512], path[1024];
+    fresh_dir(dir, sizeof dir, "start");
+    int64_t steps[2] = {0, 301}; /* a new run, and a resume from a checkpoint at step 300 */
+    for (int i = 0; i < 2; i++) {
+        camo_tb *tb = camo_tb_open(dir);
+        snprintf(path, sizeof path, "%s", camo_tb_path(tb));
+        assert_int_equal(camo_tb_session_start(tb, steps[i]), 0);
+        assert_int_equal(camo_tb_scalar(tb, "train/loss", steps[i] + 1, 0.5), 0);
+        camo_tb_close(tb);
+        rec r[4];
+        assert_int_equal(read_all(path, r, 4), 3);
+        assert_string_equal(r[0].version, "brain.Event:2");
+        assert_int_equal(r[0].session_status, -1);
+        assert_int_equal(r[1].session_status, 1); /* START */
+        assert_int_equal(r[1].step, steps[i]);
+        assert_false(r[1].has_value);
+        assert_int_equal(r[2].session_status, -1);
+        int64_t got[2] = {-1, -1};
+        assert_int_equal(camo_tb_read(path, first_session, got), 1); /* fn's 1 stops it */
+        assert_int_equal(got[0], steps[i]);
+        assert_int_equal(got[1], 1);
+    }
+    assert_int_equal(count_event_files(dir), 2);
+}
+
 /* Damaged files: each error names the file, the record's offset and what is wrong. */
 static void expect_damage(const char *path, long at, int truncate_to, const char *what) {
     FILE *f = fopen(path, "rb");
@@ -315,6 +358,7 @@ int main(void) {
         cmocka_unit_test(test_crc32c),
         cmocka_unit_test(test_write_and_read_back),
         cmocka_unit_test(test_library_reader),
+        cmocka_unit_test(test_session_start),
         cmocka_unit_test(test_damaged_files),
         cmocka_unit_test(test_second_file),
     };

@@ -11,7 +11,8 @@ virtual environment with tensorboard installed:
 Prints each file's records by tag (count, first and last step and value), the text
 summaries' first line, and checks: the first record is file_version "brain.Event:2";
 the scalars TensorBoard's accumulator (what the Scalars tab shows) loads from the folder
-agree with the raw records; every step record of metrics.jsonl has its train/loss at the
+agree with the raw records, less those a later file's session START (a resume) replaces,
+and show each step once; every step record of metrics.jsonl has its train/loss at the
 same step with the same value (to the 6 digits
 metrics.jsonl keeps). Exit 0 when all hold, 1 otherwise."""
 import glob
@@ -53,6 +54,23 @@ def summarize(path, events, problems):
     return by_tag
 
 
+def apply_restart(path, events, by_tag, seen_start):
+    """A session_log START after the folder's first is a restart (a resume): like
+    TensorBoard's accumulator, drop the points read so far at steps >= its step."""
+    for ev in events:
+        if ev.HasField("session_log") and ev.session_log.status == event_pb2.SessionLog.START:
+            dropped = 0
+            if seen_start:
+                for tag, pts in by_tag.items():
+                    keep = [p for p in pts if p[0] < ev.step]
+                    dropped += len(pts) - len(keep)
+                    by_tag[tag] = keep
+            print(f"{path}: session START at step {ev.step}"
+                  + (f": a restart, {dropped} earlier points dropped" if seen_start else ""))
+            seen_start = True
+    return seen_start
+
+
 def check_accumulator(folder, by_tag, problems):
     """What TensorBoard's Scalars tab loads from the folder equals the raw records."""
     acc = event_accumulator.EventAccumulator(folder, size_guidance={"scalars": 0})
@@ -61,6 +79,9 @@ def check_accumulator(folder, by_tag, problems):
         got = [(e.step, e.value) for e in acc.Scalars(tag)]
         if got != pts:
             problems.append(f"{folder}: accumulator's {tag} differs from the records")
+        steps = [p[0] for p in got]
+        if len(set(steps)) != len(steps):
+            problems.append(f"{folder}: accumulator's {tag} has a step more than once")
     print(f"  accumulator: {len(acc.Tags()['scalars'])} scalar tags, "
           f"{len(acc.Tags().get('tensors', []))} tensor tags")
 
@@ -94,9 +115,11 @@ def main(args):
             if os.path.isdir(arg) else [arg]
         if not files:
             problems.append(f"{arg}: no events.out.tfevents.* file")
-        by_tag = {}
+        by_tag, seen_start = {}, False
         for f in files:
-            for tag, pts in summarize(f, read_file(f), problems).items():
+            events = read_file(f)
+            seen_start = apply_restart(f, events, by_tag, seen_start)
+            for tag, pts in summarize(f, events, problems).items():
                 by_tag.setdefault(tag, []).extend(pts)
         if os.path.isdir(arg) and files:
             check_accumulator(arg, by_tag, problems)

@@ -46,6 +46,10 @@ char *camo_strdup_check(const char *s, const char *file, int line);
 void camo_log_set_quiet(int quiet);
 void camo_info(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void camo_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Like camo_info for a progress line: where stderr is a terminal it is redrawn in place
+ * ("\r" + the line + clear to end of line, no newline) and the next line of any kind
+ * replaces it; elsewhere (a pipe, a file, CI) a plain line. train.log gets a plain line. */
+void camo_progress(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void camo_print(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void camo_print_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Appends every later line to `path`, after a line "==== <local time>  <marker>" (runs and

@@ -57,6 +57,10 @@ void camo_cuda_loader_free(void *p, void *ctx);
  * (tests check that a second training step makes none). 0 for the CPU backend. */
 void camo_cuda_mem_stats(camo_backend *be, size_t *reserved, size_t *peak, size_t *mallocs);
 
+/* Free and total memory of GPU device (cudaMemGetInfo after cudaSetDevice: this starts a
+ * CUDA context in the calling process). 0, or -1 with an error (no CUDA, no device). */
+int camo_cuda_mem_info(int device, size_t *free_b, size_t *total_b);
+
 /* Logs the CUDA runtime/driver, cuDNN and NCCL versions found at run time and those built
  * against; -1 with an error when the cuDNN found cannot serve this build (another major
  * version, or older than its headers). 0 without CUDA. */
