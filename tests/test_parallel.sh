@@ -71,6 +71,12 @@ out=$(tools/dp_vs_ddp --conf conf/demo.cfg --bin "$BIN" --max 2 --steps 3 --out 
 rows=$(grep -cE '^(ddp|dp),[12],8,[0-9.]+,[0-9.]+,[0-9.]+,[0-9.]+,[0-9.]+,[0-9.]+$' "$TMP/dvd/dp_vs_ddp.csv" 2>/dev/null)
 if [ $rc = 0 ] && [ "$rows" = 4 ]; then pass dp_vs_ddp_csv
 else fail dp_vs_ddp_csv "exit $rc, $rows rows: $(echo "$out" | tail -2)"; fi
+# scaling efficiency = speed-up / replicas, speed-up = img/s over the same mode's 1 replica
+if awk -F, 'NR > 1 { one[$1] = $2 == 1 ? $4 : one[$1]; r[NR] = $0 }
+            END { for (i in r) { split(r[i], f, ",");
+                    if ((f[9] - f[8] / f[2]) ^ 2 > 1e-5 || (f[8] - f[4] / one[f[1]]) ^ 2 > 1e-4) exit 1 } }' \
+       "$TMP/dvd/dp_vs_ddp.csv" 2>/dev/null && [ "$rows" = 4 ]; then pass dp_vs_ddp_efficiency
+else fail dp_vs_ddp_efficiency "$(cat "$TMP/dvd/dp_vs_ddp.csv" 2>/dev/null | tr '\n' ' ')"; fi
 if command -v gnuplot > /dev/null 2>&1; then
     [ -s "$TMP/dvd/dp_vs_ddp.png" ] && pass dp_vs_ddp_png || fail dp_vs_ddp_png "no plot"
 else skip dp_vs_ddp_png "gnuplot not installed"; fi
