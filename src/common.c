@@ -272,3 +272,8 @@ float camo_rand_normal(uint64_t key, uint64_t counter) {
     if (u1 < 1e-7f) u1 = 1e-7f;
     return sqrtf(-2.0f * logf(u1)) * cosf(6.28318530718f * u2);
 }
+
+void camo_json_number(FILE *f, double v) {
+    if (isfinite(v)) fprintf(f, "%.6g", v);
+    else fputs("null", f);
+}

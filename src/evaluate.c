@@ -279,10 +279,11 @@ void camo_eval_full_print(const camo_eval_full *e, FILE *out, int json) {
             e->r.n_images, e->r.seconds);
 }
 
-/* "key":value, — null for a NaN or infinite value (a diverged loss), which JSON lacks. */
+/* "key":value, — null for a NaN or infinite value (a diverged loss). */
 static void jsonl_num(FILE *f, const char *key, double v) {
-    if (isfinite(v)) fprintf(f, "\"%s\":%.6g,", key, v);
-    else fprintf(f, "\"%s\":null,", key);
+    fprintf(f, "\"%s\":", key);
+    camo_json_number(f, v);
+    fputc(',', f);
 }
 
 void camo_eval_jsonl(FILE *f, const camo_eval_result *r, int classes, int epoch,

@@ -415,12 +415,6 @@ static void log_gpu_memory(trainer *T) {
             camo_cuda_direct_conv_count(T->be));
 }
 
-/* A JSON number, or null for NaN/inf (which JSON lacks). */
-static void json_number(FILE *f, double v) {
-    if (isfinite(v)) fprintf(f, "%.6g", v);
-    else fputs("null", f);
-}
-
 /* The step's scalars in TensorBoard: what its metrics.jsonl record holds, plus the step's
  * own img/s (the console's is over log.every steps). */
 static void tb_step(trainer *T, double lr, double loss, double gnorm, double now) {
@@ -516,9 +510,9 @@ static void log_epoch(trainer *T, int epoch) {
     if (!T->jsonl) return;
     fprintf(T->jsonl, "{\"type\":\"epoch\",\"epoch\":%d,\"step\":%lld,\"train_loss\":",
             epoch + 1, (long long)T->st.step);
-    json_number(T->jsonl, loss);
+    camo_json_number(T->jsonl, loss);
     fputs(",\"train_pixel_acc\":", T->jsonl);
-    json_number(T->jsonl, acc);
+    camo_json_number(T->jsonl, acc);
     fprintf(T->jsonl, ",\"images\":%.0f,\"pixels\":%.0f,\"steps\":%d", e->images, e->counted,
             e->steps);
     if (from_batch > 0) fprintf(T->jsonl, ",\"from_batch\":%d", from_batch + 1);

@@ -73,4 +73,7 @@ float camo_rand_normal(uint64_t key, uint64_t counter);
 #define CAMO_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define CAMO_MAX(a, b) ((a) > (b) ? (a) : (b))
 
+/* A JSON number (%.6g), or null for NaN and infinities, which JSON lacks. */
+void camo_json_number(FILE *f, double v);
+
 #endif
