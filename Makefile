@@ -1,5 +1,5 @@
 # camotrain build. `make` | `make CUDA=0` | `make CUDA=emu` | `make test [SAN=1|TSAN=1]` | `make demo` |
-# `make bench`
+# `make bench` | `make check-layers`
 # Flags verified in ../shared/BUILD-NOTES.md (libconfig 1.5, old stb, OpenBLAS pthread, CUDA 13).
 
 CC       ?= gcc
@@ -39,7 +39,7 @@ ifneq ($(PKG_CONFIG_SYSROOT_DIR),)
 endif
 
 CFLAGS   ?= -O2 -g
-CFLAGS   += -std=gnu11 -Wall -Wextra -Iinclude -Isrc $(PKG_CFLAGS) -MMD -MP
+CFLAGS   += -std=gnu11 -Wall -Wextra -Isrc $(PKG_CFLAGS) -MMD -MP
 LDLIBS   += $(PKG_LIBS) -lpthread -lm
 OPENMP   := -fopenmp
 
@@ -68,14 +68,14 @@ endif
 CFLAGS  += $(OPENMP)
 LDFLAGS += $(OPENMP)
 
-LIB_SRC  := $(filter-out src/main.c,$(wildcard src/*.c))
+LIB_SRC  := $(filter-out src/cli/main.c,$(sort $(shell find src -name "*.c")))
 CU_SRC   := $(wildcard cuda/*.cu)
 ifeq ($(CUDA),1)
   CUDA_HOMES := $(CUDNN_HOME) $(NCCL_HOME) $(CUDA_HOME)
   CUDA_INC := $(foreach h,$(CUDA_HOMES),-I$(h)/include)
   CUDA_LIBDIRS := $(foreach h,$(CUDNN_HOME) $(NCCL_HOME),$(h)/lib) $(CUDA_HOME)/lib64
   CFLAGS  += -DCAMO_HAVE_CUDA=1 $(CUDA_INC)
-  NVCCFLAGS ?= -O2 $(CUDA_ARCH) --threads 0 --extended-lambda -MMD -MP -Iinclude $(CUDA_INC) \
+  NVCCFLAGS ?= -O2 $(CUDA_ARCH) --threads 0 --extended-lambda -MMD -MP -Isrc $(CUDA_INC) \
                -Xcompiler -Wall,-Wextra
   # rpath: the binaries find these libraries without LD_LIBRARY_PATH
   LDLIBS  += $(foreach d,$(CUDA_LIBDIRS),-L$(d) -Wl,-rpath,$(d)) \
@@ -83,7 +83,7 @@ ifeq ($(CUDA),1)
   CU_OBJ  := $(CU_SRC:cuda/%.cu=$(BUILD)/cuda/%.o)
 else ifeq ($(CUDA),emu)
   CFLAGS  += -DCAMO_HAVE_CUDA=1 -Itests/cuemu/include
-  CUEMU_CXXFLAGS := -std=c++17 -O2 -g -Wall -Wextra -pthread -Iinclude -Itests/cuemu/include \
+  CUEMU_CXXFLAGS := -std=c++17 -O2 -g -Wall -Wextra -pthread -Isrc -Itests/cuemu/include \
                     -Itests/cuemu $(filter -fsanitize=% -fno-sanitize-recover=% -fno-omit-frame-pointer,$(CFLAGS))
   LDLIBS  += -lstdc++
   CU_OBJ  := $(CU_SRC:cuda/%.cu=$(BUILD)/cuda/%.o) \
@@ -107,7 +107,7 @@ $(BUILD)/libcamo.a: $(LIB_OBJ)
 	@mkdir -p $(@D)
 	$(AR) rcs $@ $^
 
-$(BIN): $(BUILD)/src/main.o $(BUILD)/libcamo.a
+$(BIN): $(BUILD)/src/cli/main.o $(BUILD)/libcamo.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/src/%.o: src/%.c
@@ -115,7 +115,7 @@ $(BUILD)/src/%.o: src/%.c
 	$(CC) $(CFLAGS) -c $< -o $@
 
 # stb's implementation is slow to compile and noisy under stricter warnings: its own unit
-$(BUILD)/src/stb_impl.o: CFLAGS += -Wno-unused-function
+$(BUILD)/src/data/stb_impl.o: CFLAGS += -Wno-unused-function
 
 ifeq ($(CUDA),emu)
 # preprocess, turn each <<<...>>> launch into a cuemu::launch call, compile for the host
@@ -158,6 +158,11 @@ endif
 
 test: $(BIN) camotrain tools/test_multi_gpu $(TEST_BIN) $(if $(CUEMU_BUILD),cuemu-bins)
 	@BUILD=$(BUILD) CAMOTRAIN=$(BIN) CUEMU_BUILD=$(CUEMU_BUILD) tests/run.sh
+
+# the include rule of src/ and cuda/ (README "Layout"; tests/test_layers.sh runs it in make test)
+.PHONY: check-layers
+check-layers:
+	@tools/check_layers.sh .
 
 # the numerical suites under every OpenBLAS kernel, cache size and 2 threads
 # (tests/test_blas_matrix.sh; `make test` runs it under one other kernel)

@@ -1,7 +1,8 @@
 /* backend_cuda.cu: the CUDA backend's construction, caching allocator, memory ops and the
- * CUDA entry points of backend.h / cuda.h. Compute ops live in conv_cudnn.cu, kernels.cu
- * and loss_optim.cu. One backend = one device, one stream, one cuBLAS and one cuDNN handle
- * bound to that stream; it is used by one replica thread at a time. */
+ * CUDA entry points of backend.h / cuda.h (the twin of src/backend/cpu/backend_cpu.c).
+ * Compute ops live in cuda_<ops>.cu, twins of src/backend/cpu/cpu_<ops>.c. One backend = one
+ * device, one stream, one cuBLAS and one cuDNN handle bound to that stream; it is used by
+ * one replica thread at a time. */
 #include "cuda_common.cuh"
 
 #include <math.h>
@@ -255,8 +256,11 @@ extern "C" camo_backend *camo_backend_cuda_create(int device) {
     be->sync = cu_sync;
     be->destroy = cu_destroy;
     cuda_register_conv(be);
-    cuda_register_kernels(be);
-    cuda_register_loss_optim(be);
+    cuda_register_norm(be);
+    cuda_register_pool(be);
+    cuda_register_elementwise(be);
+    cuda_register_loss(be);
+    cuda_register_optim(be);
     /* CAMO_AMP=bf16|fp16 sets the default precision of the convolutions (benchmarks, and
      * runs before the trainer passes train.amp through camo_cuda_set_amp) */
     camo_cuda_amp amp;
@@ -317,14 +321,14 @@ extern "C" int camo_cuda_device_count(void) {
 }
 
 extern "C" void *camo_backend_stream(camo_backend *be) {
-    if (!be || strcmp(be->name, "cuda") != 0) return NULL;
+    if (!camo_backend_on_gpu(be)) return NULL;
     return (void *)cu_stream(be);
 }
 
 /* ---- cuda.h extras ---- */
 
 extern "C" camo_cuda_amp camo_cuda_set_amp(camo_backend *be, camo_cuda_amp mode) {
-    if (!be || strcmp(be->name, "cuda") != 0) return CAMO_AMP_OFF;
+    if (!camo_backend_on_gpu(be)) return CAMO_AMP_OFF;
     cuda_ctx *ctx = cu_ctx(be);
     if (mode == CAMO_AMP_BF16 && ctx->sm < 80) {
         camo_warn("GPU %d (sm_%d) has no bf16 tensor cores: train.amp = bf16 falls back to "
@@ -336,12 +340,12 @@ extern "C" camo_cuda_amp camo_cuda_set_amp(camo_backend *be, camo_cuda_amp mode)
 }
 
 extern "C" void camo_cuda_set_deterministic(camo_backend *be, int on) {
-    if (!be || strcmp(be->name, "cuda") != 0) return;
+    if (!camo_backend_on_gpu(be)) return;
     cu_ctx(be)->deterministic = on != 0;
 }
 
 extern "C" int camo_cuda_backend_status(camo_backend *be) {
-    if (!be || strcmp(be->name, "cuda") != 0) return 0;
+    if (!camo_backend_on_gpu(be)) return 0;
     cuda_ctx *ctx = cu_ctx(be);
     if (!ctx->failed) return 0;
     CAMO_ERR("GPU %d: %s", ctx->device, ctx->first_error);
@@ -370,8 +374,7 @@ extern "C" void camo_cuda_host_free(void *p) {
 
 extern "C" void camo_cuda_mem_stats(camo_backend *be, size_t *reserved, size_t *peak,
                                     size_t *mallocs) {
-    int cuda = be && strcmp(be->name, "cuda") == 0;
-    cuda_pool *pool = cuda ? &cu_ctx(be)->pool : NULL;
+    cuda_pool *pool = camo_backend_on_gpu(be) ? &cu_ctx(be)->pool : NULL;
     if (reserved) *reserved = pool ? pool->reserved : 0;
     if (peak) *peak = pool ? pool->peak_reserved : 0;
     if (mallocs) *mallocs = pool ? pool->n_mallocs : 0;

@@ -1,7 +1,8 @@
 /* cuda_common.cuh: what every file of the CUDA backend shares: the checked-call macros (one
  * generator for the CUDA runtime, cuBLAS, cuDNN and NCCL), the backend's private state, the
- * caching allocator and launch helpers. Included by the cuda/ sources only (compiled as
- * C++ by nvcc; everything visible to C goes through extern "C"). */
+ * caching allocator, launch helpers, the device helpers several op files use and each op
+ * file's registration. Included by the cuda/ sources only (compiled as C++ by nvcc;
+ * everything visible to C goes through extern "C"). */
 #ifndef CAMO_CUDA_COMMON_CUH
 #define CAMO_CUDA_COMMON_CUH
 
@@ -12,9 +13,9 @@
 #include <pthread.h>
 
 extern "C" {
-#include "camo/backend.h"
-#include "camo/common.h"
-#include "camo/cuda.h"
+#include "backend/backend.h"
+#include "core/common.h"
+#include "backend/cuda.h"
 }
 
 /* ---- checked calls ----
@@ -60,7 +61,7 @@ typedef struct cuda_pool {
     pthread_mutex_t mu;             /* alloc/free may come from more than one thread */
 } cuda_pool;
 
-/* One cached cuDNN convolution set-up (cuda/conv_cudnn.cu). */
+/* One cached cuDNN convolution set-up (cuda/cuda_conv.cu). */
 typedef struct conv_plan conv_plan;
 
 typedef struct cuda_ctx {
@@ -121,12 +122,41 @@ static inline unsigned cu_blocks(size_t n, unsigned threads = CU_THREADS) {
 #define CU_GRID_LOOP(i, n) \
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); \
          i += (size_t)gridDim.x * blockDim.x)
+/* `kernel CU_LAUNCH(be, n)(args)`: n threads' worth of blocks on the backend's stream */
+#define CU_LAUNCH(be, n) <<<cu_blocks(n), CU_THREADS, 0, cu_stream(be)>>>
+/* one warp per row for M rows; the kernel walks its rows with CU_WARP_ROW_LOOP */
+#define CU_LAUNCH_ROWS(be, M) <<<cu_blocks((size_t)(M) * 32), CU_THREADS, 0, cu_stream(be)>>>
+#define CU_WARP_ROW_LOOP(m, M)                                                       \
+    for (int m = (int)((blockIdx.x * (size_t)blockDim.x + threadIdx.x) / 32); m < (M); \
+         m += (int)((size_t)gridDim.x * blockDim.x / 32))
 
-/* Registration of each op file's functions into the table. */
-extern "C" void cuda_register_conv(camo_backend *be);     /* conv_cudnn.cu: gemm, conv2d_* */
-extern "C" void cuda_register_kernels(camo_backend *be);  /* kernels.cu: norm, elementwise,
-                                                             pooling, resize, softmax */
-extern "C" void cuda_register_loss_optim(camo_backend *be); /* loss_optim.cu */
+/* ---- device helpers shared by the op files ---- */
+/* Coordinates of element i of an NHWC tensor (., H, W, C), for kernels with one thread per
+ * element: auto [n, h, w, c] = cu_nhwc(i, H, W, C). */
+struct cu_nhwc_at { int n, h, w, c; };
+__device__ static inline cu_nhwc_at cu_nhwc(size_t i, int H, int W, int C) {
+    return {(int)(i / ((size_t)C * W * H)), (int)(i / C / W % H), (int)(i / C % W),
+            (int)(i % C)};
+}
+/* sum over the 32 lanes of a warp, the same bits on every lane (a fixed butterfly) */
+__device__ static inline double cu_warp_sum(double v) {
+    for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+/* the CPU's sigmoid_f, formula for formula (inf-safe) */
+__device__ static inline float cu_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/* Registration of each op file's functions into the table: the twins of cpu_register_*
+ * (src/backend/cpu/cpu_internal.h), one cuda_<ops>.cu per cpu_<ops>.c:
+ * conv (gemm, conv2d_*), norm (bn_*, layernorm_*), pool (pool, adaptive avg, resize),
+ * elementwise (act, add, axpy, scale, mul, channel_slice, softmax), loss (loss_*,
+ * pixel_correct), optim (sumsq, sgd, adamw, ema). */
+extern "C" void cuda_register_conv(camo_backend *be);
+extern "C" void cuda_register_norm(camo_backend *be);
+extern "C" void cuda_register_pool(camo_backend *be);
+extern "C" void cuda_register_elementwise(camo_backend *be);
+extern "C" void cuda_register_loss(camo_backend *be);
+extern "C" void cuda_register_optim(camo_backend *be);
 extern "C" void cuda_conv_free_plans(camo_backend *be);
 
 /* ---- deterministic per-column sums: out[v][c] = sum over rows m of f(m, c)[v] ----

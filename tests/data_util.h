@@ -9,7 +9,7 @@
 
 #include <stb_image_write.h> /* declarations only: the implementation lives in libcamo */
 
-#include "camo/common.h"
+#include "core/common.h"
 #include "test_util.h"
 
 static char root[512]; /* this run's scratch tree */

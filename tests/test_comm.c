@@ -6,8 +6,8 @@
 
 #include <pthread.h>
 
-#include "camo/comm.h"
-#include "camo/common.h"
+#include "backend/comm.h"
+#include "core/common.h"
 
 #define NR 4
 #define LEN 1003  /* not a multiple of NR: uneven chunks */

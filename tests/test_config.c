@@ -2,8 +2,8 @@
  * the file, line and key. */
 #include "test_util.h"
 
-#include "camo/common.h"
-#include "camo/config.h"
+#include "core/common.h"
+#include "train/config.h"
 
 static const char *write_cfg(const char *name, const char *text) {
     static char path[512];

@@ -4,8 +4,8 @@
  * convolution being linear so the differences carry only rounding error. */
 #include <float.h>
 
-#include "camo/backend.h"
-#include "camo/common.h"
+#include "backend/backend.h"
+#include "core/common.h"
 
 #include "test_util.h"
 

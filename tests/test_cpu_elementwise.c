@@ -2,8 +2,8 @@
  * slices and channel softmax against naive double-precision references, and every backward
  * op against central differences of f = sum(y * dy). Backward ops must accumulate.
  * fp32 tolerances: forward 1e-5 relative (floor 1e-3); gradients 1e-2 relative (floor 0.1). */
-#include "camo/backend.h"
-#include "camo/common.h"
+#include "backend/backend.h"
+#include "core/common.h"
 
 #include "test_util.h"
 

@@ -7,8 +7,8 @@
  * fp32 tolerances: values 1e-5 relative; gradients 1e-3 relative (floor 1% of the largest);
  * optimizer states 1e-5 relative (floor 0.1: the values are O(1), the errors absolute).
  * Pixel accuracy counts (pixel_correct): exact, on hand cases and against a plain loop. */
-#include "camo/backend.h"
-#include "camo/common.h"
+#include "backend/backend.h"
+#include "core/common.h"
 
 #include "test_util.h"
 

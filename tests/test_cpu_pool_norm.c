@@ -2,8 +2,8 @@
  * bilinear resize against naive double-precision references (PyTorch's formulas written out
  * directly), and every backward op against central differences of f = sum(y * dy).
  * fp32 tolerances: forward 1e-5..1e-4 relative; gradients 1e-2 relative (floor 0.1..1). */
-#include "camo/backend.h"
-#include "camo/common.h"
+#include "backend/backend.h"
+#include "core/common.h"
 
 #include "test_util.h"
 

@@ -10,12 +10,12 @@
  * within 5% of the fp32 CPU curve, and the curve must go down.
  * CAMO_PARITY_SELF=1 runs the harness without a GPU: the "GPU" side is a second CPU backend
  * (1 thread), which checks the test code itself; the comm tests stay skipped. */
-#include "camo/backend.h"
-#include "camo/comm.h"
-#include "camo/common.h"
-#include "camo/cuda.h"
-#include "camo/loss.h"
-#include "camo/net.h"
+#include "backend/backend.h"
+#include "backend/comm.h"
+#include "core/common.h"
+#include "backend/cuda.h"
+#include "nn/loss.h"
+#include "nn/net.h"
 
 #include <pthread.h>
 #include <unistd.h>

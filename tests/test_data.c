@@ -13,9 +13,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "camo/cli.h"
-#include "camo/common.h"
-#include "camo/data.h"
+#include "cli/cli.h"
+#include "core/common.h"
+#include "data/data.h"
 #include "test_util.h"
 #include "data_util.h"
 

@@ -172,7 +172,7 @@ if [ $MODE = cuemu ]; then
     echo "$out" | grep -q 'auto -> 1 GPU (ids 0..0 of CUDA_VISIBLE_DEVICES=1)' && pass cuemu_auto_visible_devices \
         || fail cuemu_auto_visible_devices "$(echo "$out" | grep -i 'parallel\|error' | head -3)"
 fi
-# a partial last batch makes no cudaMalloc either (src/devices.c camo_devices_prepare: every
+# a partial last batch makes no cudaMalloc either (src/parallel/devices.c camo_devices_prepare: every
 # convolution runs at each local batch size before step 1): two replicas, slices 4, 4, 3;
 # cuemu's cuDNN wants more workspace for a ragged batch than for the full one
 m=$(grep -o '"gpu_mallocs":[0-9]*' "$TMP/s_ddp/metrics.jsonl" 2>/dev/null | sort -u | wc -l)

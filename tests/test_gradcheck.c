@@ -7,10 +7,10 @@
 
 #include <libconfig.h>
 
-#include "camo/backend.h"
-#include "camo/common.h"
-#include "camo/net.h"
-#include "layer.h"
+#include "backend/backend.h"
+#include "core/common.h"
+#include "nn/net.h"
+#include "nn/layer.h"
 
 typedef struct { const char *name; int N, H, W; const char *layers; } gc_case;
 

@@ -13,8 +13,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "camo/common.h"
-#include "camo/data.h"
+#include "core/common.h"
+#include "data/data.h"
 #include "test_util.h"
 #include "data_util.h"
 

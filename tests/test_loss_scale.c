@@ -2,11 +2,11 @@
  * side queue that carries sync-BN sums in backward (ddp.h), on CPU comms. */
 #include <pthread.h>
 
-#include "camo/comm.h"
-#include "camo/common.h"
-#include "camo/ddp.h"
-#include "camo/replica.h"
-#include "layer.h"
+#include "backend/comm.h"
+#include "core/common.h"
+#include "parallel/ddp.h"
+#include "parallel/replica.h"
+#include "nn/layer.h"
 
 #include "test_util.h"
 

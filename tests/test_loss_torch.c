@@ -6,9 +6,9 @@
  * float32: relative error <= 1e-4, with a floor of 1e-3 of the largest value for gradients
  * and 1e-2 for optimizer states (their float32 errors are absolute, from O(1) operands
  * that cancel over the steps). */
-#include "camo/backend.h"
-#include "camo/common.h"
-#include "camo/safetensors.h"
+#include "backend/backend.h"
+#include "core/common.h"
+#include "core/safetensors.h"
 
 #include "test_util.h"
 

@@ -14,10 +14,10 @@
 
 #include "test_util.h"
 
-#include "camo/common.h"
-#include "camo/evaluate.h"
-#include "camo/metrics.h"
-#include "camo/safetensors.h"
+#include "core/common.h"
+#include "train/evaluate.h"
+#include "train/metrics.h"
+#include "core/safetensors.h"
 
 #define FIXTURE "tests/fixtures/metrics_ref.safetensors"
 #define TOL 1e-4

@@ -4,11 +4,11 @@
 
 #include <libconfig.h>
 
-#include "camo/backend.h"
-#include "camo/comm.h"
-#include "camo/common.h"
-#include "camo/ddp.h"
-#include "camo/net.h"
+#include "backend/backend.h"
+#include "backend/comm.h"
+#include "core/common.h"
+#include "parallel/ddp.h"
+#include "nn/net.h"
 
 static camo_backend *be;
 

@@ -9,12 +9,12 @@
 
 #include <unistd.h>
 
-#include "camo/checkpoint.h"
-#include "camo/cli.h"
-#include "camo/common.h"
-#include "camo/config.h"
-#include "camo/safetensors.h"
-#include "camo/train.h"
+#include "nn/checkpoint.h"
+#include "cli/cli.h"
+#include "core/common.h"
+#include "train/config.h"
+#include "core/safetensors.h"
+#include "train/train.h"
 
 static char root[CAMO_PATH_MAX], data[CAMO_PATH_MAX + 16], tmp[CAMO_PATH_MAX];
 

@@ -9,8 +9,8 @@
 
 #include "test_util.h"
 
-#include "camo/common.h"
-#include "camo/safetensors.h"
+#include "core/common.h"
+#include "core/safetensors.h"
 
 /* ---- helpers ---- */
 

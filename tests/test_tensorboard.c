@@ -9,8 +9,8 @@
 
 #include "test_util.h"
 
-#include "camo/common.h"
-#include "camo/tensorboard.h"
+#include "core/common.h"
+#include "train/tensorboard.h"
 
 /* ---- an independent reader ---- */
 

@@ -19,10 +19,10 @@
 
 #include "test_util.h"
 
-#include "camo/backend.h"
-#include "camo/common.h"
-#include "camo/net.h"
-#include "camo/safetensors.h"
+#include "backend/backend.h"
+#include "core/common.h"
+#include "nn/net.h"
+#include "core/safetensors.h"
 
 #define FIXTURE_DIR "tests/fixtures"
 #define TOL 1e-4

@@ -3,11 +3,13 @@
  * parameters, gradient norm and clipping scale, EMA, deep-supervision loss weights. */
 #include "test_util.h"
 
-#include "camo/common.h"
-#include "camo/config.h"
-#include "camo/loss.h"
-#include "camo/optim.h"
-#include "camo/train.h"
+#include "core/common.h"
+#include "train/config.h"
+#include "nn/loss.h"
+#include "nn/optim.h"
+#include "nn/net_build.h"
+#include "train/schedule.h"
+#include "train/train.h"
 
 static const char *const TRAIN_TEXT =
     "model = \"models/unet_s.cfg\";\n"
@@ -95,7 +97,7 @@ typedef struct fixture {
 
 static void build(fixture *f, const char *text) {
     f->be = camo_backend_cpu_create(1);
-    f->net = camo_build_net_from_text(text, "tiny", f->be);
+    f->net = camo_net_build_from_text(text, "tiny", f->be);
     if (!f->net) fprintf(stderr, "%s\n", camo_last_error());
     assert_non_null(f->net);
     assert_int_equal(camo_net_set_input_size(f->net, 2, 8, 8), 0);
@@ -133,7 +135,8 @@ static camo_optim *make_opt(fixture *f, const char *opt, double wd, double ema) 
     snprintf(e, sizeof e, "train.ema_decay=%g", ema);
     camo_config c;
     load_cfg(&c, TRAIN_TEXT, sets, 4);
-    camo_optim *o_ = camo_optim_create(f->net, &c);
+    camo_optim_opts oo = camo_config_optim_opts(&c);
+    camo_optim *o_ = camo_optim_create(f->net, &oo);
     camo_config_free(&c);
     return o_;
 }

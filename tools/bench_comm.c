@@ -9,8 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "camo/comm.h"
-#include "camo/common.h"
+#include "backend/comm.h"
+#include "core/common.h"
 
 #define MIN_SECONDS 0.3
 

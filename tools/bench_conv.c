@@ -9,10 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "camo/backend.h"
-#include "camo/common.h"
-#include "camo/net.h"
-#include "layer.h"
+#include "backend/backend.h"
+#include "core/common.h"
+#include "nn/net.h"
+#include "nn/layer.h"
 
 #define MIN_SECONDS 0.25 /* per op: repeat until at least this long */
 

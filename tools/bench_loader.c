@@ -21,8 +21,8 @@
 #include <stb_image.h>
 #include <stb_image_write.h>
 
-#include "camo/common.h"
-#include "camo/data.h"
+#include "core/common.h"
+#include "data/data.h"
 
 enum { IMG_W = 800, IMG_H = 600, SIDE = 320, BATCH = 16 };
 

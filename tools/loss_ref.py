@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """PyTorch reference values for tests/test_loss_torch.c: the four fused losses and the SGD /
-AdamW steps of the backend op table (include/camo/backend.h), written to
+AdamW steps of the backend op table (src/backend/backend.h), written to
 tests/fixtures/loss_ref.safetensors.
 
 Inputs (deterministic; the C test regenerates them the same way, math.sin/cos in double,

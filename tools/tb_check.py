@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """tb_check.py: reads camotrain's TensorBoard event files with TensorBoard's own reader
 (tensorboard.backend.event_processing.event_file_loader, which checks every record's CRCs
-and parses the Event protos with protobuf), so the hand-written encoder of src/tensorboard.c
+and parses the Event protos with protobuf), so the hand-written encoder of src/train/tensorboard.c
 is checked against the real thing. Not needed by the tests or by users; run it by hand in a
 virtual environment with tensorboard installed:
 

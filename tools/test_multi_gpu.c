@@ -7,11 +7,11 @@
  * network's loss loosely (see "one training step per GPU"). Prints PASS/FAIL per check;
  * exit 0 when all pass, 1 when one fails, 2 when there is no usable GPU. Models: the seeds'
  * test_multi_gpu.py / test_ddp.py. */
-#include "camo/backend.h"
-#include "camo/common.h"
-#include "camo/cuda.h"
-#include "camo/loss.h"
-#include "camo/net.h"
+#include "backend/backend.h"
+#include "core/common.h"
+#include "backend/cuda.h"
+#include "nn/loss.h"
+#include "nn/net.h"
 
 #include <errno.h>
 #include <math.h>

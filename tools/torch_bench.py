@@ -23,7 +23,7 @@ from torch_ref import GraphNet, load_config  # noqa: E402
 
 
 def structure_loss(x, t):
-    """SINet-V2 / F3Net structure loss, as src/cpu_loss.c and tools/loss_ref.py."""
+    """SINet-V2 / F3Net structure loss, as src/backend/cpu/cpu_loss.c and tools/loss_ref.py."""
     weit = 1 + 5 * torch.abs(F.avg_pool2d(t, kernel_size=31, stride=1, padding=15) - t)
     bce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
     wbce = (weit * bce).sum(dim=(2, 3)) / weit.sum(dim=(2, 3))

@@ -1,7 +1,7 @@
 /* dnn.cpp: the cuDNN stand-in of cuemu (include/cudnn.h): the convolution calls the CUDA
  * backend makes. Test infrastructure only.
  *
- * Purpose: run the backend's glue code (cuda/conv_cudnn.cu, cuda/backend_cuda.cu) on a CPU
+ * Purpose: run the backend's glue code (cuda/cuda_conv.cu, cuda/backend_cuda.cu) on a CPU
  * and catch its bugs. So every call validates its arguments the way the real library does,
  * and where the real library would silently misbehave or fault (a host pointer, a buffer
  * overrun, a freed workspace, a handle used on the wrong device) this one aborts through

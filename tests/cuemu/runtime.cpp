@@ -92,7 +92,7 @@ void report_line(const char *line) {
 
 /* The driver's initialisation, at the process's first device call: it reads the
  * environment then, so a variable set later (CUDA_MODULE_LOADING, which camotrain sets in
- * src/devices.c only for NCCL runs) has no effect. The report records what it saw. */
+ * src/parallel/devices.c only for NCCL runs) has no effect. The report records what it saw. */
 void init_devices_locked(globals &g) {
     if (g.n_devices >= 0) return;
     const char *loading = getenv("CUDA_MODULE_LOADING");

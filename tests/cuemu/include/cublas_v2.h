@@ -1,4 +1,4 @@
-/* cuemu: the cuBLAS subset camotrain uses (cuda/backend_cuda.cu, cuda/conv_cudnn.cu), run on
+/* cuemu: the cuBLAS subset camotrain uses (cuda/backend_cuda.cu, cuda/cuda_conv.cu), run on
  * the host by tests/cuemu/blas.cpp. Names, enum values and prototypes are the real
  * cuBLAS v2 API's (cublas_api.h); only what the backend calls is declared. Test
  * infrastructure only (see cuda_runtime.h). C and C++. */

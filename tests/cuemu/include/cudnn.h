@@ -1,4 +1,4 @@
-/* cuemu: the cuDNN subset camotrain uses (legacy convolution API: cuda/conv_cudnn.cu,
+/* cuemu: the cuDNN subset camotrain uses (legacy convolution API: cuda/cuda_conv.cu,
  * cuda/backend_cuda.cu, tools/test_multi_gpu.c), run on the host by tests/cuemu/dnn.cpp.
  * Names, enum values, struct layouts and prototypes are cuDNN 9's (cudnn_graph.h,
  * cudnn_ops.h, cudnn_cnn.h); only what the backend calls is declared. 4-D tensors only,

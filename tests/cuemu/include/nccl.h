@@ -1,4 +1,4 @@
-/* cuemu: the subset of the NCCL API that camotrain uses (cuda/comm.cu, tools/test_multi_gpu.c),
+/* cuemu: the NCCL API subset that camotrain uses (cuda/comm_nccl.cu, tools/test_multi_gpu.c),
  * emulated on the host by tests/cuemu/nccl.cpp for `make CUDA=emu` (see cuda_runtime.h).
  * Names, enum values and prototypes are NCCL 2.28's. Collectives are asynchronous stream
  * operations: each one waits on its stream's worker until every rank of the clique reached

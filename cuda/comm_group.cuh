@@ -1,0 +1,52 @@
+/* comm_group.cuh: what the two GPU comms of comm.h (comm_nccl.cu, comm_local.cu) share: the
+ * host side of a group of ranks (the core barrier with its timeout and abort, the host double
+ * all-reduce in rank order, the reference count), the base of each rank's state, and the
+ * construction and failure paths common to both (comm_group.cu). Each comm's group and rank
+ * structs start with these bases. */
+#ifndef CAMO_COMM_GROUP_CUH
+#define CAMO_COMM_GROUP_CUH
+
+#include "cuda_common.cuh"
+
+extern "C" {
+#include "backend/comm.h"
+#include "core/barrier.h"
+}
+
+typedef struct comm_group {
+    int n;
+    int refs;           /* ranks not destroyed yet: the last one frees the group */
+    camo_barrier *bar;  /* host barrier: timeout, abort and its reason */
+    double *slots;      /* all_reduce_host: (n, COMM_HOST_SLOT) */
+} comm_group;
+
+typedef struct comm_rank {
+    comm_group *g;
+    int device;
+    cudaStream_t compute; /* the replica's compute stream, which the collectives follow */
+} comm_rank;
+
+static inline comm_rank *comm_rank_of(camo_comm *c) { return (comm_rank *)c->ctx; }
+static inline comm_group *comm_group_of(camo_comm *c) { return comm_rank_of(c)->g; }
+
+void comm_group_init(comm_group *g, int n, double timeout_s);
+void comm_group_fini(comm_group *g);
+/* Drops one rank's reference: 1 when it was the last. */
+int comm_group_release(comm_group *g);
+
+/* Rank `rank` of group g over rank state r (the caller's, freed by its destroy): r's base is
+ * filled in, and the ops both comms share are set (all_reduce_host, abort, aborted). */
+camo_comm *comm_new(const char *name, int rank, comm_group *g, comm_rank *r, int device,
+                    void *stream);
+
+int comm_aborted(camo_comm *c);
+void comm_abort(camo_comm *c, const char *reason);
+/* -1 with camo_last_error() = "comm aborted: <reason>" (the group is aborted) */
+int comm_fail(camo_comm *c);
+/* A call of rank c failed: aborts the group with "replica R: <that call's error>". */
+void comm_abort_failed(camo_comm *c);
+
+/* n >= 1 usable GPUs in devices[0..n), each listed once when want_distinct. 0 or -1. */
+int comm_check_devices(int n, const int *devices, int want_distinct);
+
+#endif

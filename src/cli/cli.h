@@ -1,0 +1,14 @@
+/* cli.h: subcommands of the camotrain binary. Each takes the arguments after its name and
+ * returns the process exit code (0 ok, 1 runtime failure, 2 usage/config/input error). */
+#ifndef CAMO_CLI_H
+#define CAMO_CLI_H
+
+int cli_train(int argc, char **argv);   /* cli_train.c (also --summary) */
+int cli_eval(int argc, char **argv);    /* cli_eval.c */
+int cli_predict(int argc, char **argv); /* cli_eval.c */
+int cli_inspect(int argc, char **argv); /* cli_inspect.c */
+int cli_synth(int argc, char **argv);   /* cli_synth.c */
+int cli_plot(int argc, char **argv);    /* cli_plot.c */
+int cli_profile(int argc, char **argv); /* cli_profile.c */
+
+#endif

@@ -1,0 +1,380 @@
+/* net.c: network lifecycle: parameter blocks, activation allocation, forward and backward
+ * traversal, parameter access in PyTorch layout, summary. Parsing is in net_parse.c. */
+#include "layer.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "core/common.h"
+
+const camo_layer_ops *const camo_layer_table[CAMO_LAYER_COUNT] = {
+#define X(id, fn) [CAMO_LAYER_##id] = &fn##_layer_ops,
+    CAMO_LAYER_TYPES(X)
+#undef X
+};
+
+const char *const camo_layer_names[CAMO_LAYER_COUNT] = {
+#define X(id, fn) [CAMO_LAYER_##id] = #fn,
+    CAMO_LAYER_TYPES(X)
+#undef X
+};
+
+/* ---- helpers used by the layer files ---- */
+
+const camo_layer *layer_input_layer(const camo_net *net, const camo_layer *l, int k) {
+    return l->in[k] < 0 ? NULL : &net->layers[l->in[k]];
+}
+
+void layer_input_shape(const camo_net *net, const camo_layer *l, int k, int *H, int *W, int *C) {
+    const camo_layer *src = layer_input_layer(net, l, k);
+    *H = src ? src->H : net->H;
+    *W = src ? src->W : net->W;
+    *C = src ? src->C : net->input_channels;
+}
+
+float *layer_input(camo_net *net, const camo_layer *l, int k) {
+    return l->in[k] < 0 ? net->input : net->layers[l->in[k]].out;
+}
+
+float *layer_input_grad(camo_net *net, const camo_layer *l, int k) {
+    if (l->in[k] < 0) return net->want_input_grad ? net->dinput : NULL;
+    camo_layer *src = &net->layers[l->in[k]];
+    return src->requires_grad ? src->dout : NULL;
+}
+
+float *layer_input_grad_raw(camo_net *net, const camo_layer *l, int k) {
+    return l->in[k] < 0 ? net->dinput : net->layers[l->in[k]].dout;
+}
+
+camo_param *layer_param(camo_net *net, const camo_layer *l, int i) {
+    CAMO_ASSERT(i < l->n_params);
+    return &net->params[l->param0 + i];
+}
+
+float *layer_param_grad(camo_net *net, const camo_layer *l, int i) {
+    camo_param *p = layer_param(net, l, i);
+    return (p->kind == CAMO_PARAM_WEIGHT && !p->frozen) ? p->grad : NULL;
+}
+
+void *layer_alloc(camo_net *net, size_t bytes) {
+    void *p = net->be->alloc(net->be, bytes);
+    if (!p) CAMO_DIE("%s", camo_last_error());
+    return p;
+}
+
+void layer_free(camo_net *net, void *p) {
+    if (p) net->be->free(net->be, p);
+}
+
+double layer_elementwise_flops(const camo_net *net, const camo_layer *l) {
+    (void)net;
+    return (double)l->H * l->W * l->C;
+}
+
+int layer_input_size_error(const camo_layer *l, int H, int W) {
+    char msg[256]; /* copied: CAMO_ERR rewrites the buffer camo_last_error returns */
+    snprintf(msg, sizeof msg, "%s", camo_last_error());
+    CAMO_ERR("%s: layer '%s': input %dx%d: %s", l->where, l->name, H, W, msg);
+    return -1;
+}
+
+/* ---- parameter blocks ---- */
+
+/* Weights and their gradients share one layout, in REVERSE parameter order: the last
+ * layer's gradients come first, as backward produces them, so DDP buckets are contiguous.
+ * Each tensor takes camo_param_padded(numel) floats, so every one starts 256-byte aligned
+ * (the blocks themselves are: backends align alloc); the gaps are zeroed by alloc. */
+void net_alloc_params(camo_net *net) {
+    size_t nw = 0, nb = 0;
+    for (int i = 0; i < net->n_params; i++) {
+        camo_param *p = &net->params[i];
+        if (p->kind == CAMO_PARAM_WEIGHT) nw += camo_param_padded(p->numel);
+        else if (p->kind == CAMO_PARAM_BUFFER) nb += camo_param_padded(p->numel);
+    }
+    net->n_weight_floats = nw;
+    net->n_buffer_floats = nb;
+    net->param_block = layer_alloc(net, (nw ? nw : 1) * sizeof(float));
+    net->grad_block = layer_alloc(net, (nw ? nw : 1) * sizeof(float));
+    net->buffer_block = layer_alloc(net, (nb ? nb : 1) * sizeof(float));
+    if (((uintptr_t)net->param_block | (uintptr_t)net->grad_block |
+         (uintptr_t)net->buffer_block) % (CAMO_PARAM_ALIGN * sizeof(float)))
+        CAMO_DIE("backend %s: alloc returned a block that is not %zu-byte aligned",
+                 net->be->name, CAMO_PARAM_ALIGN * sizeof(float));
+    size_t off = 0;
+    for (int i = net->n_params - 1; i >= 0; i--) {
+        camo_param *p = &net->params[i];
+        if (p->kind != CAMO_PARAM_WEIGHT) continue;
+        p->data = net->param_block + off;
+        p->grad = net->grad_block + off;
+        off += camo_param_padded(p->numel);
+    }
+    off = 0;
+    for (int i = 0; i < net->n_params; i++) {
+        camo_param *p = &net->params[i];
+        if (p->kind != CAMO_PARAM_BUFFER) continue;
+        p->data = net->buffer_block + off;
+        off += camo_param_padded(p->numel);
+    }
+}
+
+static void fill_host(float *x, size_t n, float v) {
+    for (size_t i = 0; i < n; i++) x[i] = v;
+}
+
+/* PyTorch defaults: conv weight and bias uniform(+-1/sqrt(fan_in)) (kaiming_uniform with
+ * a = sqrt(5)); norm scale 1, shift 0; running mean 0, var 1. Values come from a counter
+ * RNG keyed by (seed, name), so they do not depend on parameter order or replica. */
+void camo_net_init_weights(camo_net *net, uint64_t seed) {
+    for (int i = 0; i < net->n_params; i++) {
+        camo_param *p = &net->params[i];
+        if (p->kind == CAMO_PARAM_COUNTER) { *p->counter = 0; continue; }
+        float *h = camo_malloc(p->numel * sizeof(float));
+        const camo_layer *l = &net->layers[p->layer];
+        size_t nlen = strlen(p->name);
+        int is_bias = nlen >= 4 && strcmp(p->name + nlen - 4, "bias") == 0;
+        if (l->type == CAMO_LAYER_CONV2D) {
+            float bound = 1.0f / sqrtf((float)p->fan_in);
+            uint64_t key = seed * 0x9E3779B97F4A7C15ull ^ camo_fnv1a(p->name);
+            for (size_t j = 0; j < p->numel; j++)
+                h[j] = bound * (2.0f * camo_rand_uniform(key, j) - 1.0f);
+        } else if (strstr(p->name, "running_var") || (!is_bias && p->kind == CAMO_PARAM_WEIGHT)) {
+            fill_host(h, p->numel, 1.0f);
+        } else {
+            fill_host(h, p->numel, 0.0f);
+        }
+        net->be->upload(net->be, p->data, h, p->numel * sizeof(float));
+        free(h);
+    }
+}
+
+/* ---- PyTorch layout conversion ---- */
+
+/* Conv weights: OHWI in memory, OIHW in PyTorch; to_torch picks the direction. A copy,
+ * so each value moves unchanged either way. */
+static void convert_ohwi(const camo_param *p, const float *src, float *dst, int to_torch) {
+    int64_t K = p->shape[0], C = p->shape[1], R = p->shape[2], S = p->shape[3];
+    for (int64_t k = 0; k < K; k++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t r = 0; r < R; r++)
+                for (int64_t s = 0; s < S; s++) {
+                    int64_t ohwi = ((k * R + r) * S + s) * C + c;
+                    int64_t oihw = ((k * C + c) * R + r) * S + s;
+                    if (to_torch) dst[oihw] = src[ohwi];
+                    else dst[ohwi] = src[oihw];
+                }
+}
+
+static void get_converted(camo_net *net, const camo_param *p, const float *dev, float *out) {
+    size_t bytes = p->numel * sizeof(float);
+    if (p->layout == CAMO_LAYOUT_PLAIN) { net->be->download(net->be, out, dev, bytes); return; }
+    float *tmp = camo_malloc(bytes);
+    net->be->download(net->be, tmp, dev, bytes);
+    convert_ohwi(p, tmp, out, 1);
+    free(tmp);
+}
+
+void camo_param_get(camo_net *net, const camo_param *p, float *host) {
+    if (p->kind == CAMO_PARAM_COUNTER) { host[0] = (float)*p->counter; return; }
+    get_converted(net, p, p->data, host);
+}
+
+void camo_param_grad_get(camo_net *net, const camo_param *p, float *host) {
+    CAMO_ASSERT(p->kind == CAMO_PARAM_WEIGHT);
+    get_converted(net, p, p->grad, host);
+}
+
+void camo_param_read(camo_net *net, const camo_param *p, const float *dev, float *host) {
+    get_converted(net, p, dev, host);
+}
+
+void camo_param_write(camo_net *net, const camo_param *p, float *dev, const float *host) {
+    size_t bytes = p->numel * sizeof(float);
+    if (p->layout == CAMO_LAYOUT_PLAIN) { net->be->upload(net->be, dev, host, bytes); return; }
+    float *tmp = camo_malloc(bytes);
+    convert_ohwi(p, host, tmp, 0);
+    net->be->upload(net->be, dev, tmp, bytes);
+    free(tmp);
+}
+
+void camo_param_set(camo_net *net, camo_param *p, const float *host) {
+    if (p->kind == CAMO_PARAM_COUNTER) { *p->counter = (int64_t)host[0]; return; }
+    camo_param_write(net, p, p->data, host);
+}
+
+camo_param *camo_net_find_param(camo_net *net, const char *name) {
+    for (int i = 0; i < net->n_params; i++)
+        if (strcmp(net->params[i].name, name) == 0) return &net->params[i];
+    return NULL;
+}
+
+/* the trainable values themselves: n_weight_floats also counts the alignment gaps */
+size_t camo_net_param_count(const camo_net *net) {
+    size_t n = 0;
+    for (int i = 0; i < net->n_params; i++)
+        if (net->params[i].kind == CAMO_PARAM_WEIGHT) n += net->params[i].numel;
+    return n;
+}
+
+/* ---- activations ---- */
+
+static void release_activations(camo_net *net) {
+    for (int i = 0; i < net->n_layers; i++) {
+        camo_layer *l = &net->layers[i];
+        LAYER_DROP(net, l->out);
+        LAYER_DROP(net, l->dout);
+        if (camo_layer_table[l->type]->release) camo_layer_table[l->type]->release(net, l);
+    }
+    LAYER_DROP(net, net->input);
+    LAYER_DROP(net, net->dinput);
+}
+
+int camo_net_set_input_size(camo_net *net, int N, int H, int W) {
+    if (net->input && N == net->N && H == net->H && W == net->W) return 0;
+    if (N < 1 || H < 1 || W < 1) {
+        CAMO_ERR("%s: invalid input size %dx%dx%d", net->source, N, H, W);
+        return -1;
+    }
+    release_activations(net);
+    net->N = N; net->H = H; net->W = W;
+    size_t in_bytes = (size_t)N * H * W * net->input_channels * sizeof(float);
+    net->input = layer_alloc(net, in_bytes);
+    net->dinput = layer_alloc(net, in_bytes);
+    for (int i = 0; i < net->n_layers; i++) {
+        camo_layer *l = &net->layers[i];
+        if (camo_layer_table[l->type]->infer(net, l) != 0) {
+            release_activations(net);
+            net->N = 0;
+            return -1;
+        }
+        size_t bytes = (size_t)N * l->H * l->W * l->C * sizeof(float);
+        l->out = layer_alloc(net, bytes);
+        l->dout = layer_alloc(net, bytes);
+    }
+    return 0;
+}
+
+/* ---- forward / backward ---- */
+
+void camo_net_forward(camo_net *net, int n, int training) {
+    CAMO_ASSERT(net->input && n >= 1 && n <= net->N);
+    net->training = training;
+    for (int i = 0; i < net->n_layers; i++) {
+        camo_layer *l = &net->layers[i];
+        camo_layer_table[l->type]->forward(net, l, n, training);
+    }
+}
+
+void camo_net_zero_act_grads(camo_net *net) {
+    for (int i = 0; i < net->n_layers; i++) {
+        camo_layer *l = &net->layers[i];
+        net->be->zero(net->be, l->dout, (size_t)net->N * l->H * l->W * l->C * sizeof(float));
+    }
+    net->be->zero(net->be, net->dinput,
+                  (size_t)net->N * net->H * net->W * net->input_channels * sizeof(float));
+}
+
+void camo_net_zero_param_grads(camo_net *net) {
+    net->be->zero(net->be, net->grad_block, net->n_weight_floats * sizeof(float));
+}
+
+/* A layer runs backward when it, or anything upstream, has a trainable parameter: the same
+ * rule as PyTorch's requires_grad, so frozen encoders cost no backward time. */
+static void mark_requires_grad(camo_net *net) {
+    for (int i = 0; i < net->n_layers; i++) {
+        camo_layer *l = &net->layers[i];
+        int rg = 0;
+        for (int j = 0; j < l->n_params && !rg; j++) {
+            camo_param *p = layer_param(net, l, j);
+            rg = p->kind == CAMO_PARAM_WEIGHT && !p->frozen;
+        }
+        for (int k = 0; k < l->n_in && !rg; k++)
+            rg = l->in[k] < 0 ? net->want_input_grad : net->layers[l->in[k]].requires_grad;
+        l->requires_grad = rg;
+    }
+}
+
+void camo_net_backward(camo_net *net, int n) {
+    mark_requires_grad(net);
+    for (int i = net->n_layers - 1; i >= 0; i--) {
+        camo_layer *l = &net->layers[i];
+        if (l->requires_grad) camo_layer_table[l->type]->backward(net, l, n);
+        /* every parameter belongs to one layer: its gradient is final from here on */
+        if (net->on_layer_grads && l->n_params) net->on_layer_grads(net->on_layer_grads_ctx, i);
+    }
+}
+
+float *camo_net_output(camo_net *net, int i, int *H, int *W, int *C) {
+    CAMO_ASSERT(i >= 0 && i < net->n_outputs);
+    camo_layer *l = &net->layers[net->outputs[i].layer];
+    if (H) *H = l->H;
+    if (W) *W = l->W;
+    if (C) *C = l->C;
+    return l->out;
+}
+
+float *camo_net_output_grad(camo_net *net, int i) {
+    CAMO_ASSERT(i >= 0 && i < net->n_outputs);
+    return net->layers[net->outputs[i].layer].dout;
+}
+
+float *camo_net_input_grad(camo_net *net) { return net->dinput; }
+
+void camo_net_free(camo_net *net) {
+    if (!net) return;
+    release_activations(net);
+    layer_free(net, net->param_block);
+    layer_free(net, net->grad_block);
+    layer_free(net, net->buffer_block);
+    for (int g = 0; g < net->n_groups; g++) free(net->group_prefixes[g]);
+    free(net->layers);
+    free(net->params);
+    free(net->source);
+    free(net);
+}
+
+/* ---- summary ---- */
+
+double camo_net_forward_flops(const camo_net *net) {
+    double f = 0;
+    for (int i = 0; i < net->n_layers; i++)
+        f += camo_layer_table[net->layers[i].type]->flops(net, &net->layers[i]);
+    return f;
+}
+
+static void human(double v, char *buf, size_t n) {
+    const char *unit[] = {"", "K", "M", "G", "T"};
+    int u = 0;
+    while (v >= 1000 && u < 4) { v /= 1000; u++; }
+    snprintf(buf, n, u ? "%.2f%s" : "%.0f%s", v, unit[u]);
+}
+
+void camo_net_summary(const camo_net *net, FILE *out) {
+    fprintf(out, "network %s (%s), input %dx%dx%d\n", net->name, net->source, net->H, net->W,
+            net->input_channels);
+    fprintf(out, "%4s  %-28s %-16s %-18s %10s %10s\n", "#", "layer", "type", "output (HxWxC)",
+            "params", "FLOPs");
+    for (int i = 0; i < net->n_layers; i++) {
+        const camo_layer *l = &net->layers[i];
+        size_t np = 0;
+        for (int j = 0; j < l->n_params; j++)
+            if (net->params[l->param0 + j].kind == CAMO_PARAM_WEIGHT)
+                np += net->params[l->param0 + j].numel;
+        char shape[32], ps[16], fs[16];
+        snprintf(shape, sizeof shape, "%dx%dx%d", l->H, l->W, l->C);
+        human((double)np, ps, sizeof ps);
+        human(camo_layer_table[l->type]->flops(net, l), fs, sizeof fs);
+        fprintf(out, "%4d  %-28s %-16s %-18s %10s %10s\n", i, l->name,
+                camo_layer_names[l->type], shape, np ? ps : "-", fs);
+    }
+    for (int i = 0; i < net->n_outputs; i++) {
+        const camo_layer *l = &net->layers[net->outputs[i].layer];
+        fprintf(out, "output %-10s <- %-20s %dx%dx%d  loss weight %g\n", net->outputs[i].name,
+                l->name, l->H, l->W, l->C, net->outputs[i].weight);
+    }
+    char ps[16], fs[16];
+    size_t np = camo_net_param_count(net);
+    human((double)np, ps, sizeof ps);
+    human(camo_net_forward_flops(net), fs, sizeof fs);
+    fprintf(out, "parameters: %zu (%s, %.1f MB fp32)   forward FLOPs per image: %s\n", np, ps,
+            np * 4.0 / 1e6, fs);
+}

@@ -1,0 +1,160 @@
+/* net.h: a network built from a libconfig file (docs/models.md): parameters, layers,
+ * forward and backward on one backend. One net per replica. */
+#ifndef CAMO_NET_H
+#define CAMO_NET_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "backend/backend.h"
+
+#define CAMO_NAME_MAX 96
+#define CAMO_MAX_INPUTS 8
+#define CAMO_MAX_OUTPUTS 8
+
+typedef enum {
+    CAMO_PARAM_WEIGHT,   /* trained; has a gradient */
+    CAMO_PARAM_BUFFER,   /* saved, not trained (BN running stats) */
+    CAMO_PARAM_COUNTER   /* int64 host counter (BN num_batches_tracked) */
+} camo_param_kind;
+
+typedef enum {
+    CAMO_LAYOUT_PLAIN,   /* same element order as PyTorch */
+    CAMO_LAYOUT_OHWI     /* conv weight: memory [K][R][S][C/g], PyTorch [K][C/g][R][S] */
+} camo_layout;
+
+typedef struct camo_param {
+    char name[CAMO_NAME_MAX + 32]; /* PyTorch state_dict name, e.g. "enc1a.conv.weight" */
+    camo_param_kind kind;
+    camo_layout layout;
+    int ndim;
+    int64_t shape[4];           /* PyTorch shape */
+    size_t numel;
+    float *data;                /* backend memory (NULL for counters) */
+    float *grad;                /* backend memory, WEIGHT only; a slice of net->grad_block */
+    int64_t *counter;           /* COUNTER only: points into the owning layer */
+    int no_decay;               /* norm scales and biases: no weight decay */
+    int frozen;                 /* set by training stages: no update, no gradient needed */
+    int layer;                  /* index of the owning layer */
+    int fan_in;                 /* for initialisation */
+} camo_param;
+
+/* Alignment of every parameter, gradient and buffer inside the blocks, in floats (256 bytes):
+ * cuDNN may refuse misaligned operands (CUDNN_STATUS_BAD_PARAM_MISALIGNED_POINTER) or pick
+ * slower kernels, and NCCL's buckets start aligned. The backends' alloc returns blocks
+ * aligned at least this much. */
+#define CAMO_PARAM_ALIGN 64
+
+/* numel rounded up to whole CAMO_PARAM_ALIGN units: a tensor's room in its block */
+static inline size_t camo_param_padded(size_t numel) {
+    return (numel + CAMO_PARAM_ALIGN - 1) / CAMO_PARAM_ALIGN * CAMO_PARAM_ALIGN;
+}
+
+typedef struct camo_layer camo_layer; /* defined in nn/layer.h */
+
+typedef struct camo_output {
+    char name[CAMO_NAME_MAX];
+    int layer;      /* producing layer */
+    float weight;   /* loss weight (deep supervision) */
+} camo_output;
+
+typedef struct camo_net {
+    camo_backend *be;
+    char name[CAMO_NAME_MAX];
+    char *source;               /* config file path (for messages) */
+    int input_channels, classes;
+
+    int n_layers;
+    camo_layer *layers;
+
+    /* Parameters in forward order. All WEIGHT data lives in one block and all gradients in
+     * another, laid out in REVERSE parameter order so DDP buckets are contiguous slices
+     * (STYLE.md habit 4). Every tensor of the blocks starts on a 256-byte boundary
+     * (CAMO_PARAM_ALIGN): the gap after each one is zero and stays zero, since every
+     * whole-block operation (zeroing, optimizer steps, EMA, norms, all-reduce, broadcast)
+     * maps zeros to zeros. */
+    int n_params;
+    camo_param *params;
+    float *param_block, *grad_block;
+    size_t n_weight_floats;     /* floats in param_block == in grad_block, padding included
+                                   (camo_net_param_count: the parameters alone) */
+    float *buffer_block;        /* BUFFER params (BN running statistics), forward order */
+    size_t n_buffer_floats;     /* padding included */
+
+    int n_outputs;
+    camo_output outputs[CAMO_MAX_OUTPUTS];
+
+    /* named groups of layer-name prefixes (for freezing) */
+    int n_groups;
+    char group_name[16][32];
+    char *group_prefixes[16];   /* comma-separated prefixes */
+
+    /* geometry the activations are allocated for */
+    int N, H, W;
+    float *input;               /* (N, H, W, input_channels), backend memory */
+    int training;
+    int want_input_grad;        /* tests: compute the input image's gradient */
+    float *dinput;              /* (N, H, W, input_channels) */
+
+    /* sync-BN (parallel.sync_bn): sums `n` floats across replicas in place and, when
+     * count != NULL, the row count too. NULL = each replica its own statistics. */
+    void (*bn_sync)(void *ctx, float *data, size_t n, double *count);
+    void *bn_sync_ctx;
+
+    /* Called by camo_net_backward after layer `layer` (which owns parameters) is done:
+     * the gradients of its parameters, and of every later layer's, are final. DDP uses it
+     * to launch bucket all-reduces while backward goes on. NULL = no hook. */
+    void (*on_layer_grads)(void *ctx, int layer);
+    void *on_layer_grads_ctx;
+} camo_net;
+
+/* Parse a network file. NULL on error; camo_last_error() names the file, line and layer.
+ * `classes_override` > 0 replaces the file's `classes`. */
+camo_net *camo_net_load(const char *path, camo_backend *be, int classes_override);
+/* Same from a libconfig setting (a training config's inline `model` group or a root). */
+struct config_setting_t;
+camo_net *camo_net_from_setting(const struct config_setting_t *root, const char *source,
+                                camo_backend *be, int classes_override);
+void camo_net_free(camo_net *net);
+
+/* Shape inference and activation allocation for batches of up to N images of H x W.
+ * Returns 0, or non-zero with an error naming the layer on a shape mismatch. */
+int camo_net_set_input_size(camo_net *net, int N, int H, int W);
+
+/* Initialise weights like PyTorch's defaults (kaiming-uniform convs, BN 1/0), from seed. */
+void camo_net_init_weights(camo_net *net, uint64_t seed);
+
+/* Forward pass on net->input for n <= N images. training: BN uses batch statistics and
+ * updates running stats. */
+void camo_net_forward(camo_net *net, int n, int training);
+/* Set every activation gradient to zero (parameter gradients are NOT touched: they
+ * accumulate across micro-batches until camo_net_zero_param_grads). */
+void camo_net_zero_act_grads(camo_net *net);
+void camo_net_zero_param_grads(camo_net *net);
+/* Backward pass: reads the gradients of the outputs (camo_net_output_grad) and accumulates
+ * parameter gradients. */
+void camo_net_backward(camo_net *net, int n);
+
+/* Output i (after forward): (n, H, W, C) in backend memory; shape through out-params. */
+float *camo_net_output(camo_net *net, int i, int *H, int *W, int *C);
+float *camo_net_output_grad(camo_net *net, int i);
+/* Gradient of the input image (for tests). */
+float *camo_net_input_grad(camo_net *net);
+
+/* Find a parameter (or buffer/counter) by PyTorch name; NULL if absent. */
+camo_param *camo_net_find_param(camo_net *net, const char *name);
+/* Copy a parameter to/from host memory in PyTorch layout and element order. */
+void camo_param_get(camo_net *net, const camo_param *p, float *host_torch_layout);
+void camo_param_set(camo_net *net, camo_param *p, const float *host_torch_layout);
+void camo_param_grad_get(camo_net *net, const camo_param *p, float *host_torch_layout);
+/* The same for any block laid out like the weights (optimizer slots, EMA): `dev` is the
+ * parameter's slice of that block. */
+void camo_param_read(camo_net *net, const camo_param *p, const float *dev, float *host);
+void camo_param_write(camo_net *net, const camo_param *p, float *dev, const float *host);
+
+size_t camo_net_param_count(const camo_net *net);   /* trainable values */
+double camo_net_forward_flops(const camo_net *net); /* per image at the current H x W */
+/* Table of layers, output shapes, parameters and FLOPs. */
+void camo_net_summary(const camo_net *net, FILE *out);
+
+#endif
