@@ -1,5 +1,5 @@
 # camotrain build. `make` | `make CUDA=0` | `make CUDA=emu` | `make test [SAN=1|TSAN=1]` | `make demo` |
-# `make bench` | `make check-layers`
+# `make bench` | `make check-layers` | `make ONNX=0` (without `camotrain export`)
 # Flags verified in ../shared/BUILD-NOTES.md (libconfig 1.5, old stb, OpenBLAS pthread, CUDA 13).
 
 CC       ?= gcc
@@ -30,6 +30,16 @@ else
 
 comma    := ,
 PKGS     := libconfig openblas libcjson
+# ONNX export (`camotrain export`, docs/export.md): protoc-c compiles src/nn/onnx.proto into
+# $(BUILD)/gen at build time and libprotobuf-c is linked, both Debian's (tools/install_deps.sh).
+# Found unless ONNX=0; without them camotrain still builds, and `export` says what is missing.
+ifeq ($(origin ONNX),undefined)
+  ONNX   := $(if $(and $(shell command -v protoc-c 2>/dev/null),$(shell pkg-config --exists \
+              libprotobuf-c 2>/dev/null && echo 1)),1,0)
+endif
+ifeq ($(ONNX),1)
+  PKGS   += libprotobuf-c
+endif
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) stb 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 # packages unpacked under a sysroot (no dpkg, as on a GPU machine without apt): rpath too
@@ -89,7 +99,11 @@ else ifeq ($(CUDA),emu)
   CU_OBJ  := $(CU_SRC:cuda/%.cu=$(BUILD)/cuda/%.o) \
              $(patsubst tests/cuemu/%.cpp,$(BUILD)/cuemu/%.o,$(wildcard tests/cuemu/*.cpp))
 endif
-LIB_OBJ  := $(LIB_SRC:src/%.c=$(BUILD)/src/%.o) $(CU_OBJ)
+ifeq ($(ONNX),1)
+  CFLAGS   += -DCAMO_HAVE_ONNX=1 -I$(BUILD)/gen
+  ONNX_OBJ := $(BUILD)/gen/nn/onnx.pb-c.o
+endif
+LIB_OBJ  := $(LIB_SRC:src/%.c=$(BUILD)/src/%.o) $(CU_OBJ) $(ONNX_OBJ)
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 BENCH_SRC := $(wildcard tools/bench_*.c)
@@ -116,6 +130,19 @@ $(BUILD)/src/%.o: src/%.c
 
 # stb's implementation is slow to compile and noisy under stricter warnings: its own unit
 $(BUILD)/src/data/stb_impl.o: CFLAGS += -Wno-unused-function
+
+ifeq ($(ONNX),1)
+# protobuf-c code from the ONNX schema (one pattern rule: both files from one protoc-c run)
+$(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: src/%.proto
+	@mkdir -p $(BUILD)/gen
+	protoc-c --proto_path=src --c_out=$(BUILD)/gen $<
+
+$(ONNX_OBJ): $(BUILD)/gen/nn/onnx.pb-c.c $(BUILD)/gen/nn/onnx.pb-c.h
+	$(CC) $(CFLAGS) -c $< -o $@
+
+# what includes the generated header waits for it
+$(BUILD)/src/nn/onnx_export.o $(BUILD)/tests/test_onnx: $(BUILD)/gen/nn/onnx.pb-c.h
+endif
 
 ifeq ($(CUDA),emu)
 # preprocess, turn each <<<...>>> launch into a cuemu::launch call, compile for the host

@@ -79,6 +79,35 @@ static void test_errors(void **state) {
     expect_fail(p, NULL, 0, "scale_min");
 }
 
+/* data.subset: the libconfig type decides fraction (float) or count (int); train_split: a
+ * string or a list, kept joined by commas. */
+static void test_subset_and_splits(void **state) {
+    (void)state;
+    camo_config c;
+    char *frac[] = {"data.subset=0.25", "data.train_split=[\"Train\", \"Val\"]"};
+    assert_int_equal(camo_config_load(&c, "conf/demo.cfg", NULL, frac, 2), 0);
+    assert_float_equal(c.data.subset, 0.25, 0);
+    assert_string_equal(c.data.train_split, "Train,Val");
+    camo_config_free(&c);
+    char *count[] = {"data.subset=1"};
+    assert_int_equal(camo_config_load(&c, "conf/demo.cfg", NULL, count, 1), 0);
+    assert_float_equal(c.data.subset, 1.0, 0);  /* one image */
+    camo_config_free(&c);
+    char *all[] = {"data.subset=1.0"};
+    assert_int_equal(camo_config_load(&c, "conf/demo.cfg", NULL, all, 1), 0);
+    assert_float_equal(c.data.subset, 0.0, 0);  /* every image */
+    camo_config_free(&c);
+    char *bad[][1] = {{"data.subset=0"}, {"data.subset=1.5"}, {"data.subset=-3"},
+                      {"data.subset=\"half\""}};
+    for (int i = 0; i < 4; i++) expect_fail("conf/demo.cfg", bad[i], 1, "data.subset must be");
+    const char *p = write_cfg("nosplit.cfg", "model = \"x.cfg\";\ndata = { root = \"d\"; };\n");
+    assert_int_equal(camo_config_load(&c, p, NULL, NULL, 0), 0);
+    assert_string_equal(c.data.train_split, "Train"); /* the default when the key is absent */
+    camo_config_free(&c);
+    char *split[] = {"data.train_split=[1, 2]"};
+    expect_fail("conf/demo.cfg", split, 1, "train_split");
+}
+
 static void test_stages(void **state) {
     (void)state;
     camo_config c;
@@ -112,6 +141,7 @@ int main(void) {
         cmocka_unit_test(test_demo_config_loads),
         cmocka_unit_test(test_overrides),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_subset_and_splits),
         cmocka_unit_test(test_stages),
         cmocka_unit_test(test_checkpoint_text_roundtrip),
     };

@@ -87,6 +87,49 @@ static void test_cod10k_layout(void **state) {
     camo_dataset_free(ds);
 }
 
+/* data.train_split with several splits: their pairs in split order; data.subset: the same
+ * seed keeps the same images (in name order), another seed others, fractions and counts. */
+static void test_splits_and_subset(void **state) {
+    (void)state;
+    char img[64], mask[64];
+    for (int i = 0; i < 10; i++) {
+        snprintf(img, sizeof img, "sub/Train/Image/%02d.jpg", i);
+        snprintf(mask, sizeof mask, "sub/Train/GT_Object/%02d.png", i);
+        write_pair(P(img), P(mask), 8, 8, (uint32_t)i);
+    }
+    write_pair(P("sub/Test/Image/t.jpg"), P("sub/Test/GT_Object/t.png"), 8, 8, 99);
+    camo_dataset *ds = camo_dataset_open(P("sub"), "auto", "Train,Test", 1, 0);
+    assert_non_null(ds);
+    assert_int_equal(camo_dataset_size(ds), 11);
+    assert_true(ends_with(camo_dataset_image_path(ds, 10), "Test/Image/t.jpg"));
+    camo_dataset_free(ds);
+    assert_null(camo_dataset_open(P("sub"), "auto", "Train,Nope", 1, 0));
+    assert_non_null(strstr(camo_last_error(), "Nope"));
+
+    char first[4][16];
+    for (int run = 0; run < 4; run++) { /* seeds 7, 7, 8 (fraction 0.3 = 3), count 4 */
+        ds = camo_dataset_open(P("sub"), "cod10k", "Train", 1, 0);
+        double subset = run < 3 ? 0.3 : 4;
+        int keep = camo_dataset_subset(ds, subset, run == 2 ? 8 : 7);
+        assert_int_equal(keep, run < 3 ? 3 : 4);
+        assert_int_equal(camo_dataset_size(ds), keep);
+        first[run][0] = 0;
+        for (int i = 0; i < keep; i++) {
+            const char *p = strrchr(camo_dataset_image_path(ds, i), '/') + 1;
+            if (i) assert_true(strcmp(camo_dataset_image_path(ds, i - 1),
+                                      camo_dataset_image_path(ds, i)) < 0);
+            strncat(first[run], p, 2);
+        }
+        camo_dataset_free(ds);
+    }
+    assert_string_equal(first[0], first[1]);   /* same seed, same images */
+    assert_string_not_equal(first[0], first[2]);
+    ds = camo_dataset_open(P("sub"), "cod10k", "Train", 1, 0);
+    assert_int_equal(camo_dataset_subset(ds, 50, 7), 10); /* more than there are: all */
+    assert_int_equal(camo_dataset_subset(ds, 0.01, 7), 1); /* at least one */
+    camo_dataset_free(ds);
+}
+
 static void test_folders_layout(void **state) {
     (void)state;
     write_pair(P("fold/Train/images/y.JPG"), P("fold/Train/masks/y.png"), 9, 7, 1);
@@ -580,6 +623,7 @@ int main(void) {
     camo_log_set_quiet(1);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cod10k_layout),
+        cmocka_unit_test(test_splits_and_subset),
         cmocka_unit_test(test_folders_layout),
         cmocka_unit_test(test_folders_missing_mask),
         cmocka_unit_test(test_missing_folder),

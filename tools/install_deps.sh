@@ -3,6 +3,8 @@
 # Idempotent: prints nothing and exits 0 when everything is present.
 set -eu
 pkgs="gcc g++ make pkg-config libconfig-dev libstb-dev libopenblas-dev libcjson-dev libcmocka-dev"
+# protobuf-c: `camotrain export` writes ONNX files (protoc-c compiles src/nn/onnx.proto)
+pkgs="$pkgs protobuf-c-compiler libprotobuf-c-dev"
 # gnuplot draws the training and DP-vs-DDP plots; optional for the build itself
 [ "${CAMO_WITH_PLOTS:-1}" = 1 ] && pkgs="$pkgs gnuplot-nox"
 missing=""

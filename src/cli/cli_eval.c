@@ -18,6 +18,7 @@
 
 typedef struct {
     const char *ckpt, *data, *split, *pred, *gt, *input, *output, *classes, *ignore, *format;
+    const char *dump; /* predict --dump-logits DIR (hidden: tools/onnx_check.py) */
     int json, overlay, no_ema;
     char *sets[64];
     int n_sets;
@@ -52,7 +53,8 @@ static int parse(int argc, char **argv, eval_args *a, const char *cmd) {
                            !strcmp(f, "--output") ? &a->output :
                            !strcmp(f, "--classes") ? &a->classes :
                            !strcmp(f, "--ignore-index") ? &a->ignore :
-                           !strcmp(f, "--format") ? &a->format : NULL;
+                           !strcmp(f, "--format") ? &a->format :
+                           !strcmp(f, "--dump-logits") ? &a->dump : NULL;
         if (dst || !strcmp(f, "--set")) {
             if (!v) { fprintf(stderr, "camotrain %s: %s needs a value\n", cmd, f); return -1; }
             if (dst) *dst = v;
@@ -242,7 +244,7 @@ static void overlay(uint8_t *rgb, const uint8_t *pred, size_t n, int K) {
 /* One image: preprocess like validation, forward, logits resized to the original size, then
  * sigmoid (binary: probability PNG) or argmax (class-index PNG); the overlay when asked. */
 static int predict_one(camo_net *net, const char *in_path, const char *out_path,
-                       const char *overlay_path) {
+                       const char *overlay_path, const char *dump) {
     int w, h, S = net->H, K = net->classes;
     uint8_t *px = camo_image_read(in_path, 3, &w, &h);
     if (!px) return -1;
@@ -253,6 +255,14 @@ static int predict_one(camo_net *net, const char *in_path, const char *out_path,
     float *logits = camo_malloc((size_t)S * S * K * sizeof(float));
     net->be->download(net->be, logits, camo_net_output(net, 0, NULL, NULL, NULL),
                       (size_t)S * S * K * sizeof(float));
+    int rc = 0;
+    if (dump) { /* --dump-logits: the network's input and logits as NCHW .npy files */
+        char dp[CAMO_PATH_MAX * 3];
+        snprintf(dp, sizeof dp, "%s.input.npy", dump);
+        rc = cli_write_npy_nchw(dp, in, 1, S, S, 3);
+        snprintf(dp, sizeof dp, "%s.logits.npy", dump);
+        rc = rc || cli_write_npy_nchw(dp, logits, 1, S, S, K);
+    }
     float *big = camo_malloc((size_t)w * h * K * sizeof(float));
     resize_bilinear(logits, S, S, K, big, h, w); /* logits, then sigmoid/argmax at full size */
     uint8_t *pred = camo_malloc((size_t)w * h);
@@ -262,7 +272,7 @@ static int predict_one(camo_net *net, const char *in_path, const char *out_path,
         for (int k = 1; k < K; k++) if (big[i * K + k] > big[i * K + best]) best = k;
         pred[i] = (uint8_t)best;
     }
-    int rc = camo_png_write_gray(out_path, pred, w, h);
+    rc = rc ? rc : camo_png_write_gray(out_path, pred, w, h);
     if (!rc && overlay_path) {
         overlay(px, pred, (size_t)w * h, K);
         rc = camo_png_write_rgb(overlay_path, px, w, h);
@@ -285,7 +295,10 @@ static int predict_all(camo_net *net, const eval_args *a, char **names, int n) {
         snprintf(in_path, sizeof in_path, "%s/%s", a->input, names[i]);
         snprintf(out_path, sizeof out_path, "%s/%.*s.png", a->output, stem, names[i]);
         snprintf(ov_path, sizeof ov_path, "%s/%.*s.png", ov_dir, stem, names[i]);
-        if (predict_one(net, in_path, out_path, a->overlay ? ov_path : NULL))
+        char dump[CAMO_PATH_MAX * 2];
+        snprintf(dump, sizeof dump, "%s/%.*s", a->dump ? a->dump : "", stem, names[i]);
+        if (predict_one(net, in_path, out_path, a->overlay ? ov_path : NULL,
+                        a->dump ? dump : NULL))
             return CAMO_ERR_INPUT;
     }
     printf("predict: %d images -> %s%s\n", n, a->output,
@@ -308,7 +321,8 @@ int cli_predict(int argc, char **argv) {
     char **names = m.net ? input_images(a.input, &n) : NULL;
     if (names && mkdir(a.output, 0755) != 0 && errno != EEXIST)
         CAMO_ERR("%s: cannot create: %s", a.output, strerror(errno));
-    else if (names && camo_net_set_input_size(m.net, 1, m.c.data.aug.size, m.c.data.aug.size) == 0)
+    else if (names && (!a.dump || camo_mkdirs(a.dump) == 0) &&
+             camo_net_set_input_size(m.net, 1, m.c.data.aug.size, m.c.data.aug.size) == 0)
         rc = predict_all(m.net, &a, names, n);
     if (rc) fprintf(stderr, "camotrain: error: %s\n", camo_last_error());
     camo_free_names(names, n);

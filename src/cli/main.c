@@ -17,6 +17,8 @@ static void usage(FILE *out) {
         "  camotrain eval --ckpt C [--data DIR] [--json]\n"
         "  camotrain eval --pred DIR --gt DIR [--json]\n"
         "  camotrain predict --ckpt C --input DIR --output DIR\n"
+        "  camotrain export --ckpt C --onnx FILE [--size H W] [--dynamic-batch] [--opset N]\n"
+        "                   [--all-outputs]       the network as an ONNX model (onnxruntime)\n"
         "  camotrain inspect C                        tensors, shapes and metadata of a checkpoint\n"
         "  camotrain synth --out DIR [options]        synthetic camouflage data set (COD10K layout)\n"
         "  camotrain plot RUN [RUN...] [-o FILE.png]  loss, lr, validation curves of runs (gnuplot)\n"
@@ -52,6 +54,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "synth")) return cli_synth(argc - 2, argv + 2);
     if (!strcmp(cmd, "plot")) return cli_plot(argc - 2, argv + 2);
     if (!strcmp(cmd, "profile")) return cli_profile(argc - 2, argv + 2);
+    if (!strcmp(cmd, "export")) return cli_export(argc - 2, argv + 2);
     if (cmd[0] == '-') return cli_train(argc - 1, argv + 1);
     fprintf(stderr, "camotrain: unknown command '%s' (try --help)\n", cmd);
     return CAMO_ERR_INPUT;

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <string.h>
 #include <strings.h>
 
@@ -416,8 +417,8 @@ static int open_layout(camo_dataset *ds, const layout *L, const char *root, cons
     return rc;
 }
 
-camo_dataset *camo_dataset_open(const char *root, const char *format, const char *split,
-                                int classes, int skip_bad) {
+static camo_dataset *open_one(const char *root, const char *format, const char *split,
+                              int classes, int skip_bad) {
     if (classes < 1) { CAMO_ERR("data.classes must be >= 1 (got %d)", classes); return NULL; }
     if (!format || !*format) format = "auto";
     if (!split) split = "";
@@ -438,6 +439,68 @@ camo_dataset *camo_dataset_open(const char *root, const char *format, const char
     label_map(ds);
     if (open_layout(ds, L, root, real)) { camo_dataset_free(ds); return NULL; }
     return ds;
+}
+
+/* Appends src's pairs to dst (taking them over) and frees src. */
+static void append_pairs(camo_dataset *dst, camo_dataset *src) {
+    size_t n = (size_t)dst->n + (size_t)src->n;
+    dst->images = camo_realloc(dst->images, n * sizeof *dst->images);
+    dst->masks = camo_realloc(dst->masks, n * sizeof *dst->masks);
+    memcpy(dst->images + dst->n, src->images, (size_t)src->n * sizeof *src->images);
+    memcpy(dst->masks + dst->n, src->masks, (size_t)src->n * sizeof *src->masks);
+    dst->n = (int)n;
+    src->n = 0;
+    camo_dataset_free(src);
+}
+
+camo_dataset *camo_dataset_open(const char *root, const char *format, const char *split,
+                                int classes, int skip_bad) {
+    if (!split || !strchr(split, ',')) return open_one(root, format, split, classes, skip_bad);
+    char *list = camo_strdup(split), *save = NULL;
+    camo_dataset *ds = NULL;
+    for (char *t = strtok_r(list, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        camo_dataset *part = open_one(root, format, t, classes, skip_bad);
+        if (!part) { camo_dataset_free(ds); ds = NULL; break; }
+        if (ds && strcmp(ds->format, part->format)) {
+            CAMO_ERR("data.train_split '%s': split '%s' is in the %s layout, the others in %s",
+                     split, t, part->format, ds->format);
+            camo_dataset_free(part);
+            camo_dataset_free(ds);
+            ds = NULL;
+            break;
+        }
+        if (ds) append_pairs(ds, part);
+        else ds = part;
+    }
+    free(list);
+    return ds;
+}
+
+static int cmp_int(const void *a, const void *b) {
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+int camo_dataset_subset(camo_dataset *ds, double subset, uint64_t seed) {
+    if (subset <= 0) return ds->n;
+    int keep = subset >= 1 ? (int)CAMO_MIN(subset, (double)ds->n)
+                           : (int)CAMO_MAX(1.0, floor(subset * ds->n + 0.5));
+    if (keep >= ds->n) return ds->n;
+    int *order = camo_malloc((size_t)ds->n * sizeof *order);
+    camo_epoch_permutation(order, ds->n, seed ^ 0x737562736574ull, 0); /* "subset" */
+    qsort(order, (size_t)keep, sizeof *order, cmp_int); /* the kept ones in name order */
+    char *drop = camo_calloc((size_t)ds->n, 1);
+    for (int i = keep; i < ds->n; i++) drop[order[i]] = 1;
+    for (int i = 0; i < ds->n; i++)
+        if (drop[i]) { free(ds->images[i]); free(ds->masks[i]); }
+    for (int i = 0; i < keep; i++) {
+        ds->images[i] = ds->images[order[i]];
+        ds->masks[i] = ds->masks[order[i]];
+    }
+    ds->n = keep;
+    free(drop);
+    free(order);
+    return keep;
 }
 
 void camo_dataset_set_ignore_index(camo_dataset *ds, int ignore_index) {

@@ -21,7 +21,8 @@ typedef struct camo_dataset camo_dataset;
  *                     values 1..K = classes 0..K-1
  *           "folders" ROOT/SPLIT/images + ROOT/SPLIT/masks (SPLIT "" = ROOT/images + masks)
  *           "auto"    the first of the above present, logged
- *   split: a folder name; "Train" also finds train/training and "Test" test/val/validation.
+ *   split: a folder name; "Train" also finds train/training and "Test" test/val/validation;
+ *          several joined by commas ("Train,Val") are opened in turn and concatenated.
  *   classes: 1 = binary masks (pixel > 127 is foreground); K > 1 = class-index PNGs (values
  *            0..K-1 or the ignore index, 255 unless camo_dataset_set_ignore_index).
  *   skip_bad: unreadable pairs are skipped with a warning instead of an error.
@@ -30,6 +31,10 @@ typedef struct camo_dataset camo_dataset;
 camo_dataset *camo_dataset_open(const char *root, const char *format, const char *split,
                                 int classes, int skip_bad);
 int camo_dataset_size(const camo_dataset *ds);
+/* Keeps a subset of the images, the same for every run with the same seed (data.subset):
+ * subset in (0, 1) a fraction (at least one image), >= 1 a count, 0 all. The kept images
+ * stay in name order. Returns the images kept. Call before the cache is enabled. */
+int camo_dataset_subset(camo_dataset *ds, double subset, uint64_t seed);
 const char *camo_dataset_image_path(const camo_dataset *ds, int i);
 const char *camo_dataset_mask_path(const camo_dataset *ds, int i);
 void camo_dataset_free(camo_dataset *ds);

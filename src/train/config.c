@@ -189,8 +189,8 @@ static int get_flag(const config_setting_t *g, const char *key, int *v) {
 /* A string or a list of strings, joined with commas. */
 static int get_str_list(const config_setting_t *g, const char *key, char *dst, size_t n) {
     const config_setting_t *s = config_setting_get_member(g, key);
+    if (!s) return 0; /* the default stays (data.train_split's "Train") */
     dst[0] = 0;
-    if (!s) return 0;
     if (config_setting_type(s) == CONFIG_TYPE_STRING) return get_str(g, key, dst, n);
     if (!config_setting_is_array(s) && !config_setting_is_list(s)) goto bad;
     for (int i = 0; i < config_setting_length(s); i++) {
@@ -217,10 +217,28 @@ static const config_setting_t *section(const config_t *cfg, const char *name, in
 
 /* ---- sections ---- */
 
+/* data.subset: a float in (0, 1] is a fraction of the training images, an integer >= 1 a
+ * count (the type decides: 1.0 is all of them, 1 is one image). */
+static int get_subset(const config_setting_t *d, double *subset) {
+    const config_setting_t *s = config_setting_get_member(d, "subset");
+    if (!s) return 0;
+    int type = config_setting_type(s);
+    if (type == CONFIG_TYPE_INT || type == CONFIG_TYPE_INT64) {
+        long long n = config_setting_get_int64(s);
+        if (n >= 1 && n <= 2000000000) { *subset = (double)n; return 0; }
+    } else if (type == CONFIG_TYPE_FLOAT) {
+        double f = config_setting_get_float(s);
+        if (f > 0 && f <= 1) { *subset = f < 1 ? f : 0; return 0; }
+    }
+    CAMO_ERR("%s: data.subset must be a fraction in (0, 1] (e.g. 0.25) or a count of images "
+             ">= 1 (e.g. 200)", cfg_where(s));
+    return -1;
+}
+
 static int load_data(camo_config *c, const config_setting_t *d) {
     static const char *const keys[] = {"root", "format", "train_split", "val_split", "img_size",
                                        "classes", "workers", "skip_bad", "ignore_index",
-                                       "augment", "cache", NULL};
+                                       "augment", "cache", "subset", NULL};
     static const char *const aug_keys[] = {"hflip", "scale_min", "scale_max", "jitter",
                                            "rotate", NULL};
     char cache[16] = "none";
@@ -241,7 +259,8 @@ static int load_data(camo_config *c, const config_setting_t *d) {
         get_str(d, "format", c->data.format, sizeof c->data.format) ||
         one_of(d, "format", c->data.format, "auto|cod10k|camo|carla|ade20k|folders") ||
         get_str(d, "cache", cache, sizeof cache) || one_of(d, "cache", cache, "none|decoded") ||
-        get_str(d, "train_split", c->data.train_split, sizeof c->data.train_split) ||
+        get_str_list(d, "train_split", c->data.train_split, sizeof c->data.train_split) ||
+        get_subset(d, &c->data.subset) ||
         get_str(d, "val_split", c->data.val_split, sizeof c->data.val_split) ||
         get_int(d, "img_size", &a->size, 16, 8192) || get_int(d, "classes", &c->data.classes, 1, 65535) ||
         get_int(d, "workers", &c->data.workers, 0, 256) || get_flag(d, "skip_bad", &c->data.skip_bad) ||

@@ -40,9 +40,11 @@ typedef struct camo_config {
     char out[CAMO_PATH_MAX];
 
     struct {
-        char root[CAMO_PATH_MAX], format[16], train_split[128], val_split[128];
+        char root[CAMO_PATH_MAX], format[16], val_split[128];
+        char train_split[256];   /* one split, or several joined by commas (train+val) */
         int classes, workers, skip_bad, ignore_index;
         int cache;               /* data.cache: 0 none, 1 decoded */
+        double subset;           /* data.subset: 0 all; (0, 1) a fraction; >= 1 a count */
         camo_augment aug;        /* aug.size = img_size */
     } data;
 

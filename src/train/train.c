@@ -578,6 +578,12 @@ static int open_data(trainer *T) {
     }
     T->train_ds = camo_dataset_open(c->data.root, c->data.format, c->data.train_split,
                                     c->data.classes, c->data.skip_bad);
+    if (T->train_ds && c->data.subset > 0) {
+        int n = camo_dataset_size(T->train_ds);
+        camo_info("data.subset: %d of %d training images (chosen by seed %llu)",
+                  camo_dataset_subset(T->train_ds, c->data.subset, c->seed), n,
+                  (unsigned long long)c->seed);
+    }
     if (!T->train_ds || camo_dataset_configure(T->train_ds, c->data.ignore_index, c->data.cache,
                                                &c->data.aug))
         return -1;
