@@ -51,6 +51,18 @@ endif
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=gnu11 -Wall -Wextra -Isrc $(PKG_CFLAGS) -MMD -MP
 LDLIBS   += $(PKG_LIBS) -lpthread -lm
+# MPI (docs/parallel.md "Several processes"): OpenMPI from pkg-config (ompi-c), else mpicc,
+# unless MPI=0. src/core/mpi.c wraps it; without it src/core/mpi_stub.c stands in (one
+# process; such a build started by mpirun as several processes refuses to run).
+ifeq ($(origin MPI),undefined)
+  MPI    := $(if $(or $(shell pkg-config --exists ompi-c 2>/dev/null && echo 1),$(shell \
+              command -v mpicc 2>/dev/null)),1,0)
+endif
+ifeq ($(MPI),1)
+  MPI_CFLAGS := $(or $(shell pkg-config --cflags ompi-c 2>/dev/null),$(shell \
+                  mpicc --showme:compile))
+  LDLIBS += $(or $(shell pkg-config --libs ompi-c 2>/dev/null),$(shell mpicc --showme:link))
+endif
 OPENMP   := -fopenmp
 
 # CUDA=emu: the cuda/ sources built with g++ against tests/cuemu (host emulation, no GPU)
@@ -131,6 +143,11 @@ $(BUILD)/src/%.o: src/%.c
 # stb's implementation is slow to compile and noisy under stricter warnings: its own unit
 $(BUILD)/src/data/stb_impl.o: CFLAGS += -Wno-unused-function
 
+# MPI: only src/core/mpi.c (and its stub, which steps aside) see <mpi.h> and the switch
+ifeq ($(MPI),1)
+$(BUILD)/src/core/mpi.o $(BUILD)/src/core/mpi_stub.o: CFLAGS += -DCAMO_HAVE_MPI=1 $(MPI_CFLAGS)
+endif
+
 ifeq ($(ONNX),1)
 # protobuf-c code from the ONNX schema (one pattern rule: both files from one protoc-c run)
 $(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: src/%.proto
@@ -203,6 +220,7 @@ demo: $(BIN) camotrain tools/test_multi_gpu
 
 bench: $(BIN) camotrain $(BENCH_BIN)
 	@for b in $(BENCH_BIN); do $$b || exit 1; done
+	@CAMOTRAIN=$(BIN) tools/bench_cpu_models.sh
 
 # GPU tools (docs/cuda.md): tools/test_multi_gpu is built by `make` in every build (without
 # CUDA it says so and exits 2); `make bench-gpu` trains unet_s and fpn_r18 at 320x320 with

@@ -4,7 +4,10 @@
  * completion event and ncclCommGetAsyncError with a timeout. On an error, a timeout or an
  * abort() anywhere, every rank aborts ITS OWN communicator (NCCL handles are used by their
  * owning thread only) and every op returns -1: no hang. The host side (barrier, abort, host
- * sums) is the shared group of comm_group.cu. */
+ * sums) is the shared group of comm_group.cu.
+ * Over processes (camo_comm_nccl_create_span): one communicator over every GPU of every
+ * process, each of this process's ranks joined with ncclCommInitRank in one group; the
+ * host side crosses processes through core/mpi.h (comm_group.cu). */
 #include "comm_group.cuh"
 
 #include <pthread.h>
@@ -31,14 +34,14 @@ typedef struct nccl_rank {
 
 static nccl_rank *NR(camo_comm *c) { return (nccl_rank *)c->ctx; }
 static nccl_group *NG(camo_comm *c) { return (nccl_group *)comm_group_of(c); }
-static ncclComm_t own_comm(camo_comm *c) { return NG(c)->comm[c->rank]; }
+static ncclComm_t own_comm(camo_comm *c) { return NG(c)->comm[comm_local(c)]; }
 
 /* Aborts this rank's communicator once (its kernels stop waiting for peers). */
 static void nccl_abort_own(camo_comm *c) {
     nccl_rank *r = NR(c);
     if (r->own_aborted) return;
     r->own_aborted = 1;
-    NG(c)->dead[c->rank] = 1;
+    NG(c)->dead[comm_local(c)] = 1;
     cudaSetDevice(r->base.device);
     ncclCommAbort(own_comm(c));
 }
@@ -66,7 +69,7 @@ static int nccl_begin(camo_comm *c) {
         CUDA_CHECK(cudaStreamWaitEvent(r->side, r->ev_ready, 0)))
         return nccl_fail(c);
     pthread_mutex_lock(&g->mu); /* for a timeout's message: who did not issue it */
-    g->issued[c->rank]++;
+    g->issued[comm_local(c)]++;
     pthread_mutex_unlock(&g->mu);
     return 0;
 }
@@ -82,7 +85,7 @@ static int nccl_timed_out(camo_comm *c) {
     nccl_group *g = NG(c);
     char msg[256];
     pthread_mutex_lock(&g->mu);
-    camo_barrier_timeout_text(g->base.bar, c->rank, issue_late, g, msg, sizeof msg);
+    camo_barrier_timeout_text(g->base.bar, comm_local(c), issue_late, g, msg, sizeof msg);
     pthread_mutex_unlock(&g->mu);
     CAMO_ERR("%s", msg);
     return nccl_fail(c);
@@ -181,7 +184,7 @@ static int nccl_wait(camo_comm *c) {
 
 static int nccl_barrier(camo_comm *c) {
     if (nccl_wait(c)) return -1;
-    return camo_barrier_wait(NG(c)->base.bar, c->rank);
+    return comm_barrier_all(c); /* over every process of a span */
 }
 
 /* Aborts the live communicators of an aborted group (once each); returns how many are live. */
@@ -311,15 +314,9 @@ static nccl_group *nccl_group_new(int n, const int *devices, double timeout_s) {
     return g;
 }
 
-extern "C" int camo_comm_nccl_create(int n, const int *devices, void *const *streams,
-                                     double timeout_s, camo_comm **comms) {
-    if (comm_check_devices(n, devices, 1)) return -1;
-    nccl_env();
-    nccl_group *g = nccl_group_new(n, devices, timeout_s);
-    if (NCCL_CHECK(ncclCommInitAll(g->comm, n, devices))) {
-        nccl_group_free(g);
-        return -1;
-    }
+/* The comms of g's ranks once their communicators exist. 0, or -1 (all torn down). */
+static int nccl_make_ranks(nccl_group *g, int n, const int *devices, void *const *streams,
+                           camo_comm **comms) {
     for (int i = 0; i < n; i++) {
         nccl_rank *r = (nccl_rank *)camo_calloc(1, sizeof *r);
         comms[i] = comm_new("nccl", i, &g->base, &r->base, devices[i],
@@ -336,4 +333,122 @@ extern "C" int camo_comm_nccl_create(int n, const int *devices, void *const *str
         }
     }
     return 0;
+}
+
+extern "C" int camo_comm_nccl_create(int n, const int *devices, void *const *streams,
+                                     double timeout_s, camo_comm **comms) {
+    if (comm_check_devices(n, devices, 1)) return -1;
+    nccl_env();
+    nccl_group *g = nccl_group_new(n, devices, timeout_s);
+    if (NCCL_CHECK(ncclCommInitAll(g->comm, n, devices))) {
+        nccl_group_free(g);
+        return -1;
+    }
+    return nccl_make_ranks(g, n, devices, streams, comms);
+}
+
+/* ---- over processes ---- */
+
+extern "C" int camo_comm_nccl_unique_id(void *nccl_id) {
+    static_assert(sizeof(ncclUniqueId) == CAMO_NCCL_ID_BYTES, "NCCL's unique id size");
+    ncclUniqueId id;
+    if (NCCL_CHECK(ncclGetUniqueId(&id))) return -1;
+    memcpy(nccl_id, &id, sizeof id);
+    return 0;
+}
+
+/* ncclCommInitRank of this process's ranks, inside one group (NCCL's pattern for several
+ * GPUs per process), on a thread of its own: it blocks until every rank of every process
+ * has joined, and the caller gives up after the timeout instead (the run then ends with
+ * MPI_Abort, which also ends the thread left inside NCCL). */
+typedef struct init_job {
+    nccl_group *g;
+    int n, world, base;
+    ncclUniqueId id;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done, rc, abandoned;
+    char err[512];
+} init_job;
+
+static void init_job_free(init_job *j) {
+    pthread_mutex_destroy(&j->mu);
+    pthread_cond_destroy(&j->cv);
+    free(j);
+}
+
+static void *init_ranks(void *arg) {
+    init_job *j = (init_job *)arg;
+    int rc = NCCL_CHECK(ncclGroupStart());
+    for (int i = 0; !rc && i < j->n; i++)
+        rc = CUDA_CHECK(cudaSetDevice(j->g->dev[i])) ||
+             NCCL_CHECK(ncclCommInitRank(&j->g->comm[i], j->world, j->id, j->base + i));
+    if (NCCL_CHECK(ncclGroupEnd())) rc = -1;
+    pthread_mutex_lock(&j->mu);
+    j->done = 1;
+    j->rc = rc ? -1 : 0;
+    if (rc) snprintf(j->err, sizeof j->err, "%s", camo_last_error());
+    int abandoned = j->abandoned;
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+    if (abandoned) init_job_free(j);
+    return NULL;
+}
+
+/* Runs init_ranks and waits for it at most timeout_s (<= 0: no limit). 0, or -1 + error. */
+static int init_ranks_timed(init_job *j, double timeout_s) {
+    pthread_t t;
+    if (pthread_create(&t, NULL, init_ranks, j) != 0) {
+        CAMO_ERR("nccl comm: cannot start the thread that joins the communicator");
+        init_job_free(j);
+        return -1;
+    }
+    pthread_detach(t);
+    double t0 = camo_now();
+    pthread_mutex_lock(&j->mu);
+    while (!j->done && !(timeout_s > 0 && camo_now() - t0 > timeout_s)) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 100000000L; /* 0.1 s */
+        if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+        pthread_cond_timedwait(&j->cv, &j->mu, &ts);
+    }
+    int done = j->done, rc = j->rc;
+    if (!done) j->abandoned = 1; /* the thread frees the job if it ever returns */
+    else if (rc) CAMO_ERR("%s", j->err);
+    pthread_mutex_unlock(&j->mu);
+    if (!done) {
+        CAMO_ERR("nccl comm: joining the communicator of %d GPUs timed out after %g s: a "
+                 "process did not join (NCCL_SOCKET_IFNAME, firewalls: docs/parallel.md)",
+                 j->world, timeout_s);
+        return -1;
+    }
+    init_job_free(j);
+    return rc;
+}
+
+extern "C" int camo_comm_nccl_create_span(int n, const int *devices, void *const *streams,
+                                          double timeout_s, const camo_comm_span *span,
+                                          const void *nccl_id, camo_comm **comms) {
+    if (!span) return camo_comm_nccl_create(n, devices, streams, timeout_s, comms);
+    if (comm_check_devices(n, devices, 1)) {
+        camo_mpi_group_free(span->xp);
+        return -1;
+    }
+    nccl_env();
+    nccl_group *g = nccl_group_new(n, devices, timeout_s);
+    comm_group_span(&g->base, span);
+    init_job *j = (init_job *)camo_calloc(1, sizeof *j);
+    j->g = g;
+    j->n = n;
+    j->world = span->world;
+    j->base = span->base;
+    memcpy(&j->id, nccl_id, sizeof j->id);
+    pthread_mutex_init(&j->mu, NULL);
+    pthread_cond_init(&j->cv, NULL);
+    if (init_ranks_timed(j, timeout_s)) {
+        /* a thread may still be inside NCCL with g: g stays (the run ends in MPI_Abort) */
+        return -1;
+    }
+    return nccl_make_ranks(g, n, devices, streams, comms);
 }

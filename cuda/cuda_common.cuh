@@ -150,13 +150,14 @@ __device__ static inline float cu_sigmoid(float x) { return 1.0f / (1.0f + expf(
  * (src/backend/cpu/cpu_internal.h), one cuda_<ops>.cu per cpu_<ops>.c:
  * conv (gemm, conv2d_*), norm (bn_*, layernorm_*), pool (pool, adaptive avg, resize),
  * elementwise (act, add, axpy, scale, mul, channel_slice, softmax), loss (loss_*,
- * pixel_correct), optim (sumsq, sgd, adamw, ema). */
+ * pixel_correct), optim (sumsq, sgd, adamw, ema), attention (attention_*, xca_*). */
 extern "C" void cuda_register_conv(camo_backend *be);
 extern "C" void cuda_register_norm(camo_backend *be);
 extern "C" void cuda_register_pool(camo_backend *be);
 extern "C" void cuda_register_elementwise(camo_backend *be);
 extern "C" void cuda_register_loss(camo_backend *be);
 extern "C" void cuda_register_optim(camo_backend *be);
+extern "C" void cuda_register_attention(camo_backend *be);
 extern "C" void cuda_conv_free_plans(camo_backend *be);
 
 /* ---- deterministic per-column sums: out[v][c] = sum over rows m of f(m, c)[v] ----

@@ -16,6 +16,7 @@
 #include "backend/cuda.h"
 #include "nn/loss.h"
 #include "nn/net.h"
+#include "nn/layer.h"
 
 #include <pthread.h>
 #include <unistd.h>
@@ -875,6 +876,18 @@ static void *comm_worker(void *p) {
     return NULL;
 }
 
+/* mode 1: the local comm; 0: nccl (ncclCommInitAll); 2: nccl as a multi-process run makes
+ * it (camo_comm_nccl_create_span: a unique id, ncclCommInitRank in a group on a thread of its
+ * own), here with every rank in this process (base 0, no MPI) */
+static int make_comms(int n, const int *devs, void **streams, int mode, camo_comm **comms) {
+    if (mode == 1) return camo_comm_local_create(n, devs, streams, 30, comms);
+    if (mode == 0) return camo_comm_nccl_create(n, devs, streams, 30, comms);
+    unsigned char id[CAMO_NCCL_ID_BYTES];
+    camo_comm_span span = {NULL, 0, n};
+    if (camo_comm_nccl_unique_id(id)) return -1;
+    return camo_comm_nccl_create_span(n, devs, streams, 30, &span, id, comms);
+}
+
 static void run_comm(int n, const int *devs, int local) {
     if (strcmp(gpu->name, "cuda") != 0) skip();
     camo_backend *bes[8];
@@ -887,8 +900,7 @@ static void run_comm(int n, const int *devs, int local) {
         assert_non_null(bes[i]);
         streams[i] = camo_backend_stream(bes[i]);
     }
-    int rc = local ? camo_comm_local_create(n, devs, streams, 30, comms)
-                   : camo_comm_nccl_create(n, devs, streams, 30, comms);
+    int rc = make_comms(n, devs, streams, local, comms);
     if (rc) fprintf(stderr, "comm create: %s\n", camo_last_error());
     assert_int_equal(rc, 0);
     for (int i = 0; i < n; i++) {
@@ -901,8 +913,7 @@ static void run_comm(int n, const int *devs, int local) {
      * the peers: destroying communicators one by one must not deadlock) */
     for (int i = 0; i < n; i++) comms[i]->destroy(comms[i]);
     /* a second group: abort ends every later collective with an error, promptly */
-    rc = local ? camo_comm_local_create(n, devs, streams, 30, comms)
-               : camo_comm_nccl_create(n, devs, streams, 30, comms);
+    rc = make_comms(n, devs, streams, local, comms);
     assert_int_equal(rc, 0);
     comms[0]->abort(comms[0], "test abort");
     assert_true(comms[n - 1]->aborted(comms[n - 1]));
@@ -930,6 +941,15 @@ static void test_comm_nccl(void **state) {
     if (n > 8) n = 8;
     for (int i = 0; i < n; i++) devs[i] = i;
     run_comm(n, devs, 0);
+}
+
+static void test_comm_nccl_span(void **state) {
+    (void)state;
+    NEED_GPU();
+    int n = camo_cuda_device_count(), devs[8];
+    if (n > 8) n = 8;
+    for (int i = 0; i < n; i++) devs[i] = i;
+    run_comm(n, devs, 2);
 }
 
 /* ---- training pixel accuracy counts: exactly the CPU's (integers, same comparisons) ---- */
@@ -1317,6 +1337,158 @@ static void test_param_alignment_gpu(void **state) {
     }
 }
 
+/* ---- attention (cpu_attention.c vs cuda_attention.cu) ---- */
+
+/* Scaled dot-product attention: q (N, L, C); k and v three tensors, or (kv = 1) the halves of
+ * one (N, S, 2C) tensor read in place; gradients alike. */
+static void attention_case(int N, int L, int S, int C, int heads, int kv, const char *what) {
+    int ldk = kv ? 2 * C : C;
+    camo_attn_desc d = {N, L, S, C, heads, C, ldk, ldk};
+    size_t nq = (size_t)N * L * C, nk = (size_t)N * S * ldk, np = (size_t)N * heads * L * S;
+    tt q = tt_new(nq, 201, -1, 1), k = tt_new(nk, 202, -1, 1), v = tt_new(kv ? 1 : nk, 203, -1, 1);
+    tt out = tt_zero(nq), P = tt_zero(np), dout = tt_new(nq, 204, -1, 1);
+    tt dq = tt_new(nq, 205, -1, 1), dk = tt_new(nk, 206, -1, 1);
+    tt dv = tt_new(kv ? 1 : nk, 207, -1, 1);
+    tt work = tt_zero((size_t)heads * L * S);
+    float scale = 1.0f / sqrtf((float)(C / heads));
+    const float *vc = kv ? k.c + C : v.c, *vg = kv ? k.g + C : v.g;
+    float *dvc = kv ? dk.c + C : dv.c, *dvg = kv ? dk.g + C : dv.g;
+    cpu->attention_forward(cpu, &d, scale, out.c, P.c, q.c, k.c, vc);
+    gpu->attention_forward(gpu, &d, scale, out.g, P.g, q.g, k.g, vg);
+    cpu->attention_backward(cpu, &d, scale, dq.c, dk.c, dvc, work.c, dout.c, q.c, k.c, vc, P.c);
+    gpu->attention_backward(gpu, &d, scale, dq.g, dk.g, dvg, work.g, dout.g, q.g, k.g, vg, P.g);
+    fprintf(stderr, "  attention %s\n", what);
+    tt_check(&out, TOL, "attention out");
+    tt_check(&P, TOL, "attention probabilities");
+    tt_check(&dq, TOL, "attention dq");
+    tt_check(&dk, TOL, kv ? "attention dk|dv" : "attention dk");
+    if (!kv) tt_check(&dv, TOL, "attention dv");
+    tt *all[] = {&q, &k, &v, &out, &P, &dout, &dq, &dk, &dv, &work};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) tt_free(all[i]);
+}
+
+static void test_attention(void **state) {
+    (void)state;
+    NEED_GPU();
+    /* N, L, S, C, heads, fused kv: heads batched per image; images batched per head (more
+     * images than heads); query and key bands past one CPU unit (64 rows); rows > 32 lanes */
+    attention_case(2, 37, 11, 12, 3, 0, "2 images, 3 heads");
+    attention_case(3, 70, 9, 8, 1, 1, "3 images, 1 head, fused kv, 70 queries");
+    attention_case(1, 13, 75, 10, 2, 0, "75 keys");
+}
+
+/* XCA on q, k, v: three tensors or the thirds of one fused (N, L, 3C) qkv tensor; zero_ch:
+ * channel 1 of q and of k is zero in image 0 (F.normalize's clamp) */
+static void xca_case(int N, int L, int C, int heads, int fused, int zero_ch, const char *what) {
+    int ld = fused ? 3 * C : C, D = C / heads;
+    camo_attn_desc d = {N, L, L, C, heads, ld, ld, ld};
+    size_t nx = (size_t)N * L * ld, no = (size_t)N * L * C, nm = (size_t)N * C * D;
+    tt x[3], dx[3];
+    for (int i = 0; i < 3; i++) {
+        x[i] = tt_new(fused && i ? 1 : nx, 211 + i, -1, 1);
+        dx[i] = tt_new(fused && i ? 1 : nx, 214 + i, -1, 1);
+    }
+    if (zero_ch)
+        for (int t = 0; t < L; t++) {
+            x[0].c[(size_t)t * ld + 1] = 0;
+            x[fused ? 0 : 1].c[(size_t)t * ld + (fused ? C : 0) + 1] = 0;
+        }
+    for (int i = 0; i < 3; i++) gpu->upload(gpu, x[i].g, x[i].c, x[i].n * 4);
+    tt out = tt_zero(no), P = tt_zero(nm), G = tt_zero(nm), rq = tt_zero((size_t)N * C);
+    tt rk = tt_zero((size_t)N * C), temp = tt_new(heads, 217, 0.5f, 1.5f);
+    tt dout = tt_new(no, 218, -1, 1), dtemp = tt_new(heads, 219, -1, 1);
+    tt work = tt_zero(camo_xca_work_floats(&d));
+    float *pc[3], *pg[3], *dc[3], *dg[3];
+    for (int i = 0; i < 3; i++) {
+        int j = fused ? 0 : i;
+        size_t off = fused ? (size_t)i * C : 0;
+        pc[i] = x[j].c + off, pg[i] = x[j].g + off, dc[i] = dx[j].c + off, dg[i] = dx[j].g + off;
+    }
+    cpu->xca_forward(cpu, &d, out.c, P.c, G.c, rq.c, rk.c, pc[0], pc[1], pc[2], temp.c);
+    gpu->xca_forward(gpu, &d, out.g, P.g, G.g, rq.g, rk.g, pg[0], pg[1], pg[2], temp.g);
+    cpu->xca_backward(cpu, &d, dc[0], dc[1], dc[2], dtemp.c, work.c, dout.c, pc[0], pc[1],
+                      pc[2], temp.c, P.c, G.c, rq.c, rk.c);
+    gpu->xca_backward(gpu, &d, dg[0], dg[1], dg[2], dtemp.g, work.g, dout.g, pg[0], pg[1],
+                      pg[2], temp.g, P.g, G.g, rq.g, rk.g);
+    fprintf(stderr, "  xca %s\n", what);
+    tt_check(&out, TOL, "xca out");
+    tt_check(&P, TOL, "xca probabilities");
+    tt_check(&G, TOL, "xca cosines");
+    tt_check(&rq, TOL, "xca inverse norms of q");
+    tt_check(&rk, TOL, "xca inverse norms of k");
+    tt_check(&dx[0], TOL, fused ? "xca dqkv" : "xca dq");
+    if (!fused) tt_check(&dx[1], TOL, "xca dk"), tt_check(&dx[2], TOL, "xca dv");
+    tt_check(&dtemp, TOL, "xca dtemperature");
+    tt *all[] = {&x[0], &x[1], &x[2], &dx[0], &dx[1], &dx[2], &out, &P, &G, &rq, &rk,
+                 &temp, &dout, &dtemp, &work};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) tt_free(all[i]);
+}
+
+static void test_xca(void **state) {
+    (void)state;
+    NEED_GPU();
+    /* N, L, C, heads, fused qkv, zero channel */
+    xca_case(2, 29, 12, 2, 1, 0, "2 images, 2 heads, fused qkv");
+    xca_case(3, 70, 8, 1, 0, 1, "3 images, 1 head, a zero channel");
+    xca_case(1, 17, 80, 2, 1, 0, "40 channels a head (rows > 32 lanes)");
+}
+
+/* A network with every new layer type (linear, attention, xca, layer_scale, drop_path with
+ * both decisions taken) through one training step on both backends. */
+static void test_attention_net(void **state) {
+    (void)state;
+    NEED_GPU();
+    static const char *text =
+        "input_channels = 3; layers = (\n"
+        "{ name = \"c\"; type = \"conv\"; filters = 8; size = 3; },\n"
+        "{ name = \"ln\"; type = \"layernorm\"; },\n"
+        "{ name = \"sr\"; type = \"conv\"; filters = 8; size = 2; stride = 2; pad = 0; },\n"
+        "{ name = \"q\"; type = \"linear\"; filters = 8; from = \"ln\"; },\n"
+        "{ name = \"k\"; type = \"linear\"; filters = 8; from = \"sr\"; },\n"
+        "{ name = \"v\"; type = \"linear\"; filters = 8; from = \"sr\"; },\n"
+        "{ name = \"a\"; type = \"attention\"; heads = 2; from = [\"q\", \"k\", \"v\"]; },\n"
+        "{ name = \"qkv\"; type = \"linear\"; filters = 24; },\n"
+        "{ name = \"x\"; type = \"xca\"; heads = 2; },\n"
+        "{ name = \"x.gamma\"; type = \"layer_scale\"; },\n"
+        "{ name = \"dp\"; type = \"drop_path\"; p = 0.5; },\n"
+        "{ name = \"s\"; type = \"add\"; from = [\"c\", \"dp\"]; },\n"
+        "{ name = \"head\"; type = \"conv\"; filters = 1; size = 1; }\n"
+        ");\n";
+    char cfg[4200];
+    snprintf(cfg, sizeof cfg, "%s/parity_attention_%d.cfg", tu_tmpdir(), (int)getpid());
+    FILE *f = fopen(cfg, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+    int N = 4, S = 12;
+    net_run c, g;
+    assert_int_equal(net_open(&c, cpu, cfg, N, S), 0);
+    assert_int_equal(net_open(&g, gpu, cfg, N, S), 0);
+    float lc = net_step(&c, N, S), lg = net_step(&g, N, S);
+    const camo_layer *dp = &c.net->layers[camo_net_find_param(c.net, "x.gamma")->layer + 1];
+    int kept = 0, dropped = 0;
+    for (int i = 0; i < N; i++) dp->u.drop.keep[i] != 0.0f ? kept++ : dropped++;
+    int H, W, C;
+    float *oc = camo_net_output(c.net, 0, &H, &W, &C);
+    size_t no = (size_t)N * H * W * C, nw = c.net->n_weight_floats;
+    float *h = malloc((no > nw ? no : nw) * 4);
+    gpu->download(gpu, h, camo_net_output(g.net, 0, NULL, NULL, NULL), no * 4);
+    double eo = rel_l2(h, oc, no);
+    gpu->download(gpu, h, g.net->grad_block, nw * 4);
+    double eg = rel_l2(h, c.net->grad_block, nw);
+    fprintf(stderr, "  attention net: loss cpu %.7f cuda %.7f, rel L2 error output %.3g "
+            "gradients %.3g; drop_path kept %d of %d images\n", lc, lg, eo, eg, kept, N);
+    assert_true(kept > 0 && dropped > 0);
+    assert_true(fabs(lc - lg) <= TOL * fabs(lc));
+    assert_true(eo <= NET_OUT_TOL);
+    assert_true(eg <= NET_GRAD_TOL);
+    assert_int_equal(camo_cuda_backend_status(gpu), 0);
+    free(h);
+    net_close(&c);
+    net_close(&g);
+    unlink(cfg);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gemm),          cmocka_unit_test(test_conv),
@@ -1331,6 +1503,7 @@ int main(void) {
         cmocka_unit_test(test_unet_s),        cmocka_unit_test(test_fpn_r18),
         cmocka_unit_test(test_bf16_curve),    cmocka_unit_test(test_comm_local),
         cmocka_unit_test(test_comm_nccl),     cmocka_unit_test(test_resize_deterministic),
+        cmocka_unit_test(test_comm_nccl_span),
         cmocka_unit_test(test_unet_s_deterministic),
         cmocka_unit_test(test_pixel_correct),  cmocka_unit_test(test_cuda_error_location),
         cmocka_unit_test_teardown(test_conv_plain_not_direct, fresh_gpu_teardown),
@@ -1338,6 +1511,8 @@ int main(void) {
         cmocka_unit_test_teardown(test_conv_direct_kernels, fresh_gpu_teardown),
         cmocka_unit_test_teardown(test_conv_dnn_failures, fresh_gpu_teardown),
         cmocka_unit_test(test_param_alignment_gpu),
+        cmocka_unit_test(test_attention),     cmocka_unit_test(test_xca),
+        cmocka_unit_test(test_attention_net),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -72,6 +72,39 @@ static const gc_case cases[] = {
     {"resblock_downsample", 2, 8, 6, "{name=\"b\"; type=\"resblock\"; filters=4; stride=2;}"},
     {"resblock_identity", 2, 6, 5, "{name=\"a\"; type=\"conv\"; filters=4; size=1;},"
                                    "{name=\"b\"; type=\"resblock\"; filters=4;}"},
+    /* transformer layers (layer_attention.c, layer_residual.c) */
+    {"linear", 2, 5, 4,
+     "{name=\"c\"; type=\"conv\"; filters=4; size=3;},"
+     "{name=\"l\"; type=\"linear\"; filters=5;},"
+     "{name=\"m\"; type=\"linear\"; filters=3; bias=false;}"},
+    {"attention_sr", 2, 6, 4,
+     "{name=\"c\"; type=\"conv\"; filters=6; size=3;},"
+     "{name=\"r\"; type=\"conv\"; filters=6; size=2; stride=2; pad=0;},"
+     "{name=\"q\"; type=\"linear\"; filters=6; from=\"c\";},"
+     "{name=\"k\"; type=\"linear\"; filters=6; from=\"r\";},"
+     "{name=\"v\"; type=\"linear\"; filters=6; from=\"r\";},"
+     "{name=\"a\"; type=\"attention\"; heads=2; from=[\"q\", \"k\", \"v\"];}"},
+    {"attention_shared_input", 1, 4, 5,
+     "{name=\"c\"; type=\"conv\"; filters=4; size=3;},"
+     "{name=\"a\"; type=\"attention\"; heads=1; from=[\"c\", \"c\", \"c\"];}"},
+    {"xca_fused_qkv", 2, 5, 4,
+     "{name=\"c\"; type=\"conv\"; filters=4; size=3;},"
+     "{name=\"x.qkv\"; type=\"linear\"; filters=12;},"
+     "{name=\"x\"; type=\"xca\"; heads=2;}"},
+    {"xca_three_inputs", 2, 4, 4,
+     "{name=\"c\"; type=\"conv\"; filters=6; size=3;},"
+     "{name=\"q\"; type=\"linear\"; filters=6;},"
+     "{name=\"k\"; type=\"linear\"; filters=6; from=\"c\";},"
+     "{name=\"v\"; type=\"conv\"; filters=6; size=1; from=\"c\";},"
+     "{name=\"x\"; type=\"xca\"; heads=3; from=[\"q\", \"k\", \"v\"];}"},
+    {"layer_scale", 2, 5, 4,
+     "{name=\"c\"; type=\"conv\"; filters=4; size=3;},"
+     "{name=\"c.gamma\"; type=\"layer_scale\";}"},
+    {"drop_path_residual", 4, 4, 4,
+     "{name=\"c\"; type=\"conv\"; filters=3; size=3;},"
+     "{name=\"b\"; type=\"conv\"; filters=3; size=1;},"
+     "{name=\"d\"; type=\"drop_path\"; p=0.5;},"
+     "{name=\"s\"; type=\"add\"; from=[\"c\", \"d\"];}"},
 };
 
 static camo_backend *be;

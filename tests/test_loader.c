@@ -1,7 +1,8 @@
 /* test_loader.c: what issue 7 added to the data path: the layouts' pairing rules (CARLA's
  * _label masks, split aliases, ADE20K's 0 = ignore), bad data (class values, 16-bit and
  * grey/RGBA files), rotation applying one transform to image and mask, data.cache giving
- * identical batches, the loader's host allocator and original-size masks for evaluation. */
+ * identical batches, the loader's host allocator and original-size masks for evaluation;
+ * the window of a process of a multi-process run (issue 19): its part of each batch only. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -425,6 +426,101 @@ static void test_no_heap_in_steady_state(void **state) {
     camo_dataset_free(ds);
 }
 
+/* ---- windows: a process of a multi-process run loads its part of each batch ---- */
+
+enum { WN = 11, WB = 4, WS = 12, WPARTS = 5 }; /* batches of 4, 4, 3 in 5 parts */
+
+typedef struct wpart { int part, parts; } wpart;
+
+/* part `part` of `parts` of a batch of n, as the replicas' slices are cut */
+static void part_window(int n, void *ctx, int *lo, int *count) {
+    const wpart *w = ctx;
+    int base = n / w->parts, extra = n % w->parts;
+    *count = base + (w->part < extra);
+    *lo = w->part * base + (w->part < extra ? w->part : extra);
+}
+
+static void write_win_pair(int i) {
+    write_pair(P("win/Train/Image/w%02d.jpg", i), P("win/Train/GT_Object/w%02d.png", i),
+               20 + 3 * i, 18 + i, i);
+}
+
+/* One part's loader (0 or 2 workers) while every image outside its windows is garbage:
+ * its batches are its slice of the whole batches (total, first, pixels, data-set indices);
+ * an empty window holds one sample (the next part's first) and says n = 0. */
+static void check_part(int part, int workers, const int *order, const float *want,
+                       const int *want_idx) {
+    size_t per = (size_t)WS * WS * 3;
+    wpart w = {part, WPARTS};
+    int needed[WN] = {0};
+    for (int bt = 0; bt * WB < WN; bt++) {
+        int total = CAMO_MIN(WB, WN - bt * WB), lo, cnt;
+        part_window(total, &w, &lo, &cnt);
+        for (int k = 0; k < CAMO_MAX(cnt, 1); k++)
+            needed[order[bt * WB + (cnt ? lo + k : CAMO_MIN(lo, total - 1))]] = 1;
+    }
+    for (int i = 0; i < WN; i++)
+        if (!needed[i]) write_bytes(P("win/Train/Image/w%02d.jpg", i), "garbage", 7);
+    camo_dataset *ds = camo_dataset_open(P("win"), "cod10k", "Train", 1, 0);
+    assert_non_null(ds);
+    camo_augment a = {.size = WS, .train = 1, .hflip = 1, .jitter = 0.2f};
+    camo_loader_opts o = {.window = part_window, .window_ctx = &w};
+    camo_loader *L = camo_loader_create_ex(ds, &a, workers, WB, 2, &o);
+    camo_loader_start(L, order, WN, WB, 5, 1);
+    camo_batch *b;
+    int bt = 0;
+    while ((b = camo_loader_next(L)) != NULL) {
+        int total = CAMO_MIN(WB, WN - bt * WB), lo, cnt;
+        part_window(total, &w, &lo, &cnt);
+        int first = cnt ? lo : CAMO_MIN(lo, total - 1), at = bt * WB + first;
+        assert_int_equal(b->total, total);
+        assert_int_equal(b->n, cnt);
+        assert_int_equal(b->first, first);
+        for (int k = 0; k < CAMO_MAX(cnt, 1); k++) assert_int_equal(b->index[k], want_idx[at + k]);
+        assert_memory_equal(b->image, want + (size_t)at * per,
+                            (size_t)CAMO_MAX(cnt, 1) * per * sizeof(float));
+        camo_loader_release(L, b);
+        bt++;
+    }
+    if (camo_loader_failed(L)) fprintf(stderr, "  part %d: %s\n", part, camo_last_error());
+    assert_int_equal(camo_loader_failed(L), 0);
+    assert_int_equal(bt, (WN + WB - 1) / WB);
+    camo_loader_free(L);
+    camo_dataset_free(ds);
+    for (int i = 0; i < WN; i++)
+        if (!needed[i]) write_win_pair(i);
+}
+
+static void test_window(void **state) {
+    (void)state;
+    for (int i = 0; i < WN; i++) write_win_pair(i);
+    size_t per = (size_t)WS * WS * 3;
+    float *want = malloc(WN * per * sizeof(float));
+    int order[WN], want_idx[WN], pos = 0;
+    camo_epoch_permutation(order, WN, 5, 1);
+    camo_dataset *ds = camo_dataset_open(P("win"), "cod10k", "Train", 1, 0);
+    assert_non_null(ds);
+    camo_augment a = {.size = WS, .train = 1, .hflip = 1, .jitter = 0.2f};
+    camo_loader *L = camo_loader_create(ds, &a, 1, WB, 2);
+    camo_loader_start(L, order, WN, WB, 5, 1);
+    camo_batch *b;
+    while ((b = camo_loader_next(L)) != NULL) { /* whole batches: total = n, first = 0 */
+        assert_int_equal(b->total, b->n);
+        assert_int_equal(b->first, 0);
+        memcpy(want + (size_t)pos * per, b->image, (size_t)b->n * per * sizeof(float));
+        memcpy(want_idx + pos, b->index, (size_t)b->n * sizeof(int));
+        pos += b->n;
+        camo_loader_release(L, b);
+    }
+    assert_int_equal(pos, WN);
+    camo_loader_free(L);
+    camo_dataset_free(ds);
+    for (int part = 0; part < WPARTS; part++)
+        for (int workers = 0; workers <= 2; workers += 2)
+            check_part(part, workers, order, want, want_idx);
+    free(want);
+}
+
 int main(void) {
     du_root_create("loader");
     camo_log_set_quiet(1);
@@ -439,6 +535,7 @@ int main(void) {
         cmocka_unit_test(test_cache_too_big),
         cmocka_unit_test(test_keep_gt),
         cmocka_unit_test(test_no_heap_in_steady_state),
+        cmocka_unit_test(test_window),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     du_root_remove();

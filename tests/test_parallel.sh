@@ -80,3 +80,30 @@ else fail dp_vs_ddp_efficiency "$(cat "$TMP/dvd/dp_vs_ddp.csv" 2>/dev/null | tr 
 if command -v gnuplot > /dev/null 2>&1; then
     [ -s "$TMP/dvd/dp_vs_ddp.png" ] && pass dp_vs_ddp_png || fail dp_vs_ddp_png "no plot"
 else skip dp_vs_ddp_png "gnuplot not installed"; fi
+
+# ---- drop_path draws from (seed, step, image): the same on 1, 2 and 3 replicas and after
+# a resume (a draw tied to a replica or to the process would change the losses by ~1e-2) ----
+DP_NET=$TMP/droppath.cfg  # the fixture's SegFormer block (two drop_paths, p = 0.5) + a head
+sed -e 's/^name = .*/name = "droppath_net";/' \
+    -e 's/^\(  { name = "blk.add2";.*}\)$/\1,\n  { name = "head"; type = "conv"; filters = "classes"; size = 1; }/' \
+    tests/fixtures/attention/drop_path.cfg > "$DP_NET"
+D="--set model=\"$DP_NET\" --set train.optimizer=sgd --set train.max_steps=4 --set train.epochs=2"
+losses() { grep '"type":"step"' "$1/metrics.jsonl" | sed 's/.*"loss":\([^,]*\),.*/\1/' | tr '\n' ' '; }
+for n in 1 2 3; do
+    $BIN $C $D --devices cpu:$n --out "$TMP/dp$n" > "$TMP/dp$n.log" 2>&1 ||
+        fail "drop_path_cpu$n" "$(tail -2 "$TMP/dp$n.log")"
+done
+$BIN $C $D --devices cpu:1 --set train.max_steps=2 --out "$TMP/dpr" > "$TMP/dpr.log" 2>&1 &&
+    $BIN --resume "$TMP/dpr/last.ckpt" --set train.max_steps=4 --devices cpu:2 --quiet \
+        > "$TMP/dpr2.log" 2>&1 || fail drop_path_resume "$(tail -2 "$TMP/dpr2.log")"
+if awk -v a="$(losses "$TMP/dp1")" -v b="$(losses "$TMP/dp2")" -v c="$(losses "$TMP/dp3")" \
+       -v r="$(losses "$TMP/dpr")" 'BEGIN { n = split(a, x, " "); split(b, y, " "); split(c, z, " ");
+         split(r, w, " "); if (n != 4) exit 1
+         for (i = 1; i <= n; i++) { s = x[i] > 0 ? x[i] : 1
+           if ((x[i] - y[i]) / s > 1e-5 || (y[i] - x[i]) / s > 1e-5) exit 1
+           if ((x[i] - z[i]) / s > 1e-5 || (z[i] - x[i]) / s > 1e-5) exit 1
+           if ((x[i] - w[i]) / s > 1e-5 || (w[i] - x[i]) / s > 1e-5) exit 1 } }'; then
+    pass drop_path_replicas_resume
+else
+    fail drop_path_replicas_resume "losses cpu:1 [$(losses "$TMP/dp1")] cpu:2 [$(losses "$TMP/dp2")] cpu:3 [$(losses "$TMP/dp3")] resumed [$(losses "$TMP/dpr")]"
+fi

@@ -5,6 +5,9 @@ set -eu
 pkgs="gcc g++ make pkg-config libconfig-dev libstb-dev libopenblas-dev libcjson-dev libcmocka-dev"
 # protobuf-c: `camotrain export` writes ONNX files (protoc-c compiles src/nn/onnx.proto)
 pkgs="$pkgs protobuf-c-compiler libprotobuf-c-dev"
+# OpenMPI: one training over several processes/machines (mpirun, srun --mpi=pmix;
+# docs/parallel.md "Several processes"); without it camotrain builds for one machine
+[ "${CAMO_WITH_MPI:-1}" = 1 ] && pkgs="$pkgs libopenmpi-dev openmpi-bin"
 # gnuplot draws the training and DP-vs-DDP plots; optional for the build itself
 [ "${CAMO_WITH_PLOTS:-1}" = 1 ] && pkgs="$pkgs gnuplot-nox"
 missing=""

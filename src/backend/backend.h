@@ -51,6 +51,23 @@ typedef enum {
     CAMO_BCAST_SPATIAL   /* b is (N,1,1,C): channel attention vector */
 } camo_bcast;
 
+/* Multi-head attention over the tokens of N images (cpu_attention.c, cuda_attention.cu).
+ * Head h of a token is its channels [h*D, (h+1)*D), D = C/heads: PyTorch's reshape of the
+ * last axis to (heads, D). q is (N, L, ldq) with the C channels first in each row, k is
+ * (N, S, ldk) and v (N, S, ldv) likewise, so a fused projection (timm's qkv, ld = 3C) is read
+ * in place; their gradients have the same strides and may share one tensor. out and dout are
+ * dense (N, L, C). */
+typedef struct camo_attn_desc {
+    int N, L, S, C, heads;
+    int ldq, ldk, ldv;
+} camo_attn_desc;
+
+/* Floats of the work buffer xca_backward takes: per image the (C/heads)^2 matrices of the
+ * heads plus three per-channel vectors. */
+static inline size_t camo_xca_work_floats(const camo_attn_desc *d) {
+    return (size_t)d->N * d->C * (d->C / d->heads + 3);
+}
+
 struct camo_backend {
     const char *name;  /* "cpu", "cuda" */
     int device;        /* GPU ordinal, -1 for the CPU */
@@ -140,6 +157,32 @@ struct camo_backend {
     void (*softmax_forward)(camo_backend *be, int M, int C, float *y, const float *x);
     void (*softmax_backward)(camo_backend *be, int M, int C, float *dx, const float *dy,
                              const float *y);
+
+    /* ---- attention (camo_attn_desc) ---- */
+    /* Scaled dot-product attention (SegFormer): P (N, heads, L, S) = softmax over S of
+     * scale * q_h k_h^T; out (N, L, C) = P v_h, the heads side by side. P is kept for the
+     * backward. */
+    void (*attention_forward)(camo_backend *be, const camo_attn_desc *d, float scale,
+                              float *out, float *P, const float *q, const float *k,
+                              const float *v);
+    /* dq, dk, dv += the gradients of sum(out * dout); work: heads * L * S floats (the op runs
+     * one image at a time). */
+    void (*attention_backward)(camo_backend *be, const camo_attn_desc *d, float scale,
+                               float *dq, float *dk, float *dv, float *work,
+                               const float *dout, const float *q, const float *k,
+                               const float *v, const float *P);
+    /* Cross-covariance attention (XCiT, EdgeNeXt; S == L): rq (N, C) = 1 / max(||q[:, c]||,
+     * 1e-12) over the L tokens of each image (F.normalize), rk the same of k; per head
+     * G (N, heads, D, D) = (q_h rq)^T (k_h rk), the cosines; P = softmax over the last axis
+     * of temp[h] * G; out (N, L, C) = v_h P^T. G, P, rq, rk are kept for the backward. */
+    void (*xca_forward)(camo_backend *be, const camo_attn_desc *d, float *out, float *P,
+                        float *G, float *rq, float *rk, const float *q, const float *k,
+                        const float *v, const float *temp);
+    /* dq, dk, dv += ..., dtemp (heads) += ...; work: camo_xca_work_floats(d) floats */
+    void (*xca_backward)(camo_backend *be, const camo_attn_desc *d, float *dq, float *dk,
+                         float *dv, float *dtemp, float *work, const float *dout,
+                         const float *q, const float *k, const float *v, const float *temp,
+                         const float *P, const float *G, const float *rq, const float *rk);
 
     /* ---- pooling and resizing ---- */
     /* argmax (N,P,Q,C) int32 index into the input plane (h*W+w), max pooling only */

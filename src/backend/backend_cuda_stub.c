@@ -4,6 +4,7 @@
 #include "backend/backend.h"
 #include "backend/comm.h"
 #include "core/common.h"
+#include "core/mpi.h"
 #include "backend/cuda.h"
 
 #include <string.h>
@@ -65,6 +66,20 @@ int camo_comm_nccl_create(int n, const int *devices, void *const *streams, doubl
 int camo_comm_local_create(int n, const int *devices, void *const *streams, double timeout_s,
                            camo_comm **comms) {
     (void)streams, (void)timeout_s;
+    return no_cuda_comm(n, devices, comms);
+}
+
+int camo_comm_nccl_unique_id(void *nccl_id) {
+    (void)nccl_id;
+    CAMO_ERR("an NCCL id was requested, but camotrain was built without CUDA");
+    return -1;
+}
+
+int camo_comm_nccl_create_span(int n, const int *devices, void *const *streams,
+                               double timeout_s, const camo_comm_span *span,
+                               const void *nccl_id, camo_comm **comms) {
+    (void)streams, (void)timeout_s, (void)nccl_id;
+    if (span) camo_mpi_group_free(span->xp); /* taken over, as the CUDA build does */
     return no_cuda_comm(n, devices, comms);
 }
 

@@ -58,11 +58,30 @@ struct camo_comm {
  * (<= 0: no timeout). Returns 0 or -1 with an error. */
 int camo_comm_cpu_create(int n, double timeout_s, camo_comm **comms);
 
+/* A group whose ranks span processes (docs/parallel.md "Several processes"): this process
+ * holds the n ranks base .. base + n - 1 of `world` (every process the same n; process p has
+ * base p * n), and xp (core/mpi.h) carries what crosses processes. comm->rank and ->size are
+ * then the global ones. The group takes xp over (the last rank's destroy frees it). */
+struct camo_mpi_group;
+typedef struct camo_comm_span {
+    struct camo_mpi_group *xp;
+    int base, world;
+} camo_comm_span;
+
+/* The cpu (and host) comm over processes: each collective first combines the local ranks as
+ * above (rank order), then local rank 0 combines the processes' results with xp in process
+ * order (core/mpi.h camo_mpi_sum_floats): deterministic, and the same bits on every rank.
+ * span NULL: camo_comm_cpu_create. */
+int camo_comm_cpu_create_span(int n, double timeout_s, const camo_comm_span *span,
+                              camo_comm **comms);
+
 /* The host comm: n ranks between threads; all_reduce_host sums in rank order, like the cpu
  * comm and the host sums of the GPU comms, so results are bitwise the same as theirs. The
  * float collectives fail ("replica R: all_reduce_sum on the host comm ...") and abort the
  * group. 0, or -1 with an error. */
 int camo_comm_host_create(int n, double timeout_s, camo_comm **comms);
+int camo_comm_host_create_span(int n, double timeout_s, const camo_comm_span *span,
+                               camo_comm **comms);
 
 /* NCCL over distinct GPUs devices[0..n) (ncclCommInitAll), and the `local` comm for
  * replicas that share one GPU (devices may repeat). streams[i]: the replica's compute
@@ -75,5 +94,16 @@ int camo_comm_nccl_create(int n, const int *devices, void *const *streams, doubl
                           camo_comm **comms);
 int camo_comm_local_create(int n, const int *devices, void *const *streams, double timeout_s,
                            camo_comm **comms);
+
+/* NCCL over processes: this process's n GPUs are global ranks span->base .. of span->world
+ * of one communicator, each joined with ncclCommInitRank inside one ncclGroupStart/End;
+ * nccl_id (CAMO_NCCL_ID_BYTES) is what camo_comm_nccl_unique_id made on process 0, sent to
+ * every process (core/mpi.h camo_mpi_bcast). The host side (all_reduce_host, barrier) crosses
+ * processes through span->xp. Without CUDA both fail with a clear error. */
+#define CAMO_NCCL_ID_BYTES 128
+int camo_comm_nccl_unique_id(void *nccl_id);
+int camo_comm_nccl_create_span(int n, const int *devices, void *const *streams,
+                               double timeout_s, const camo_comm_span *span,
+                               const void *nccl_id, camo_comm **comms);
 
 #endif

@@ -97,7 +97,7 @@ static void deadline_after(struct timespec *ts, double s) {
 
 /* Under b->mu: arrives and waits for the others. 1 when all came; 0 when the group was
  * aborted first, by a peer or by this rank's own timeout. */
-static int arrive_locked(camo_barrier *b, int rank) {
+static int arrive_locked(camo_barrier *b, int rank, double timeout_s) {
     unsigned long gen = b->gen;
     b->arrived_gen[rank] = gen + 1;
     if (++b->arrived == b->n) {
@@ -107,9 +107,9 @@ static int arrive_locked(camo_barrier *b, int rank) {
         return 1;
     }
     struct timespec dl;
-    if (b->timeout_s > 0) deadline_after(&dl, b->timeout_s);
+    if (timeout_s > 0) deadline_after(&dl, timeout_s);
     while (gen == b->gen && !b->aborted) {
-        int w = b->timeout_s > 0 ? pthread_cond_timedwait(&b->cv, &b->mu, &dl)
+        int w = timeout_s > 0 ? pthread_cond_timedwait(&b->cv, &b->mu, &dl)
                                  : pthread_cond_wait(&b->cv, &b->mu);
         if (w == ETIMEDOUT && gen == b->gen) {
             char why[256];
@@ -120,17 +120,26 @@ static int arrive_locked(camo_barrier *b, int rank) {
     return gen != b->gen; /* the last rank came, even if an abort followed */
 }
 
-int camo_barrier_wait_with(camo_barrier *b, int rank, void (*on_arrive)(void *arg, int rank),
-                           void *arg) {
+static int wait_with(camo_barrier *b, int rank, void (*on_arrive)(void *arg, int rank),
+                     void *arg, double timeout_s) {
     pthread_mutex_lock(&b->mu);
     int ok = !b->aborted;
     if (ok && on_arrive) on_arrive(arg, rank);
-    if (ok) ok = arrive_locked(b, rank);
+    if (ok) ok = arrive_locked(b, rank, timeout_s);
     if (!ok) CAMO_ERR("comm aborted: %s", b->reason);
     pthread_mutex_unlock(&b->mu);
     return ok ? 0 : -1;
 }
 
+int camo_barrier_wait_with(camo_barrier *b, int rank, void (*on_arrive)(void *arg, int rank),
+                           void *arg) {
+    return wait_with(b, rank, on_arrive, arg, b->timeout_s);
+}
+
 int camo_barrier_wait(camo_barrier *b, int rank) {
-    return camo_barrier_wait_with(b, rank, NULL, NULL);
+    return wait_with(b, rank, NULL, NULL, b->timeout_s);
+}
+
+int camo_barrier_wait_untimed(camo_barrier *b, int rank) {
+    return wait_with(b, rank, NULL, NULL, 0);
 }

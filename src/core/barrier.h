@@ -25,6 +25,12 @@ int camo_barrier_wait(camo_barrier *b, int rank);
 int camo_barrier_wait_with(camo_barrier *b, int rank, void (*on_arrive)(void *arg, int rank),
                            void *arg);
 
+/* camo_barrier_wait without the timeout (an abort still ends it), for ranks that wait while
+ * one rank of the group runs a wait of its own that is timed and aborts the group when it
+ * passes (the cpu comm's process leader inside MPI, core/mpi.h): its reason is then the one
+ * reported, not a misleading "replica 0 did not join". */
+int camo_barrier_wait_untimed(camo_barrier *b, int rank);
+
 /* Ends every pending and later wait with an error; the first reason is kept (NULL or "":
  * "aborted"). Safe from any thread, any number of times. */
 void camo_barrier_abort(camo_barrier *b, const char *reason);

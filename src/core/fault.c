@@ -6,7 +6,7 @@
 #include <stdlib.h>
 
 static struct {
-    int fail_replica, fail_stall, corrupt_replica, signal, loss_scale;
+    int fail_replica, fail_stall, fail_kill, corrupt_replica, signal, loss_scale;
     int64_t fail_step, grad_overflow, signal_at_step;
 } F;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
@@ -21,6 +21,7 @@ static void read_env(void) {
     F.fail_replica = both ? (int)env_int("CAMO_TEST_FAIL_REPLICA", -1) : -1;
     F.fail_step = both ? env_int("CAMO_TEST_FAIL_STEP", -1) : -1;
     F.fail_stall = getenv("CAMO_TEST_FAIL_STALL") != NULL;
+    F.fail_kill = getenv("CAMO_TEST_FAIL_KILL") != NULL;
     F.corrupt_replica = (int)env_int("CAMO_TEST_CORRUPT_REPLICA", -1);
     F.grad_overflow = env_int("CAMO_TEST_GRAD_OVERFLOW", -1);
     F.signal_at_step = env_int("CAMO_TEST_SIGNAL_AT_STEP", 0);
@@ -34,6 +35,7 @@ static void load(void) { pthread_once(&once, read_env); }
 camo_fault_kind camo_fault_replica(int rank, int replicas, int64_t step) {
     load();
     if (F.fail_replica != rank || F.fail_step != step) return CAMO_FAULT_NONE;
+    if (F.fail_kill) return CAMO_FAULT_KILL;
     return F.fail_stall && replicas > 1 ? CAMO_FAULT_STALL : CAMO_FAULT_FAIL;
 }
 

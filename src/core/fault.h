@@ -8,10 +8,14 @@
 
 #include <stdint.h>
 
-typedef enum { CAMO_FAULT_NONE, CAMO_FAULT_FAIL, CAMO_FAULT_STALL } camo_fault_kind;
+typedef enum {
+    CAMO_FAULT_NONE, CAMO_FAULT_FAIL, CAMO_FAULT_STALL, CAMO_FAULT_KILL
+} camo_fault_kind;
 
 /* CAMO_TEST_FAIL_REPLICA=r with CAMO_TEST_FAIL_STEP=s: replica r fails when it starts step
- * s, or (CAMO_TEST_FAIL_STALL set, and more than one replica) stops responding instead. */
+ * s, or (CAMO_TEST_FAIL_STALL set, and more than one replica) stops responding instead, or
+ * (CAMO_TEST_FAIL_KILL set) its process dies at once, as under kill -9 (a process of a
+ * multi-process run, tests/test_mpi.sh). r is a global rank (process p holds p * k ..). */
 camo_fault_kind camo_fault_replica(int rank, int replicas, int64_t step);
 /* CAMO_TEST_CORRUPT_REPLICA=r: replica r's weights differ after the start broadcast. */
 int camo_fault_corrupt_replica(int rank);

@@ -105,9 +105,12 @@ int camo_dataset_skip_bad(const camo_dataset *ds);
 /* The key of sample `index` in `epoch` of a run with `seed`. */
 uint64_t camo_sample_key(uint64_t seed, int epoch, int64_t index);
 
-/* One global batch, filled by the loader. */
+/* One global batch, filled by the loader (or this process's window of it: see
+ * camo_loader_opts.window). */
 typedef struct camo_batch {
-    int n;                  /* samples in this batch */
+    int n;                  /* samples in this batch (in the buffers below) */
+    int total;              /* samples in the global batch: n, unless a window */
+    int first;              /* the global batch's position of sample 0 here: 0, unless a window */
     int size;               /* side */
     float *image;           /* (n, size, size, 3) */
     float *mask;            /* (n, size, size) */
@@ -131,6 +134,13 @@ typedef struct camo_loader_opts {
     void (*free)(void *p, void *ctx);
     void *ctx;
     int keep_gt;
+    /* A run of several processes (docs/parallel.md "Several processes"): only samples
+     * [*lo, *lo + *count) of each global batch of n are loaded (this process's replicas'
+     * slices), into positions 0.. of the buffers; NULL = whole batches. An empty window
+     * still loads one sample (a ghost pass of sync-BN runs on it). Not with a data set
+     * that skips bad files (which samples drop must be known to every process). */
+    void (*window)(int n, void *window_ctx, int *lo, int *count);
+    void *window_ctx;
 } camo_loader_opts;
 camo_loader *camo_loader_create_ex(const camo_dataset *ds, const camo_augment *aug, int workers,
                                    int max_batch, int depth, const camo_loader_opts *opts);

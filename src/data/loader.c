@@ -4,7 +4,9 @@
  * Work is handed out per sample, in epoch order: a worker claims the next sample position,
  * and may do so only while that sample's batch has a ring slot (the batch `depth` earlier
  * was released). So at most `depth` batches are in flight, samples of one batch load in
- * parallel, and no sample allocates: batches and per-worker scratch are made up front. */
+ * parallel, and no sample allocates: batches and per-worker scratch are made up front.
+ * With a window (camo_loader_opts.window: a process of a multi-process run) only the
+ * window's positions of each batch are claimed and loaded. */
 #include "data/data.h"
 
 #include <pthread.h>
@@ -17,6 +19,7 @@ typedef enum { SLOT_FREE, SLOT_FILLING, SLOT_READY, SLOT_OUT } slot_state;
 typedef struct {
     camo_batch b; /* first member: a released camo_batch * is its slot */
     slot_state state;
+    int nload;    /* samples to load: b.n, or 1 for an empty window (b.n = 0) */
     int filled;   /* samples finished (loaded or skipped) */
     int nbad;     /* samples skipped (skip_bad) */
     uint8_t *bad; /* (max_batch) */
@@ -92,9 +95,24 @@ static void slot_free(slot *s, const camo_loader_opts *o, int max_batch) {
     free(s->bad);
 }
 
+/* The batch's window (whole batches without one); an empty window loads one sample that
+ * does not count (b.n = 0): a ghost pass of sync-BN needs an image. */
+static void slot_window(camo_loader *L, slot *s) {
+    int total = s->b.total, lo = 0, count = total;
+    if (L->opts.window) {
+        L->opts.window(total, L->opts.window_ctx, &lo, &count);
+        lo = CAMO_MAX(0, CAMO_MIN(lo, total));
+        count = CAMO_MAX(0, CAMO_MIN(count, total - lo));
+    }
+    s->b.n = count;
+    s->nload = count > 0 || total == 0 ? count : 1;
+    s->b.first = count > 0 ? lo : CAMO_MIN(lo, total - 1);
+}
+
 static void slot_begin(camo_loader *L, slot *s, int seq) {
     s->b.seq = seq;
-    s->b.n = CAMO_MIN(L->batch, L->n - seq * L->batch);
+    s->b.total = CAMO_MIN(L->batch, L->n - seq * L->batch);
+    slot_window(L, s);
     s->filled = s->nbad = 0;
     memset(s->bad, 0, (size_t)L->max_batch);
     s->state = SLOT_FILLING;
@@ -102,7 +120,7 @@ static void slot_begin(camo_loader *L, slot *s, int seq) {
 
 /* Decodes sample position p of the epoch into its place in slot s (no lock held). */
 static int load_one(camo_loader *L, camo_sample_scratch *sc, slot *s, int p) {
-    int i = p - s->b.seq * L->batch, idx = L->order[p];
+    int i = p - s->b.seq * L->batch - s->b.first, idx = L->order[p];
     size_t plane = (size_t)L->aug.size * L->aug.size;
     s->b.index[i] = idx;
     uint64_t key = camo_sample_key(L->seed, L->epoch, idx);
@@ -128,7 +146,7 @@ static int load_one(camo_loader *L, camo_sample_scratch *sc, slot *s, int p) {
 static void note_failure(camo_loader *L, slot *s, int p) {
     if (L->skip_bad) {
         camo_warn("skipping a sample: %s", camo_last_error());
-        s->bad[p - s->b.seq * L->batch] = 1;
+        s->bad[p - s->b.seq * L->batch - s->b.first] = 1;
         s->nbad++;
     } else if (!L->failed) {
         L->failed = 1;
@@ -136,14 +154,18 @@ static void note_failure(camo_loader *L, slot *s, int p) {
     }
 }
 
-/* The next sample position whose batch has a slot, or NULL (mu held). */
+/* The next sample position whose batch has a slot, or NULL (mu held). next_pos is always
+ * an unclaimed position of its batch's window, or a batch's start (before its window). */
 static slot *claim(camo_loader *L, int *pos) {
     if (!L->active || L->failed || L->stop || L->next_pos >= L->n) return NULL;
     int p = L->next_pos, seq = p / L->batch;
     slot *s = &L->slots[seq % L->depth];
     if (s->state == SLOT_FREE) slot_begin(L, s, seq);
     else if (s->state != SLOT_FILLING || s->b.seq != seq) return NULL; /* ring full */
-    L->next_pos++;
+    int lo = seq * L->batch + s->b.first;
+    if (p < lo) p = lo;
+    /* past the window's last sample: the next batch's start */
+    L->next_pos = p + 1 < lo + s->nload ? p + 1 : (seq + 1) * L->batch;
     *pos = p;
     return s;
 }
@@ -162,7 +184,7 @@ static void *worker_main(void *arg) {
         pthread_mutex_lock(&L->mu);
         L->busy--;
         if (rc) note_failure(L, s, p);
-        if (++s->filled == s->b.n) s->state = SLOT_READY;
+        if (++s->filled == s->nload) s->state = SLOT_READY;
         pthread_cond_broadcast(&L->done); /* batch ready, failure or idle: the caller rechecks */
     }
     pthread_mutex_unlock(&L->mu);
@@ -183,6 +205,7 @@ camo_loader *camo_loader_create_ex(const camo_dataset *ds, const camo_augment *a
     if (opts) L->opts = *opts;
     L->classes = camo_dataset_classes(ds);
     L->skip_bad = camo_dataset_skip_bad(ds);
+    CAMO_ASSERT(!(L->skip_bad && L->opts.window)); /* data.h: not together */
     L->nworkers = workers > 0 ? workers : 0;
     L->max_batch = max_batch;
     L->depth = depth > 0 ? depth : 1;
@@ -261,6 +284,7 @@ static void compact(camo_loader *L, slot *s) {
         j++;
     }
     b->n = j;
+    b->total = j; /* no window with skip_bad (data.h) */
 }
 
 /* workers == 0: the caller's thread decodes the batch itself. */
@@ -271,8 +295,8 @@ static camo_batch *next_sync(camo_loader *L) {
     }
     slot *s = &L->slots[0];
     slot_begin(L, s, L->next_seq);
-    for (int i = 0; i < s->b.n; i++) {
-        int p = s->b.seq * L->batch + i;
+    for (int i = 0; i < s->nload; i++) {
+        int p = s->b.seq * L->batch + s->b.first + i;
         if (load_one(L, L->sync_sc, s, p) == 0) continue;
         note_failure(L, s, p);
         if (L->failed) return NULL; /* the message is already this thread's */

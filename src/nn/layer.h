@@ -21,7 +21,11 @@
     X(CONCAT, concat)                     /* layer_merge.c */                            \
     X(ADD, add)                           /* layer_merge.c */                            \
     X(MUL, mul)                           /* layer_merge.c */                            \
-    X(SOFTMAX, softmax)                   /* layer_activation.c */
+    X(SOFTMAX, softmax)                   /* layer_activation.c */                       \
+    X(ATTENTION, attention)               /* layer_attention.c */                        \
+    X(XCA, xca)                           /* layer_attention.c */                        \
+    X(LAYER_SCALE, layer_scale)           /* layer_residual.c */                         \
+    X(DROP_PATH, drop_path)               /* layer_residual.c */
 
 typedef enum {
 #define X(id, fn) CAMO_LAYER_##id,
@@ -64,6 +68,14 @@ struct camo_layer {
             int align_corners;
         } resize;
         struct { camo_bcast mode; } mul;
+        struct { int heads; float *P, *work; } attn; /* P: (N, heads, L, S) probabilities */
+        struct {
+            int heads;
+            float *P, *G;          /* (N, heads, D, D): probabilities, cosines */
+            float *rq, *rk;        /* (N, C) inverse norms of q and k over the tokens */
+            float *work, *dscratch; /* backward scratch; dtemp sink of a frozen temperature */
+        } xca;
+        struct { float p; float *keep; } drop; /* keep: host (N), the last forward's factors */
     } u;
 };
 

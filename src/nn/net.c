@@ -59,6 +59,7 @@ float *layer_param_grad(camo_net *net, const camo_layer *l, int i) {
 void *layer_alloc(camo_net *net, size_t bytes) {
     void *p = net->be->alloc(net->be, bytes);
     if (!p) CAMO_DIE("%s", camo_last_error());
+    net->alloc_bytes += bytes;
     return p;
 }
 
@@ -239,6 +240,7 @@ int camo_net_set_input_size(camo_net *net, int N, int H, int W) {
     size_t in_bytes = (size_t)N * H * W * net->input_channels * sizeof(float);
     net->input = layer_alloc(net, in_bytes);
     net->dinput = layer_alloc(net, in_bytes);
+    size_t act = in_bytes, start = net->alloc_bytes;
     for (int i = 0; i < net->n_layers; i++) {
         camo_layer *l = &net->layers[i];
         if (camo_layer_table[l->type]->infer(net, l) != 0) {
@@ -249,8 +251,32 @@ int camo_net_set_input_size(camo_net *net, int N, int H, int W) {
         size_t bytes = (size_t)N * l->H * l->W * l->C * sizeof(float);
         l->out = layer_alloc(net, bytes);
         l->dout = layer_alloc(net, bytes);
+        act += bytes;
     }
+    net->mem_act = net->mem_act_grad = act; /* outputs and their gradients: same sizes */
+    net->mem_scratch = net->alloc_bytes - start - 2 * (act - in_bytes); /* what infer took */
     return 0;
+}
+
+/* Sizes at 1 and 2 images: a (per image) and b (fixed) of every a*N + b. */
+int camo_net_memory(camo_net *net, camo_net_mem *m) {
+    memset(m, 0, sizeof *m);
+    int N = net->N, H = net->H, W = net->W;
+    if (!net->input) {
+        CAMO_ERR("%s: camo_net_memory before camo_net_set_input_size", net->source);
+        return -1;
+    }
+    size_t nw = net->n_weight_floats, nb = net->n_buffer_floats;
+    m->weights = m->grads = (nw ? nw : 1) * sizeof(float); /* as net_alloc_params asks */
+    m->buffers = (nb ? nb : 1) * sizeof(float);
+    if (camo_net_set_input_size(net, 1, H, W)) return -1;
+    size_t a1 = net->mem_act, g1 = net->mem_act_grad, s1 = net->mem_scratch;
+    if (camo_net_set_input_size(net, 2, H, W)) return -1;
+    m->act_img = net->mem_act - a1;
+    m->act_grad_img = net->mem_act_grad - g1;
+    m->scratch_img = net->mem_scratch - s1;
+    m->scratch_fixed = 2 * s1 - net->mem_scratch;
+    return camo_net_set_input_size(net, N, H, W);
 }
 
 /* ---- forward / backward ---- */

@@ -96,6 +96,17 @@ typedef struct camo_net {
     int want_input_grad;        /* tests: compute the input image's gradient */
     float *dinput;              /* (N, H, W, input_channels) */
 
+    /* Randomness of training-only layers (drop_path), set by the trainer before each
+     * training forward. A layer's draw for image i depends only on (rng_seed, rng_step,
+     * rng_sample0 + i) and the layer's name, never on a replica's or thread's state, as
+     * augmentation's does (DESIGN.md item 3): resume and every replica count give the same
+     * numbers. All 0 (tests, evaluation) is a valid fixed draw. */
+    uint64_t rng_seed;          /* the run's seed */
+    int64_t rng_step;           /* optimizer steps taken before the one being computed */
+    int64_t rng_sample0;        /* index of image 0 of this forward among the step's images:
+                                   micro-batch index in the step * global batch + the
+                                   replica's slice offset */
+
     /* sync-BN (parallel.sync_bn): sums `n` floats across replicas in place and, when
      * count != NULL, the row count too. NULL = each replica its own statistics. */
     void (*bn_sync)(void *ctx, float *data, size_t n, double *count);
@@ -106,6 +117,11 @@ typedef struct camo_net {
      * to launch bucket all-reduces while backward goes on. NULL = no hook. */
     void (*on_layer_grads)(void *ctx, int layer);
     void *on_layer_grads_ctx;
+
+    /* bytes requested through layer_alloc so far (never decreased: differences measure),
+     * and what camo_net_set_input_size allocated for the current N (camo_net_memory) */
+    size_t alloc_bytes;
+    size_t mem_act, mem_act_grad, mem_scratch;
 } camo_net;
 
 /* Parse a network file. NULL on error; camo_last_error() names the file, line and layer.
@@ -156,5 +172,22 @@ size_t camo_net_param_count(const camo_net *net);   /* trainable values */
 double camo_net_forward_flops(const camo_net *net); /* per image at the current H x W */
 /* Table of layers, output shapes, parameters and FLOPs. */
 void camo_net_summary(const camo_net *net, FILE *out);
+
+/* Backend memory of a network, in bytes requested (what camo_net_set_input_size and the
+ * parameter blocks allocate; backend-internal workspaces such as cuDNN's not included). */
+typedef struct camo_net_mem {
+    size_t weights, grads, buffers;    /* parameter blocks, alignment padding included */
+    size_t act_img, act_grad_img;      /* per image: the input and every layer's output;
+                                          their gradients (allocated even where frozen) */
+    size_t scratch_img, scratch_fixed; /* layer scratch: per image (max-pool indices, LN
+                                          statistics), fixed (BN statistics) */
+} camo_net_mem;
+/* Measures at 1 and 2 images of the current H x W (every allocation is linear in the
+ * image count), then restores the current size: nothing is allocated at a large batch.
+ * 0, or -1 + error. */
+int camo_net_memory(camo_net *net, camo_net_mem *m);
+static inline size_t camo_net_mem_per_image(const camo_net_mem *m) {
+    return m->act_img + m->act_grad_img + m->scratch_img;
+}
 
 #endif

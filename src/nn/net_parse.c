@@ -275,6 +275,20 @@ static int check_keys(const parser *P, const config_setting_t *s, const char *co
 typedef int (*type_reader)(parser *P, const config_setting_t *s, const char *name,
                            const int *in, int n_in, int arg);
 
+/* `filters`: a count, or "classes" (the network's classes: a head's width) */
+static int read_filters(parser *P, const config_setting_t *s, int *K) {
+    const config_setting_t *f = config_setting_get_member(s, "filters");
+    if (f && config_setting_type(f) == CONFIG_TYPE_STRING) {
+        if (strcmp(config_setting_get_string(f), "classes") != 0) {
+            CAMO_ERR("%s: %s: filters must be a number or \"classes\"", cfg_where(f), P->label);
+            return -1;
+        }
+        *K = P->net->classes;
+        return 0;
+    }
+    return cfg_need_int(s, "filters", K) != 0 ? -1 : 0;
+}
+
 static int parse_conv(parser *P, const config_setting_t *s, const char *name, const int *from,
                       int n_in, int arg) {
     static const char *const keys[] = {"name", "type", "from", "filters", "size", "stride",
@@ -283,16 +297,8 @@ static int parse_conv(parser *P, const config_setting_t *s, const char *name, co
     int in = from[0];
     if (check_keys(P, s, keys)) return -3;
     int K = 0, size = 0, stride = 1, dil = 1, groups = 1, bn = 0, bias, pad;
-    const char *act_name = "linear", *fs = NULL;
-    const config_setting_t *f = config_setting_get_member(s, "filters");
-    if (f && config_setting_type(f) == CONFIG_TYPE_STRING) {
-        fs = config_setting_get_string(f);
-        if (strcmp(fs, "classes") != 0) {
-            CAMO_ERR("%s: %s: filters must be a number or \"classes\"", cfg_where(f), P->label);
-            return -3;
-        }
-        K = P->net->classes;
-    } else if (cfg_need_int(s, "filters", &K) != 0) return -3;
+    const char *act_name = "linear";
+    if (read_filters(P, s, &K)) return -3;
     if (cfg_need_int(s, "size", &size) || cfg_int(s, "stride", &stride) < 0 ||
         cfg_int(s, "dilation", &dil) < 0 || cfg_int(s, "groups", &groups) < 0 ||
         cfg_bool(s, "bn", &bn) < 0 || cfg_string(s, "act", &act_name) < 0)
@@ -322,28 +328,31 @@ static int parse_conv(parser *P, const config_setting_t *s, const char *name, co
     return li;
 }
 
-static int parse_resblock(parser *P, const config_setting_t *s, const char *name,
-                          const int *from, int n_in, int arg) {
-    static const char *const keys[] = {"name", "type", "from", "filters", "stride", "act", NULL};
-    (void)n_in, (void)arg;
-    int in = from[0];
-    if (check_keys(P, s, keys)) return -3;
-    int K = 0, stride = 1;
-    const char *act_name = "relu"; /* torchvision's; tests swap in a smooth one (no kinks) */
-    if (cfg_need_int(s, "filters", &K) || cfg_int(s, "stride", &stride) < 0 ||
+/* The keys and activation shared by resblock and bottleneck: filters, stride, dilation
+ * (>= 1) and act (default relu: torchvision's; tests swap in a smooth one, no kinks). */
+static int read_block(parser *P, const config_setting_t *s, int *K, int *stride, int *dil,
+                      camo_act *act) {
+    static const char *const keys[] = {"name", "type", "from", "filters", "stride",
+                                       "dilation", "act", NULL};
+    const char *act_name = "relu";
+    *stride = *dil = 1;
+    if (check_keys(P, s, keys) || cfg_need_int(s, "filters", K) ||
+        cfg_int(s, "stride", stride) < 0 || cfg_int(s, "dilation", dil) < 0 ||
         cfg_string(s, "act", &act_name) < 0)
-        return -3;
-    if (positive(P, s, "filters", K, 1) || positive(P, s, "stride", stride, 1)) return -3;
-    camo_act act;
-    if (find_act(P, s, act_name, &act) != 0) return -3;
-    int C = channels_of(P, in);
+        return -1;
+    if (positive(P, s, "filters", *K, 1) || positive(P, s, "stride", *stride, 1) ||
+        positive(P, s, "dilation", *dil, 1))
+        return -1;
+    return find_act(P, s, act_name, act);
+}
+
+/* A residual block's end: the shortcut (identity, or when the stride is not 1 or the
+ * channels change, NAME.downsample.0: 1x1 conv with the stride, no bias, and
+ * NAME.downsample.1: BN), NAME.add of branch `a` and the shortcut, NAME.relu. */
+static int block_tail(parser *P, const char *name, int a, int in, int C, int K, int stride,
+                      camo_act act) {
     char sub[CAMO_NAME_MAX + 16];
 #define SUB(fmt) (snprintf(sub, sizeof sub, fmt, name), sub)
-    int a = prim_conv(P, SUB("%s.conv1"), in, C, K, 3, stride, 1, 1, 1, 0);
-    a = prim_bn(P, SUB("%s.bn1"), a, K, 1e-5, 0.1);
-    a = prim_act(P, SUB("%s.relu1"), a, K, act, 0);
-    a = prim_conv(P, SUB("%s.conv2"), a, K, K, 3, 1, 1, 1, 1, 0);
-    a = prim_bn(P, SUB("%s.bn2"), a, K, 1e-5, 0.1);
     int shortcut = in;
     if (stride != 1 || C != K) {
         shortcut = prim_conv(P, SUB("%s.downsample.0"), in, C, K, 1, stride, 0, 1, 1, 0);
@@ -353,6 +362,49 @@ static int parse_resblock(parser *P, const config_setting_t *s, const char *name
     int sum = new_layer(P, CAMO_LAYER_ADD, SUB("%s.add"), sum_in, 2, K);
     return prim_act(P, SUB("%s.relu"), sum, K, act, 0);
 #undef SUB
+}
+
+/* torchvision's BasicBlock; with `dilation`, mmsegmentation's (torchvision refuses it):
+ * conv1 3x3 with the stride, padding and dilation `dilation`; conv2 3x3, padding 1. */
+static int parse_resblock(parser *P, const config_setting_t *s, const char *name,
+                          const int *from, int n_in, int arg) {
+    (void)n_in, (void)arg;
+    int in = from[0], K = 0, stride, dil;
+    camo_act act;
+    if (read_block(P, s, &K, &stride, &dil, &act)) return -3;
+    int C = channels_of(P, in);
+    char sub[CAMO_NAME_MAX + 16];
+#define SUB(fmt) (snprintf(sub, sizeof sub, fmt, name), sub)
+    int a = prim_conv(P, SUB("%s.conv1"), in, C, K, 3, stride, dil, dil, 1, 0);
+    a = prim_bn(P, SUB("%s.bn1"), a, K, 1e-5, 0.1);
+    a = prim_act(P, SUB("%s.relu1"), a, K, act, 0);
+    a = prim_conv(P, SUB("%s.conv2"), a, K, K, 3, 1, 1, 1, 1, 0);
+    a = prim_bn(P, SUB("%s.bn2"), a, K, 1e-5, 0.1);
+#undef SUB
+    return block_tail(P, name, a, in, C, K, stride, act);
+}
+
+/* torchvision's Bottleneck (ResNet-50/101/152): conv1 1x1 to `filters` (the width), conv2
+ * 3x3 with the stride and the dilation (padding = dilation), conv3 1x1 to 4 * filters. */
+static int parse_bottleneck(parser *P, const config_setting_t *s, const char *name,
+                            const int *from, int n_in, int arg) {
+    (void)n_in, (void)arg;
+    int in = from[0], F = 0, stride, dil;
+    camo_act act;
+    if (read_block(P, s, &F, &stride, &dil, &act)) return -3;
+    int C = channels_of(P, in), K = 4 * F;
+    char sub[CAMO_NAME_MAX + 16];
+#define SUB(fmt) (snprintf(sub, sizeof sub, fmt, name), sub)
+    int a = prim_conv(P, SUB("%s.conv1"), in, C, F, 1, 1, 0, 1, 1, 0);
+    a = prim_bn(P, SUB("%s.bn1"), a, F, 1e-5, 0.1);
+    a = prim_act(P, SUB("%s.relu1"), a, F, act, 0);
+    a = prim_conv(P, SUB("%s.conv2"), a, F, F, 3, stride, dil, dil, 1, 0);
+    a = prim_bn(P, SUB("%s.bn2"), a, F, 1e-5, 0.1);
+    a = prim_act(P, SUB("%s.relu2"), a, F, act, 0);
+    a = prim_conv(P, SUB("%s.conv3"), a, F, K, 1, 1, 0, 1, 1, 0);
+    a = prim_bn(P, SUB("%s.bn3"), a, K, 1e-5, 0.1);
+#undef SUB
+    return block_tail(P, name, a, in, C, K, stride, act);
 }
 
 /* arg: the primitive, CAMO_LAYER_BATCHNORM or CAMO_LAYER_LAYERNORM */
@@ -517,6 +569,127 @@ static int parse_softmax(parser *P, const config_setting_t *s, const char *name,
     return new_layer(P, CAMO_LAYER_SOFTMAX, name, in, 1, channels_of(P, in[0]));
 }
 
+/* ---- transformer layers (layer_attention.c, layer_residual.c) ---- */
+
+/* PyTorch's nn.Linear on the channels of every pixel: a 1x1 convolution whose weight has
+ * Linear's shape [out, in] (the same values in the same order as the conv's OHWI
+ * [out][1][1][in], so no conversion), bias [out]; initialised as Linear (fan_in = in). */
+static int parse_linear(parser *P, const config_setting_t *s, const char *name, const int *in,
+                        int n_in, int arg) {
+    static const char *const keys[] = {"name", "type", "from", "filters", "bias", NULL};
+    (void)n_in, (void)arg;
+    int K = 0, bias = 1, C = channels_of(P, in[0]);
+    if (check_keys(P, s, keys) || read_filters(P, s, &K) ||
+        cfg_bool(s, "bias", &bias) < 0 || positive(P, s, "filters", K, 1))
+        return -3;
+    int li = prim_conv(P, name, in[0], C, K, 1, 1, 0, 1, 1, bias);
+    if (li < -2) return li;
+    camo_param *w = &P->net->params[P->net->layers[li].param0];
+    w->ndim = 2;
+    w->shape[0] = K, w->shape[1] = C, w->shape[2] = w->shape[3] = 0;
+    w->layout = CAMO_LAYOUT_PLAIN;
+    return li;
+}
+
+/* `heads` (>= 1, dividing the C channels) of attention and xca */
+static int read_heads(parser *P, const config_setting_t *s, int C, int *heads) {
+    if (cfg_need_int(s, "heads", heads) || positive(P, s, "heads", *heads, 1)) return -1;
+    if (C % *heads == 0) return 0;
+    CAMO_ERR("%s: %s: heads = %d must divide the %d channels", cfg_where(s), P->label, *heads,
+             C);
+    return -1;
+}
+
+/* inputs first..n_in-1 must have C channels */
+static int same_channels(parser *P, const config_setting_t *s, const int *in, int n_in, int C) {
+    for (int k = 1; k < n_in; k++) {
+        if (channels_of(P, in[k]) == C) continue;
+        CAMO_ERR("%s: %s: input %d has %d channels, input 1 has %d", cfg_where(s), P->label,
+                 k + 1, channels_of(P, in[k]), C);
+        return -1;
+    }
+    return 0;
+}
+
+/* attention: from = [queries, keys, values], one channel count; keys and values one size */
+static int parse_attention(parser *P, const config_setting_t *s, const char *name,
+                           const int *in, int n_in, int arg) {
+    static const char *const keys[] = {"name", "type", "from", "heads", NULL};
+    (void)arg;
+    if (check_keys(P, s, keys)) return -3;
+    if (n_in != 3) {
+        CAMO_ERR("%s: %s: needs 'from' = [queries, keys, values], got %d layer%s",
+                 cfg_where(s), P->label, n_in, n_in == 1 ? "" : "s");
+        return -3;
+    }
+    int C = channels_of(P, in[0]), heads;
+    if (same_channels(P, s, in, 3, C) || read_heads(P, s, C, &heads)) return -3;
+    int li = new_layer(P, CAMO_LAYER_ATTENTION, name, in, 3, C);
+    P->net->layers[li].u.attn.heads = heads;
+    return li;
+}
+
+/* xca: from = [q, k, v] of C channels, or one layer of 3C (timm's qkv: [q | k | v]);
+ * parameter NAME.temperature (heads, 1, 1), without weight decay as timm's module declares
+ * (CrossCovarianceAttn.no_weight_decay) */
+static int parse_xca(parser *P, const config_setting_t *s, const char *name, const int *in,
+                     int n_in, int arg) {
+    static const char *const keys[] = {"name", "type", "from", "heads", NULL};
+    (void)arg;
+    if (check_keys(P, s, keys)) return -3;
+    int C = channels_of(P, in[0]), heads;
+    if (n_in == 3) {
+        if (same_channels(P, s, in, 3, C)) return -3;
+    } else if (n_in == 1 && C % 3 == 0) {
+        C /= 3;
+    } else {
+        CAMO_ERR("%s: %s: needs 'from' = [q, k, v], or one layer of 3C channels (q | k | v); "
+                 "got %d layer%s, the first of %d channels", cfg_where(s), P->label, n_in,
+                 n_in == 1 ? "" : "s", C);
+        return -3;
+    }
+    if (read_heads(P, s, C, &heads)) return -3;
+    int li = new_layer(P, CAMO_LAYER_XCA, name, in, n_in, C);
+    P->net->layers[li].u.xca.heads = heads;
+    int64_t sh[3] = {heads, 1, 1};
+    add_param(P, "temperature", CAMO_PARAM_WEIGHT, 3, sh)->no_decay = 1;
+    return li;
+}
+
+/* layer_scale: y = x * gamma (C); the parameter is named as the layer itself (timm's bare
+ * block parameters `gamma`, `gamma_xca`) */
+static int parse_layer_scale(parser *P, const config_setting_t *s, const char *name,
+                             const int *in, int n_in, int arg) {
+    static const char *const keys[] = {"name", "type", "from", NULL};
+    (void)n_in, (void)arg;
+    if (check_keys(P, s, keys)) return -3;
+    int C = channels_of(P, in[0]);
+    int li = new_layer(P, CAMO_LAYER_LAYER_SCALE, name, in, 1, C);
+    int64_t sh[1] = {C};
+    camo_param *g = add_param(P, "gamma", CAMO_PARAM_WEIGHT, 1, sh);
+    snprintf(g->name, sizeof g->name, "%s", name);
+    return li;
+}
+
+/* drop_path: p, the probability of dropping an image's branch in training, in [0, 1] */
+static int parse_drop_path(parser *P, const config_setting_t *s, const char *name,
+                           const int *in, int n_in, int arg) {
+    static const char *const keys[] = {"name", "type", "from", "p", NULL};
+    (void)n_in, (void)arg;
+    if (check_keys(P, s, keys)) return -3;
+    double p = -1;
+    int rc = cfg_float(s, "p", &p);
+    if (rc < 0) return -3;
+    if (rc > 0 || !(p >= 0 && p <= 1)) {
+        CAMO_ERR("%s: %s: needs 'p', the drop probability in [0, 1]%s", cfg_where(s), P->label,
+                 rc > 0 ? "" : " (out of range)");
+        return -3;
+    }
+    int li = new_layer(P, CAMO_LAYER_DROP_PATH, name, in, 1, channels_of(P, in[0]));
+    P->net->layers[li].u.drop.p = (float)p;
+    return li;
+}
+
 static int valid_name(const char *s) {
     if (!*s || strcmp(s, "input") == 0) return 0;
     for (; *s; s++)
@@ -535,6 +708,7 @@ static const struct config_type {
 } config_types[] = {
     {"conv", parse_conv, 0, 0},
     {"resblock", parse_resblock, 0, 0},
+    {"bottleneck", parse_bottleneck, 0, 0},
     {"batchnorm", parse_norm, CAMO_LAYER_BATCHNORM, 0},
     {"layernorm", parse_norm, CAMO_LAYER_LAYERNORM, 0},
     {"maxpool", parse_pool, CAMO_POOL_MAX, 0},
@@ -551,6 +725,11 @@ static const struct config_type {
     {"sigmoid", parse_act, CAMO_ACT_SIGMOID, 0},
     {"tanh", parse_act, CAMO_ACT_TANH, 0},
     {"softmax", parse_softmax, 0, 0},
+    {"linear", parse_linear, 0, 0},
+    {"attention", parse_attention, 0, 1},
+    {"xca", parse_xca, 0, 1},
+    {"layer_scale", parse_layer_scale, 0, 0},
+    {"drop_path", parse_drop_path, 0, 0},
 };
 #define N_TYPES ((int)(sizeof config_types / sizeof config_types[0]))
 

@@ -228,7 +228,13 @@ static void add_params(graph *g, const camo_layer *l) {
         if (p->kind == CAMO_PARAM_COUNTER) continue;
         float *host = camo_malloc(p->numel * sizeof(float));
         camo_param_get(g->net, p, host);
-        init_f32(g, p->name, p->ndim, p->shape, host, p->numel);
+        /* a `linear` layer's weight is [out, in] in PyTorch, its Conv node wants
+         * [out, in, 1, 1]: the same values in the same order */
+        int64_t conv_dims[4] = {p->ndim == 2 ? p->shape[0] : 0, p->ndim == 2 ? p->shape[1] : 0,
+                                1, 1};
+        int linear = l->type == CAMO_LAYER_CONV2D && p->ndim == 2;
+        init_f32(g, p->name, linear ? 4 : p->ndim, linear ? conv_dims : p->shape, host,
+                 p->numel);
         free(host);
     }
 }

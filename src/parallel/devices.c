@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "core/common.h"
+#include "core/mpi.h"
 #include "backend/cuda.h"
 #include "parallel/replica.h"
 #include "nn/layer.h" /* the conv layers' descriptors and buffers (camo_devices_prepare) */
@@ -66,13 +67,18 @@ static void eager_loading_for_nccl(const char *why) {
     camo_info("devices: CUDA_MODULE_LOADING=EAGER (%s; docs/cuda.md)", why);
 }
 
-/* 1 when the replicas sit on two or more GPUs, each alone: camo_devices_comms gives them
- * the nccl comm. */
-static int distinct_gpus(const camo_devices *d) {
+/* No GPU of this process holds two replicas. */
+static int gpus_unshared(const camo_devices *d) {
     for (int i = 0; i < d->n; i++)
         for (int j = 0; j < i; j++)
             if (d->id[i] == d->id[j]) return 0;
-    return d->n >= 2;
+    return 1;
+}
+
+/* 1 when the replicas sit on two or more GPUs, each alone (this process's, or those of
+ * every process of the run): camo_devices_comms gives them the nccl comm. */
+static int distinct_gpus(const camo_devices *d) {
+    return gpus_unshared(d) && (d->n >= 2 || d->procs > 1);
 }
 
 /* ---- parsing ---- */
@@ -113,7 +119,8 @@ bad:
 /* "auto": every GPU, else one CPU replica. 1 when it found GPUs, 0 for the CPU. */
 static int parse_auto(camo_devices *d) {
     int before = gpus_before_cuda(); /* counting with CUDA would initialise it */
-    if (before < 0 || before >= 2) eager_loading_for_nccl("auto: possibly several GPUs");
+    if (before < 0 || before >= 2 || d->procs > 1)
+        eager_loading_for_nccl("auto: possibly several GPUs");
     int g = camo_cuda_device_count();
     if (g <= 0) {
         camo_info("devices: auto -> cpu (no usable GPU)");
@@ -130,7 +137,9 @@ static int parse_auto(camo_devices *d) {
 
 static int parse_devices(const char *spec, int threads, camo_devices *d) {
     memset(d, 0, sizeof *d);
-    int total = threads > 0 ? threads : cores();
+    d->proc = camo_mpi_rank();
+    d->procs = camo_mpi_size();
+    int total = threads > 0 ? threads : CAMO_MAX(1, cores() / camo_mpi_local_size());
     if (!strcmp(spec, "auto")) {
         if (parse_auto(d)) return 0;
         spec = "cpu";
@@ -165,11 +174,39 @@ camo_backend *camo_devices_backend(const camo_devices *d, int i) {
     return camo_backend_cpu_create(d->threads);
 }
 
+/* The span of a group over the run's processes (a new MPI communicator: collective). */
+static int make_span(const camo_devices *d, double timeout_s, camo_comm_span *span) {
+    span->base = d->proc * d->n;
+    span->world = d->procs * d->n;
+    span->xp = camo_mpi_group_create(timeout_s);
+    return span->xp ? 0 : -1;
+}
+
+/* NCCL over every process's GPUs: process 0 makes the unique id, MPI takes it to the
+ * others, every process joins with its GPUs. */
+static int nccl_span(const camo_devices *d, void *const *streams, double timeout_s,
+                     camo_comm_span *span, camo_comm **comms) {
+    unsigned char id[CAMO_NCCL_ID_BYTES] = {0};
+    if (!gpus_unshared(d)) {
+        CAMO_ERR("parallel.devices: replicas sharing a GPU cannot span processes (NCCL takes "
+                 "one rank per GPU); give each process distinct GPUs");
+    } else if ((d->proc != 0 || camo_comm_nccl_unique_id(id) == 0) &&
+               camo_mpi_bcast(span->xp, id, sizeof id, 0, NULL) == 0) {
+        return camo_comm_nccl_create_span(d->n, d->id, streams, timeout_s, span, id, comms);
+    }
+    camo_mpi_group_free(span->xp);
+    return -1;
+}
+
 int camo_devices_comms(const camo_devices *d, camo_backend *const *backends,
                        double timeout_s, camo_comm **comms) {
-    if (!d->gpu) return camo_comm_cpu_create(d->n, timeout_s, comms);
+    camo_comm_span span;
+    if (d->procs > 1 && make_span(d, timeout_s, &span)) return -1;
+    if (!d->gpu)
+        return camo_comm_cpu_create_span(d->n, timeout_s, d->procs > 1 ? &span : NULL, comms);
     void *streams[CAMO_MAX_REPLICAS];
     for (int i = 0; i < d->n; i++) streams[i] = camo_backend_stream(backends[i]);
+    if (d->procs > 1) return nccl_span(d, streams, timeout_s, &span, comms);
     if (!distinct_gpus(d)) return camo_comm_local_create(d->n, d->id, streams, timeout_s, comms);
     return camo_comm_nccl_create(d->n, d->id, streams, timeout_s, comms);
 }
@@ -181,8 +218,10 @@ int camo_devices_comms(const camo_devices *d, camo_backend *const *backends,
  * saves a second communicator per GPU (its buffers, its connections) for a few doubles. */
 int camo_devices_ctl_comms(const camo_devices *d, camo_backend *const *backends,
                            int device_data, double timeout_s, camo_comm **comms) {
-    if (d->gpu && !device_data) return camo_comm_host_create(d->n, timeout_s, comms);
-    return camo_devices_comms(d, backends, timeout_s, comms);
+    camo_comm_span span;
+    if (!d->gpu || device_data) return camo_devices_comms(d, backends, timeout_s, comms);
+    if (d->procs > 1 && make_span(d, timeout_s, &span)) return -1;
+    return camo_comm_host_create_span(d->n, timeout_s, d->procs > 1 ? &span : NULL, comms);
 }
 
 /* ---- convolutions prepared before step 1 ---- */
@@ -251,7 +290,8 @@ int camo_devices_prepare(const camo_devices *d, camo_net *net, const int *batche
                          int n_batches, int sync_bn, int n_images, int rank) {
     if (!d->gpu || n_images <= 0) return 0;
     int cap = 2 * n_batches + 1, *sizes = camo_malloc((size_t)cap * sizeof *sizes);
-    int k = local_batches(batches, n_batches, sync_bn, n_images, rank, d->n, sizes, cap);
+    int size = d->n * CAMO_MAX(1, d->procs); /* rank is global: slices of every process */
+    int k = local_batches(batches, n_batches, sync_bn, n_images, rank, size, sizes, cap);
     for (int i = 0; i < k; i++)
         if (sizes[i] <= net->N) run_convs(net, sizes[i]);
     int largest = k ? sizes[0] : 0;

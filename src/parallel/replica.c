@@ -42,6 +42,13 @@ int camo_replica_init(camo_replica *r, const camo_replica_opts *opts, const camo
         return -1;
     camo_net_init_weights(r->net, opts->seed);
     if (ck && camo_ckpt_load_weights(ck, r->net, 0)) return -1;
+    if (!ck && opts->init_weights && opts->init_weights[0]) { /* before the EMA copies them */
+        camo_pretrained_report rep;
+        if (camo_net_load_pretrained(r->net, opts->init_weights, opts->init_prefix,
+                                     opts->init_strict, &rep))
+            return -1;
+        if (rank == 0) camo_pretrained_print(&rep, r->net->name);
+    }
     r->opt = camo_optim_create(r->net, &opts->optim);
     if (ck && camo_ckpt_load_optim(ck, r->net, r->opt)) return -1;
     size_t plane = (size_t)S * S, nb = (size_t)CAMO_MAX(local_batch, 1);
@@ -195,14 +202,24 @@ static void count_correct(camo_replica *r, int n) {
                          r->o.ignore_index);
 }
 
+void camo_replica_set_position(camo_replica *r, int64_t step, int64_t step_image0) {
+    r->pos_step = step;
+    r->pos_image0 = step_image0;
+}
+
 int camo_replica_micro_batch(camo_replica *r, const camo_batch *b, double norm_images,
                              double norm_pixels, int last_micro) {
     camo_net *net = r->net;
     camo_backend *be = r->be;
     int lo, n;
-    camo_replica_slice(b->n, r->rank, r->size, &lo, &n);
+    /* slices of the global batch; b may hold only this process's window of it (data.h) */
+    camo_replica_slice(b->total, r->rank, r->size, &lo, &n);
+    net->rng_seed = r->o.seed;
+    net->rng_step = r->pos_step - 1;
+    net->rng_sample0 = r->pos_image0 + lo;
+    lo -= b->first;
     size_t plane = (size_t)b->size * b->size;
-    if (r->ddp_on && last_micro) camo_ddp_arm(&r->ddp, seen_batch(r, b->n));
+    if (r->ddp_on && last_micro) camo_ddp_arm(&r->ddp, seen_batch(r, b->total));
     /* An empty slice contributes zero gradients. With sync-BN it must still join the BN
      * collectives of every layer: it runs a ghost pass on one image whose BN sums count
      * for nothing and whose output gradients are zero (no loss), so every gradient it
@@ -351,4 +368,28 @@ void camo_replica_free(camo_replica *r) {
         r->be->destroy(r->be);
     }
     memset(r, 0, sizeof *r);
+}
+
+/* ---- memory ---- */
+
+/* Mirrors camo_replica_init's allocations: tests/test_net_memory.c counts them on a
+ * backend that records every alloc and checks these figures against it. */
+int camo_replica_memory(camo_net *net, const camo_replica_opts *opts, camo_replica_mem *m) {
+    memset(m, 0, sizeof *m);
+    if (camo_net_memory(net, &m->net)) return -1;
+    m->optim_slots = opts->optim.type == CAMO_OPT_SGD ? 1 : 2;
+    m->optim = (size_t)m->optim_slots * net->n_weight_floats * sizeof(float);
+    m->ema = opts->optim.ema_decay > 0 ? net->n_weight_floats * sizeof(float) : 0;
+    m->other = 4 * sizeof(float) + STATS_BYTES;
+    m->targets_img = (size_t)opts->img_size * opts->img_size * (sizeof(float) + sizeof(int32_t));
+    return 0;
+}
+
+size_t camo_replica_mem_fixed(const camo_replica_mem *m) {
+    return m->net.weights + m->net.grads + m->net.buffers + m->net.scratch_fixed + m->optim +
+           m->ema + m->other;
+}
+
+size_t camo_replica_mem_per_image(const camo_replica_mem *m) {
+    return camo_net_mem_per_image(&m->net) + m->targets_img;
 }

@@ -13,6 +13,7 @@
 #include "nn/net.h"
 #include "nn/net_build.h"
 #include "nn/optim.h"
+#include "nn/pretrained.h"
 
 /* Dynamic loss scaling for fp16 convolutions (docs/cuda.md "Mixed precision"): losses are
  * multiplied by `scale`; a step whose all-reduced gradients hold an inf or NaN is skipped
@@ -47,6 +48,10 @@ typedef struct camo_replica_opts {
     int dp;                 /* parallel.mode = "dp": master-gather */
     int sync_bn;
     double bucket_mb;       /* DDP bucket size */
+    /* init.*: pretrained weights loaded by name over the seed's, before the optimizer and
+     * its EMA copy exist (nn/pretrained.h); not when resuming. NULL or "" = none. */
+    const char *init_weights, *init_prefix;
+    int init_strict;
 } camo_replica_opts;
 
 /* What one optimizer step measured on its training batch, summed over every replica the
@@ -81,6 +86,8 @@ typedef struct camo_replica {
     int64_t steps;          /* steps checked for overflow by this replica (test hook) */
     int seen_n[16], n_seen; /* global batch sizes stepped so far (first one: no overlap) */
     void *user;             /* the run this replica belongs to (train.c) */
+    int64_t pos_step;       /* camo_replica_set_position */
+    int64_t pos_image0;
 } camo_replica;
 
 /* Builds replica `rank` of `size` on backend be (taken over): the network of opts->net (or
@@ -102,6 +109,11 @@ void camo_replica_slice(int n, int rank, int size, int *lo, int *count);
 /* Forward, loss and backward of this replica's slice of global batch b; gradients
  * accumulate. norm_images / norm_pixels: global counts of the optimizer step. last_micro:
  * the step's last micro-batch, whose backward launches the DDP buckets. 0, or -1. */
+/* Where the next micro-batch sits in the run, for layers that draw random numbers
+ * (drop_path, net.h rng_*): the optimizer step it belongs to (1-based) and the index, among
+ * that step's images, of the global micro-batch's first image. The draws then depend on
+ * (seed, step, image) only: the same for every replica count and after a resume. */
+void camo_replica_set_position(camo_replica *r, int64_t step, int64_t step_image0);
 int camo_replica_micro_batch(camo_replica *r, const camo_batch *b, double norm_images,
                              double norm_pixels, int last_micro);
 /* Gradient exchange, clipping and update with learning rate lr; *st: the step's global
@@ -109,5 +121,21 @@ int camo_replica_micro_batch(camo_replica *r, const camo_batch *b, double norm_i
  * -1 + error. */
 int camo_replica_step(camo_replica *r, double lr, camo_step_stats *st, double *grad_norm);
 void camo_replica_free(camo_replica *r);
+
+/* Backend memory one replica allocates for training (camo_replica_init: network,
+ * optimizer state, EMA, targets), in bytes requested, measured on net (set to some input
+ * size of opts->img_size) without allocating at the training batch. */
+typedef struct camo_replica_mem {
+    camo_net_mem net;
+    int optim_slots;        /* SGD 1 (momentum_buffer), AdamW 2 (exp_avg, exp_avg_sq) */
+    size_t optim;           /* the slots, weight-sized each */
+    size_t ema;             /* train.ema_decay > 0: one more weight-sized block */
+    size_t other;           /* fixed: optimizer reduction scratch, the step's loss block */
+    size_t targets_img;     /* per image: mask (float) and labels (int32) */
+} camo_replica_mem;
+int camo_replica_memory(camo_net *net, const camo_replica_opts *opts, camo_replica_mem *m);
+/* Bytes that do not depend on the batch, and per image of the local batch. */
+size_t camo_replica_mem_fixed(const camo_replica_mem *m);
+size_t camo_replica_mem_per_image(const camo_replica_mem *m);
 
 #endif

@@ -436,6 +436,30 @@ static int load_rest(camo_config *c) {
     return 0;
 }
 
+/* A path named in the config: relative to the config's folder when the file is there,
+ * else as given (relative to the working directory). */
+static void resolve_path(const camo_config *c, const char *p, char *dst, size_t n) {
+    char *copy = camo_strdup(c->path);
+    snprintf(dst, n, "%s/%s", dirname(copy), p);
+    free(copy);
+    if (p[0] == '/' || access(dst, R_OK) != 0) snprintf(dst, n, "%s", p);
+}
+
+/* init: pretrained weights (init.weights, init.prefix, init.strict) */
+static int load_init(camo_config *c) {
+    static const char *const keys[] = {"weights", "prefix", "strict", NULL};
+    int rc = 0;
+    const config_setting_t *g = section(&c->cfg, "init", &rc);
+    char weights[CAMO_PATH_MAX] = "";
+    if (rc || !g) return rc;
+    if (cfg_check_keys(g, keys, "init") || get_str(g, "weights", weights, sizeof weights) ||
+        get_str(g, "prefix", c->init.prefix, sizeof c->init.prefix) ||
+        get_flag(g, "strict", &c->init.strict))
+        return -1;
+    if (weights[0]) resolve_path(c, weights, c->init.weights, sizeof c->init.weights);
+    return 0;
+}
+
 /* The network: a path (relative to the config's folder, else to the working directory)
  * or an inline group. */
 static int load_model_ref(camo_config *c) {
@@ -451,11 +475,7 @@ static int load_model_ref(camo_config *c) {
         CAMO_ERR("%s: 'model' must be a file name or a group", cfg_where(m));
         return -1;
     }
-    char *copy = camo_strdup(c->path);
-    snprintf(c->model_path, sizeof c->model_path, "%s/%s", dirname(copy), p);
-    free(copy);
-    if (p[0] == '/' || access(c->model_path, R_OK) != 0)
-        snprintf(c->model_path, sizeof c->model_path, "%s", p);
+    resolve_path(c, p, c->model_path, sizeof c->model_path);
     return 0;
 }
 
@@ -494,15 +514,15 @@ int camo_config_load(camo_config *c, const char *path, const char *text,
         if (!rc) rc = load_rest(c);
         return rc;
     }
-    static const char *const keys[] = {"model", "seed", "out", "data", "train", "eval",
-                                       "checkpoint", "parallel", "log", NULL};
+    static const char *const keys[] = {"model", "seed", "out", "init", "data", "train",
+                                       "eval", "checkpoint", "parallel", "log", NULL};
     if (cfg_check_keys(root, keys, "training config")) return -1;
     int rc = 0, seed = 42;
     const config_setting_t *d = section(&c->cfg, "data", &rc);
     const config_setting_t *t = section(&c->cfg, "train", &rc);
     if (rc || get_int(root, "seed", &seed, 0, 2147483647) ||
         get_str(root, "out", c->out, sizeof c->out) || load_model_ref(c) ||
-        load_data(c, d) || load_train(c, t) || load_rest(c))
+        load_init(c) || load_data(c, d) || load_train(c, t) || load_rest(c))
         return -1;
     c->seed = (uint64_t)seed;
     return 0;

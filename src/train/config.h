@@ -66,6 +66,9 @@ typedef struct camo_config {
     struct { int every_steps; char metric[16]; } checkpoint;
     struct { char devices[64], mode[8]; double bucket_mb, timeout_s; int sync_bn; } parallel;
     struct { int every, tensorboard; } log; /* tensorboard: write events.out.tfevents.* */
+    /* init: pretrained weights loaded by name before training (nn/pretrained.h); weights
+     * "" = none; resolved like `model` (the config's folder first, else as given) */
+    struct { char weights[CAMO_PATH_MAX], prefix[128]; int strict; } init;
 } camo_config;
 
 /* Loads `path` (or, when text != NULL, the config text saved in a checkpoint), applies the

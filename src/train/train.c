@@ -6,7 +6,14 @@
  * loop, reads global batches from the one loader and posts each micro-batch as a command on
  * a board that every other replica waits on; each replica takes its slice, and the
  * collectives of the step keep them in lock-step. Replica 0 alone logs, evaluates and
- * saves. A failure anywhere aborts the board and the comms, so every thread returns. */
+ * saves. A failure anywhere aborts the board and the comms, so every thread returns.
+ *
+ * Several processes (mpirun / srun, core/mpi.h; docs/parallel.md "Several processes"): each
+ * runs this loop over its own replicas, global ranks proc * k .. of procs * k, and loads only
+ * its window of every global batch; the comms span the processes. Process 0 alone logs,
+ * evaluates and saves; the decisions that change the control flow (stop after a signal,
+ * early stop) are agreed on over MPI (the `mpi_*` parts below), and a failure anywhere ends
+ * the job with MPI_Abort. */
 #include "train/train.h"
 
 #include <errno.h>
@@ -21,6 +28,7 @@
 #include "core/common.h"
 #include "core/fault.h"
 #include "core/fs.h"
+#include "core/mpi.h"
 #include "backend/cuda.h"
 #include "data/data.h"
 #include "parallel/devices.h"
@@ -47,6 +55,7 @@ typedef struct command {
     int stage;                  /* freezing of the stage at epoch_in_stage */
     double epoch_in_stage;
     int64_t step;               /* the optimizer step this micro-batch belongs to (1-based) */
+    int64_t step_image0;        /* index of the batch's first image among the step's images */
 } command;
 
 /* Commands from replica 0 to the others, and the first failure of any replica. Waits on
@@ -96,6 +105,12 @@ typedef struct trainer {
     int loss_count;
     epoch_sums ep;        /* the training measures of the epoch in progress */
     int max_batch;
+    /* several processes (core/mpi.h): procs = 1 and proc = 0 otherwise; world = replicas
+     * of all processes, base = global rank of this process's replica 0 */
+    int proc, procs, world, base;
+    int windowed;               /* the loader reads this process's window of each batch */
+    camo_mpi_group *mpi_ctl;    /* the main thread's exchanges (parallel.timeout_s) */
+    camo_mpi_group *mpi_wait;   /* the wait for process 0's evaluation (no time limit) */
 } trainer;
 
 /* ---- run folder and logging ---- */
@@ -232,12 +247,14 @@ static int board_wait_taken(trainer *T) {
 
 /* ---- one micro-batch on one replica ---- */
 
-/* Fault injection (core/fault.h): replica r fails at the start of `step`, or stalls (stops
- * responding until a peer's failure is on the board, not merely the comm aborted: the
- * timed-out peer records why only after aborting its collective). */
+/* Fault injection (core/fault.h): replica r (a global rank) fails at the start of `step`,
+ * or stalls (stops responding until a peer's failure is on the board, not merely the comm
+ * aborted: the timed-out peer records why only after aborting its collective), or its whole
+ * process dies as under kill -9. */
 static int injected_failure(trainer *T, camo_replica *r, int64_t step) {
-    camo_fault_kind f = camo_fault_replica(r->rank, T->n_rep, step);
+    camo_fault_kind f = camo_fault_replica(r->rank, T->world, step);
     if (f == CAMO_FAULT_NONE) return 0;
+    if (f == CAMO_FAULT_KILL) raise(SIGKILL);
     if (f == CAMO_FAULT_STALL) {
         board *bd = &T->bd;
         pthread_mutex_lock(&bd->mu);
@@ -246,7 +263,7 @@ static int injected_failure(trainer *T, camo_replica *r, int64_t step) {
     }
     CAMO_ERR("test hook CAMO_TEST_FAIL_REPLICA=%d: replica %d %s at step %lld", r->rank,
              r->rank, f == CAMO_FAULT_STALL ? "stalled" : "fails", (long long)step);
-    if (r->rank) board_take(T);
+    if (r->rank != T->base) board_take(T);
     return -1;
 }
 
@@ -256,13 +273,14 @@ static int run_command(trainer *T, camo_replica *r, const command *cmd, camo_ste
                        double *gnorm) {
     if (injected_failure(T, r, cmd->step)) return -1;
     apply_freeze(r->net, T->c, cmd->stage, cmd->epoch_in_stage);
+    camo_replica_set_position(r, cmd->step, cmd->step_image0);
     int rc = camo_replica_micro_batch(r, cmd->b, cmd->norm_images, cmd->norm_pixels,
                                       cmd->last_micro);
     /* GPU batches are pinned and uploads from them asynchronous: the batch may go back to
      * the loader (and be refilled) only once this replica's uploads are done (after a
      * failure the batch is never released, see run_epoch) */
     if (T->dev.gpu && rc == 0) r->be->sync(r->be);
-    if (r->rank) board_take(T); /* replica 0 may release the batch now */
+    if (r->rank != T->base) board_take(T); /* replica 0 may release the batch now */
     if (rc || !cmd->last_micro) return rc;
     return camo_replica_step(r, cmd->lr, ss, gnorm);
 }
@@ -294,21 +312,30 @@ static int train_micro_batch(trainer *T, command *cmd, camo_step_stats *ss, doub
     return rc;
 }
 
-/* norm_pixels of a micro-batch: valid pixels of the global batch for "ce" (scaled to the
- * step under accumulation), else every pixel of the step. Counted on the host from the
- * whole global batch, so every replica uses the same global count. */
-static double step_pixels(const trainer *T, const camo_batch *b, double norm_images) {
+/* *px = norm_pixels of a micro-batch: valid pixels of the global batch for "ce" (scaled to
+ * the step under accumulation), else every pixel of the step. Counted on the host from the
+ * whole global batch, so every replica uses the same global count; a process that loaded
+ * only its window of the batch adds the other processes' counts (exact: integers). 0, or
+ * -1 + error. */
+static int step_pixels(trainer *T, const camo_batch *b, double norm_images, double *px) {
     size_t plane = (size_t)b->size * b->size;
-    if (T->c->train.loss_kind != LOSS_CE) return norm_images * (double)plane;
-    size_t valid = 0;
+    if (T->c->train.loss_kind != LOSS_CE) {
+        *px = norm_images * (double)plane;
+        return 0;
+    }
+    size_t count = 0;
     for (size_t i = 0; i < (size_t)b->n * plane; i++)
-        valid += b->labels[i] != T->c->data.ignore_index;
-    return (valid ? (double)valid : 1.0) * norm_images / b->n;
+        count += b->labels[i] != T->c->data.ignore_index;
+    double valid = (double)count;
+    if (T->windowed && camo_mpi_sum_doubles(T->mpi_ctl, &valid, 1, NULL)) return -1;
+    *px = (valid ? valid : 1.0) * norm_images / b->total;
+    return 0;
 }
 
 /* ---- checkpoints ---- */
 
 static int save_checkpoint(trainer *T, const char *file) {
+    if (T->proc != 0) return 0; /* process 0 saves for all (its replicas hold every weight) */
     char path[CAMO_PATH_MAX + 32];
     out_path(T, file, path, sizeof path);
     T->st.elapsed_s = T->elapsed0 + camo_now() - T->t0;
@@ -345,7 +372,7 @@ static void tb_step(trainer *T, double lr, double loss, double gnorm, double now
     if (isfinite(gnorm)) camo_tb_scalar(T->tb, "train/grad_norm", s, gnorm);
     if (dt > 0) camo_tb_scalar(T->tb, "train/img_per_s", s, (T->images - T->tb_last_images) / dt);
     if (T->rep[0].scaling) camo_tb_scalar(T->tb, "train/loss_scale", s, T->rep[0].ls.scale);
-    if (T->n_rep > 1) {
+    if (T->world > 1) {
         camo_tb_scalar(T->tb, "comm/time_s", s, T->rep[0].comm_s);
         camo_tb_scalar(T->tb, "comm/wait_s", s, T->rep[0].wait_s);
     }
@@ -373,8 +400,8 @@ static void log_step(trainer *T, int epoch, int batch, int n_batches, double lr,
             fprintf(T->jsonl, ",\"loss_scale\":%.9g,\"skipped\":%s,\"skipped_total\":%lld",
                     T->rep[0].ls.scale, T->rep[0].skipped ? "true" : "false",
                     (long long)T->rep[0].ls.skipped);
-        if (T->n_rep > 1)
-            fprintf(T->jsonl, ",\"replicas\":%d,\"comm_time\":%.6f,\"comm_wait\":%.6f", T->n_rep,
+        if (T->world > 1)
+            fprintf(T->jsonl, ",\"replicas\":%d,\"comm_time\":%.6f,\"comm_wait\":%.6f", T->world,
                     T->rep[0].comm_s, T->rep[0].wait_s);
         log_gpu_memory(T);
         fprintf(T->jsonl, ",\"images\":%lld,\"time\":%.3f}\n", (long long)T->images, now - T->t0);
@@ -493,6 +520,17 @@ static int64_t total_steps(const camo_config *c, int n) {
     return steps;
 }
 
+/* Several processes: each sees its own signals, so after every step they agree: a signal
+ * in any process (2) stops all after this step as a signal would, max_steps (1) alike.
+ * 0, or -1 + error (a process did not answer within parallel.timeout_s). */
+static int mpi_agree_stop(trainer *T, int *stop) {
+    int v = stop_signal ? 2 : *stop ? 1 : 0;
+    if (camo_mpi_max_int(T->mpi_ctl, &v, NULL)) return -1;
+    if (v == 2 && !stop_signal) stop_signal = SIGTERM; /* another process's */
+    *stop = v > 0;
+    return 0;
+}
+
 /* Runs (the rest of) one epoch. *stop: a signal or max_steps ended it early. */
 static int run_epoch(trainer *T, int epoch, int64_t steps_total, int *stop) {
     const camo_config *c = T->c;
@@ -515,9 +553,13 @@ static int run_epoch(trainer *T, int epoch, int64_t steps_total, int *stop) {
         if (!bt) { rc = -1; break; }
         int g0 = b - b % accum, g1 = CAMO_MIN(g0 + accum, nb);
         command cmd = {.kind = CMD_MICRO, .b = bt, .last_micro = b + 1 == g1,
-                       .stage = s, .epoch_in_stage = epoch - e0, .step = T->st.step + 1};
+                       .stage = s, .epoch_in_stage = epoch - e0, .step = T->st.step + 1,
+                       .step_image0 = (int64_t)(b - g0) * B};
         cmd.norm_images = CAMO_MIN((int64_t)g1 * B, n) - (int64_t)g0 * B;
-        cmd.norm_pixels = step_pixels(T, bt, cmd.norm_images);
+        if (step_pixels(T, bt, cmd.norm_images, &cmd.norm_pixels)) {
+            rc = -4;
+            break;
+        }
         cmd.lr = camo_lr_at(c, s, (epoch - e0) + (double)(b + 1) / nb);
         camo_step_stats ss = {.loss = NAN};
         double gnorm = NAN, lr = cmd.lr;
@@ -525,7 +567,7 @@ static int run_epoch(trainer *T, int epoch, int64_t steps_total, int *stop) {
             rc = -4; /* a replica failed; others may still read bt: it is never released */
             break;
         }
-        T->images += bt->n;
+        T->images += bt->total;
         camo_loader_release(T->loader, bt);
         if (!cmd.last_micro) continue;
         double loss = ss.loss;
@@ -556,6 +598,10 @@ static int run_epoch(trainer *T, int epoch, int64_t steps_total, int *stop) {
         int sig = camo_fault_signal_at(T->st.step);
         if (sig) raise(sig);
         if (stop_signal || (c->train.max_steps > 0 && T->st.step >= c->train.max_steps)) *stop = 1;
+        if (T->procs > 1 && mpi_agree_stop(T, stop)) {
+            rc = -4;
+            break;
+        }
     }
     if (rc == -1 && camo_loader_failed(T->loader))
         rc = -3; /* bad input data: the message names the file */
@@ -587,7 +633,7 @@ static int open_data(trainer *T) {
     if (!T->train_ds || camo_dataset_configure(T->train_ds, c->data.ignore_index, c->data.cache,
                                                &c->data.aug))
         return -1;
-    if (c->eval.every > 0) {
+    if (c->eval.every > 0 && T->proc == 0) { /* process 0 evaluates for all */
         T->val_ds = camo_dataset_open(c->data.root, c->data.format, c->data.val_split,
                                       c->data.classes, c->data.skip_bad);
         if (!T->val_ds) return -1;
@@ -624,7 +670,30 @@ static camo_replica_opts replica_opts(const camo_config *c) {
         .ignore_index = c->data.ignore_index, .optim = camo_config_optim_opts(c),
         .clip_grad_norm = c->train.clip_grad_norm, .seed = c->seed,
         .dp = !strcmp(c->parallel.mode, "dp"), .sync_bn = c->parallel.sync_bn,
-        .bucket_mb = c->parallel.bucket_mb};
+        .bucket_mb = c->parallel.bucket_mb, .init_weights = c->init.weights,
+        .init_prefix = c->init.prefix, .init_strict = c->init.strict};
+}
+
+/* Several processes: every one must run the same recipe from the same point with the same
+ * replica count, or their collectives would not match (and could hang). Each process's
+ * (config hash, replicas, GPU or CPU, resumed step) is gathered to all, and all compare
+ * them with process 0's, so all reach the same verdict. 0, or -1 + error. */
+static int mpi_same_run(trainer *T, const camo_ckpt *ck) {
+    double mine[4] = {camo_fnv1a(T->c->text), T->n_rep, T->dev.gpu,
+                      ck ? (double)ck->st.step : -1};
+    double *all = camo_calloc((size_t)T->procs * 4, sizeof(double));
+    memcpy(all + 4 * T->proc, mine, sizeof mine);
+    int rc = camo_mpi_all_gather(T->mpi_ctl, all, sizeof mine, NULL), bad = -1;
+    for (int p = 1; !rc && p < T->procs && bad < 0; p++)
+        if (memcmp(all + 4 * p, all, sizeof mine)) bad = p;
+    if (!rc && bad >= 0)
+        CAMO_ERR("process %d of %d differs from process 0: %s (every process must run the same "
+                 "config and --devices, from the same checkpoint)", bad, T->procs,
+                 all[4 * bad] != all[0] ? "another config (the file and every --set)" :
+                 all[4 * bad + 3] != all[3] ? "another --resume checkpoint" :
+                 "another replica count or device kind (parallel.devices)");
+    free(all);
+    return rc || bad >= 0 ? -1 : 0;
 }
 
 /* The replicas of parallel.devices, each with its backend and model, and their comms. */
@@ -634,7 +703,10 @@ static int setup_model(trainer *T, const camo_ckpt *ck) {
     for (int s = 0; s < c->train.n_stages; s++)
         T->max_batch = CAMO_MAX(T->max_batch, c->train.stages[s].batch);
     T->n_rep = T->dev.n;
-    int local = (T->max_batch + T->n_rep - 1) / T->n_rep;
+    T->world = T->n_rep * T->procs; /* global replicas: base .. base + n_rep - 1 are ours */
+    T->base = T->n_rep * T->proc;
+    if (T->procs > 1 && mpi_same_run(T, ck)) return -1;
+    int local = (T->max_batch + T->world - 1) / T->world;
     T->rep = camo_calloc((size_t)T->n_rep, sizeof *T->rep);
     camo_backend *bes[CAMO_MAX_REPLICAS];
     camo_replica_opts opts = replica_opts(c);
@@ -648,10 +720,11 @@ static int setup_model(trainer *T, const camo_ckpt *ck) {
             scaling = setup_amp(T, be);
             camo_cuda_set_deterministic(be, c->train.deterministic);
         }
-        if (camo_replica_init(&T->rep[i], &opts, ck, be, i, T->n_rep, local,
+        if (camo_replica_init(&T->rep[i], &opts, ck, be, T->base + i, T->world, local,
                               i == 0 ? &T->network_text : NULL) ||
             camo_devices_prepare(&T->dev, T->rep[i].net, batches, c->train.n_stages,
-                                 c->parallel.sync_bn, camo_dataset_size(T->train_ds), i))
+                                 c->parallel.sync_bn, camo_dataset_size(T->train_ds),
+                                 T->base + i))
             return -1;
         T->rep[i].user = T;
         T->rep[i].scaling = scaling;
@@ -661,7 +734,7 @@ static int setup_model(trainer *T, const camo_ckpt *ck) {
     T->be = T->rep[0].be;
     T->net = T->rep[0].net;
     T->opt = T->rep[0].opt;
-    if (T->n_rep > 1) {
+    if (T->world > 1) {
         T->comms = camo_calloc((size_t)T->n_rep, sizeof *T->comms);
         T->ctls = camo_calloc((size_t)T->n_rep, sizeof *T->ctls);
         if (camo_devices_comms(&T->dev, bes, c->parallel.timeout_s, T->comms) ||
@@ -673,7 +746,12 @@ static int setup_model(trainer *T, const camo_ckpt *ck) {
         if (camo_replica_attach(&T->rep[i], T->comms ? T->comms[i] : NULL,
                                 T->ctls ? T->ctls[i] : NULL))
             return -1;
-    if (T->n_rep > 1)
+    if (T->procs > 1)
+        camo_info("parallel: %d processes x %d %s replica%s = %d (%s, %s%s; %s), local batch "
+                  "<= %d", T->procs, T->n_rep, T->dev.gpu ? "GPU" : "CPU",
+                  T->n_rep == 1 ? "" : "s", T->world, c->parallel.devices, c->parallel.mode,
+                  c->parallel.sync_bn ? ", sync-BN" : "", camo_mpi_library(), local);
+    else if (T->n_rep > 1)
         camo_info("parallel: %d %s replicas (%s, %s%s), local batch <= %d, %d thread%s each",
                   T->n_rep, T->dev.gpu ? "GPU" : "CPU", c->parallel.devices, c->parallel.mode,
                   c->parallel.sync_bn ? ", sync-BN" : "", local, T->dev.gpu ? 1 : T->dev.threads,
@@ -771,6 +849,7 @@ static void teardown(trainer *T) {
 }
 
 static void print_summary(trainer *T, const char *why) {
+    if (T->proc != 0) return; /* process 0 speaks for the run */
     double t = camo_now() - T->t0;
     char dur[32];
     fmt_duration(t, dur, sizeof dur);
@@ -795,7 +874,7 @@ static void print_summary(trainer *T, const char *why) {
                 "\"seconds\":%.3f,\"img_per_s\":%.3f,\"best_metric\":%.6g,\"best_epoch\":%d,"
                 "\"replicas\":%d,\"mode\":\"%s\",\"comm_s\":%.6f,\"comm_wait_s\":%.6f}\n",
                 why, T->st.epoch, (long long)T->st.step, t, t > 0 ? T->images / t : 0.0,
-                T->st.best_epoch ? best : 0.0, T->st.best_epoch, T->n_rep, T->c->parallel.mode,
+                T->st.best_epoch ? best : 0.0, T->st.best_epoch, T->world, T->c->parallel.mode,
                 T->comm_s, T->comm_wait_s);
     fflush(stdout);
 }
@@ -816,12 +895,12 @@ static int start_replicas(trainer *T, pthread_t *threads, int *started) {
     for (int i = 1; i < T->n_rep; i++) {
         if (pthread_create(&threads[i], NULL, replica_thread, &T->rep[i]) != 0) {
             CAMO_ERR("cannot start the thread of replica %d", i);
-            run_fail(T, 0);
+            run_fail(T, T->base);
             return -1;
         }
         (*started)++;
     }
-    if (camo_replica_sync_start(&T->rep[0])) { run_fail(T, 0); return -1; }
+    if (camo_replica_sync_start(&T->rep[0])) { run_fail(T, T->base); return -1; }
     return 0;
 }
 
@@ -833,9 +912,54 @@ static void stop_replicas(trainer *T, pthread_t *threads, int started, int ok) {
         command cmd = {.kind = CMD_STOP};
         board_post(T, &cmd);
     } else {
-        run_fail(T, 0);
+        run_fail(T, T->base);
     }
     for (int i = 1; i <= started; i++) pthread_join(threads[i], NULL);
+}
+
+/* ---- several processes (core/mpi.h) ---- */
+
+/* Joins the run's processes when a launcher started this one (else one process, no MPI
+ * call), with the main thread's two exchange groups; processes other than 0 log nothing
+ * but errors. 0, or -1 + error. */
+static int mpi_start(trainer *T) {
+    T->procs = 1;
+    if (camo_mpi_init()) return -1;
+    T->proc = camo_mpi_rank();
+    T->procs = camo_mpi_size();
+    if (T->procs == 1) return 0;
+    if (T->proc != 0) camo_log_set_quiet(1);
+    T->mpi_ctl = camo_mpi_group_create(T->c->parallel.timeout_s);
+    T->mpi_wait = T->mpi_ctl ? camo_mpi_group_create(0) : NULL;
+    return T->mpi_wait ? 0 : -1;
+}
+
+/* At the end, after the comms are gone: MPI_Finalize if MPI was started (a failed run of
+ * several processes never gets here: camo_mpi_abort). */
+static void mpi_stop(trainer *T) {
+    camo_mpi_group_free(T->mpi_ctl);
+    camo_mpi_group_free(T->mpi_wait);
+    T->mpi_ctl = T->mpi_wait = NULL;
+    camo_mpi_finalize();
+}
+
+/* "process 2 of 4: " before an error of a multi-process run, else "". */
+static const char *mpi_who(const trainer *T) {
+    static char who[64];
+    if (T->procs < 2) return "";
+    snprintf(who, sizeof who, "process %d of %d: ", T->proc, T->procs);
+    return who;
+}
+
+/* The loader's window (data.h) of a process: the contiguous union of its replicas'
+ * slices of a global batch of n. */
+static void process_window(int n, void *ctx, int *lo, int *count) {
+    const trainer *T = ctx;
+    int lo0, n0, lo1, n1;
+    camo_replica_slice(n, T->base, T->world, &lo0, &n0);
+    camo_replica_slice(n, T->base + T->n_rep - 1, T->world, &lo1, &n1);
+    *lo = lo0;
+    *count = lo1 + n1 - lo0;
 }
 
 int camo_train_run(camo_config *c, const char *resume_path) {
@@ -845,21 +969,31 @@ int camo_train_run(camo_config *c, const char *resume_path) {
     T.st.best_metric = NAN;
     camo_ckpt *ck = NULL;
     int rc = CAMO_ERR_INPUT;
+    if (mpi_start(&T)) goto done;
     if (resume_path && !(ck = camo_ckpt_open(resume_path))) goto done;
-    if (open_data(&T) || setup_model(&T, ck) || setup_run_folder(&T, resume_path, ck)) goto done;
+    if (open_data(&T) || setup_model(&T, ck) ||
+        (T.proc == 0 && setup_run_folder(&T, resume_path, ck)))
+        goto done;
     if (ck) {
         T.st = ck->st;
         T.elapsed0 = ck->st.elapsed_s;
         camo_info("resuming %s at epoch %d, batch %d, step %lld", resume_path, T.st.epoch + 1,
                   T.st.batch, (long long)T.st.step);
     }
+    camo_loader_opts lo = {0};
     if (T.dev.gpu) { /* pinned batches: true async uploads, no pageable-copy driver path */
-        camo_loader_opts lo = {.alloc = camo_cuda_loader_alloc, .free = camo_cuda_loader_free};
-        T.loader = camo_loader_create_ex(T.train_ds, &c->data.aug, c->data.workers,
-                                         T.max_batch, 4, &lo);
-    } else {
-        T.loader = camo_loader_create(T.train_ds, &c->data.aug, c->data.workers, T.max_batch, 4);
+        lo.alloc = camo_cuda_loader_alloc;
+        lo.free = camo_cuda_loader_free;
     }
+    /* several processes: each reads only its window of every batch, unless bad files are
+     * skipped (which ones drop must be the same everywhere: every process loads it all) */
+    T.windowed = T.procs > 1 && !c->data.skip_bad;
+    if (T.windowed) {
+        lo.window = process_window;
+        lo.window_ctx = &T;
+    }
+    T.loader = camo_loader_create_ex(T.train_ds, &c->data.aug, c->data.workers, T.max_batch, 4,
+                                     &lo);
     install_signals();
     int64_t steps_total = total_steps(c, camo_dataset_size(T.train_ds));
     camo_info("training %s: %zu parameters, %d epochs, %lld steps, loss %s, optimizer %s",
@@ -879,6 +1013,11 @@ int camo_train_run(camo_config *c, const char *resume_path) {
             /* not after a signal: an extra eval would change best/early stopping on resume */
             if (run_eval(&T, epoch, &early)) { rc = CAMO_ERR_INPUT; break; }
         }
+        /* process 0's early stop for all; the others wait for its evaluation unbounded */
+        if (T.procs > 1 && camo_mpi_max_int(T.mpi_wait, &early, NULL)) {
+            rc = CAMO_ERR_RUNTIME;
+            break;
+        }
         if (save_checkpoint(&T, "last.ckpt")) { rc = CAMO_ERR_RUNTIME; break; }
     }
     stop_replicas(&T, threads, started, rc == CAMO_OK);
@@ -889,14 +1028,18 @@ int camo_train_run(camo_config *c, const char *resume_path) {
                           stop ? "max_steps reached" : "done");
     }
 done:
-    if (rc != CAMO_OK && T.boards_ready && T.bd.fail_rank >= 0 && T.n_rep > 1)
-        camo_print_error("replica %d: %s (every replica stopped; the last good checkpoint is "
-                         "kept)", T.bd.fail_rank, T.bd.fail_msg);
+    if (rc != CAMO_OK && T.boards_ready && T.bd.fail_rank >= 0 && T.world > 1)
+        camo_print_error("%sreplica %d: %s (every replica stopped; the last good checkpoint is "
+                         "kept)", mpi_who(&T), T.bd.fail_rank, T.bd.fail_msg);
     else if (rc != CAMO_OK)
-        camo_print_error("%s", camo_last_error());
+        camo_print_error("%s%s", mpi_who(&T), camo_last_error());
+    /* several processes: a failure ends them all now (none may wait for this one); the
+     * checkpoints on disk are whole (written atomically), this one's state is not needed */
+    if (rc != CAMO_OK) camo_mpi_abort(rc);
     camo_ckpt_close(ck);
     teardown(&T);
     if (T.boards_ready) board_free(&T.bd);
+    mpi_stop(&T);
     camo_log_close();
     return rc;
 }

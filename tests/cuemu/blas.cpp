@@ -1,9 +1,10 @@
 /* blas.cpp: the cuBLAS stand-in of cuemu (include/cublas_v2.h): handles, stream, math mode,
- * workspace and cublasSgemm, validated as cuBLAS validates them and queued on the handle's
- * stream (cuemu::enqueue). Where the real library would fault or misbehave silently (a host
- * pointer, an overrun, a freed workspace, a handle used on another device) this one aborts
- * through cuemu::fatal naming the call and operand; such places are marked "STRICTER". The
- * product is a plain reference loop with double accumulation. Test infrastructure only. */
+ * workspace, cublasSgemm and cublasSgemmStridedBatched, validated as cuBLAS validates them
+ * and queued on the handle's stream (cuemu::enqueue). Where the real library would fault or
+ * misbehave silently (a host pointer, an overrun, a freed workspace, a handle used on another
+ * device) this one aborts through cuemu::fatal naming the call and operand; such places are
+ * marked "STRICTER". The product is a plain reference loop with double accumulation. Test
+ * infrastructure only. */
 #include <cublas_v2.h>
 
 #include "lib_checks.h"
@@ -250,6 +251,98 @@ extern "C" cublasStatus_t cublasSgemm_v2(cublasHandle_t handle, cublasOperation_
     cudaError_t e = cuemu::enqueue(handle->stream, [=]() {
         if (ws) memset(ws, 0xff, scribble);
         sgemm_run(ta, tb, m, n, k, a_v, A, lda, B, ldb, b_v, C, ldc);
+    });
+    return e == cudaSuccess ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;
+}
+
+namespace {
+
+/* Whether two of the batch's output matrices share an element (cuBLAS leaves the result
+ * undefined then; STRICTER: it does not check). Marks every element of C_0 .. C_{batch-1}
+ * in a bitmap of their common extent; extents over 2^26 elements are not checked. */
+bool batch_outputs_overlap(int m, int n, int ldc, long long strideC, int batch) {
+    size_t extent = (size_t)(batch - 1) * (size_t)strideC + (size_t)(n - 1) * ldc + (size_t)m;
+    if (extent > ((size_t)1 << 26)) return false;
+    std::vector<bool> seen(extent, false);
+    for (int b = 0; b < batch; b++)
+        for (int j = 0; j < n; j++)
+            for (int i = 0; i < m; i++) {
+                size_t e = (size_t)b * (size_t)strideC + (size_t)j * ldc + (size_t)i;
+                if (seen[e]) return true;
+                seen[e] = true;
+            }
+    return false;
+}
+
+} // namespace
+
+/* cublasSgemm's checks on the whole batch (each operand's extent is its last matrix's end),
+ * then the batch's products one after the other on the stream's worker. */
+extern "C" cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle,
+                                                    cublasOperation_t transa,
+                                                    cublasOperation_t transb, int m, int n,
+                                                    int k, const float *alpha, const float *A,
+                                                    int lda, long long int strideA,
+                                                    const float *B, int ldb,
+                                                    long long int strideB, const float *beta,
+                                                    float *C, int ldc, long long int strideC,
+                                                    int batchCount) {
+    static const char *fn = "cublasSgemmStridedBatched";
+    cublasStatus_t st = blas_handle(handle, fn);
+    if (st != CUBLAS_STATUS_SUCCESS) return st;
+    if ((transa != CUBLAS_OP_N && transa != CUBLAS_OP_T && transa != CUBLAS_OP_C) ||
+        (transb != CUBLAS_OP_N && transb != CUBLAS_OP_T && transb != CUBLAS_OP_C))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    bool ta = transa != CUBLAS_OP_N, tb = transb != CUBLAS_OP_N;
+    if (m < 0 || n < 0 || k < 0 || batchCount < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    int rows_a = ta ? k : m, cols_a = ta ? m : k;
+    int rows_b = tb ? n : k, cols_b = tb ? k : n;
+    if (lda < std::max(1, rows_a) || ldb < std::max(1, rows_b) || ldc < std::max(1, m))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    if (!alpha || !beta) return CUBLAS_STATUS_INVALID_VALUE;
+    if (m == 0 || n == 0 || batchCount == 0) return CUBLAS_STATUS_SUCCESS;
+    /* STRICTER: negative strides are accepted by the real library */
+    if (strideA < 0 || strideB < 0 || strideC < 0) return CUBLAS_STATUS_INVALID_VALUE;
+    if (cuemu::current_device() != handle->device)
+        cuemu::fatal("%s: handle created on device %d used while device %d is current", fn,
+                     handle->device, cuemu::current_device());
+    check_host_scalar(alpha, fn, "alpha");
+    check_host_scalar(beta, fn, "beta");
+    const float a_v = *alpha, b_v = *beta;
+    int dev = handle->device, batch = batchCount;
+    size_t last = (size_t)(batch - 1);
+    size_t bytes_a = colmajor_bytes(rows_a, cols_a, lda);
+    size_t bytes_b = colmajor_bytes(rows_b, cols_b, ldb);
+    size_t bytes_c = colmajor_bytes(m, n, ldc);
+    if (bytes_a) bytes_a += last * (size_t)strideA * sizeof(float);
+    if (bytes_b) bytes_b += last * (size_t)strideB * sizeof(float);
+    bytes_c += last * (size_t)strideC * sizeof(float);
+    struct { const void *p; size_t bytes; const char *name; long long stride; } ops[3] = {
+        {A, bytes_a, "A", strideA}, {B, bytes_b, "B", strideB}, {C, bytes_c, "C", strideC}};
+    for (const auto &o : ops)
+        if (o.bytes && !cuemu::is_device_range(o.p, o.bytes, dev))
+            cuemu::fatal("%s: %s = %p (%zu bytes over %d matrices of stride %lld, m=%d n=%d "
+                         "k=%d, trans %c%c) is not inside one live cudaMalloc block of device %d",
+                         fn, o.name, o.p, o.bytes, batch, o.stride, m, n, k, ta ? 'T' : 'N',
+                         tb ? 'T' : 'N', dev);
+    if (overlaps(C, bytes_c, A, bytes_a) || overlaps(C, bytes_c, B, bytes_b))
+        cuemu::fatal("%s: output C (%p, %zu bytes) overlaps input %s (m=%d n=%d k=%d)", fn,
+                     (void *)C, bytes_c, overlaps(C, bytes_c, A, bytes_a) ? "A" : "B", m, n, k);
+    if (batch > 1 && batch_outputs_overlap(m, n, ldc, strideC, batch))
+        cuemu::fatal("%s: the %d output matrices share elements (m=%d n=%d ldc=%d strideC=%lld)",
+                     fn, batch, m, n, ldc, strideC);
+    if (handle->ws && !cuemu::is_device_range(handle->ws, handle->ws_size, dev))
+        cuemu::fatal("%s: the workspace given to cublasSetWorkspace (%p, %zu bytes) is no "
+                     "longer a live cudaMalloc block of device %d",
+                     fn, handle->ws, handle->ws_size, dev);
+    void *ws = handle->ws;
+    size_t scribble = std::min(handle->ws_size, std::max((size_t)4096, bytes_c));
+    long long sA = strideA, sB = strideB, sC = strideC;
+    cudaError_t e = cuemu::enqueue(handle->stream, [=]() {
+        if (ws) memset(ws, 0xff, scribble);
+        for (int b = 0; b < batch; b++)
+            sgemm_run(ta, tb, m, n, k, a_v, A + b * sA, lda, B + b * sB, ldb, b_v, C + b * sC,
+                      ldc);
     });
     return e == cudaSuccess ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;
 }

@@ -133,11 +133,19 @@ struct Pending {
     Args args;
 };
 
+/* an ncclCommInitRank called inside a group, joined at the outermost ncclGroupEnd */
+struct PendingInit {
+    ncclComm_t *out;
+    int nranks, rank, dev;
+    std::string id;
+};
+
 struct GroupState {
     int depth = 0;
     ncclResult_t err = ncclSuccess;
     std::vector<Pending> ops;
     std::vector<Ref> finalize;
+    std::vector<PendingInit> inits;
 };
 
 thread_local GroupState t_group;
@@ -592,6 +600,74 @@ const char *ncclGetLastError(ncclComm_t comm) {
     return t_last_error;
 }
 
+namespace cuemu_nccl {
+
+/* A clique of dev.size() ranks (rank i on dev[i]); *out[i] = rank i's handle. `what` names
+ * the call in CAMO_CUEMU_REPORT's line. */
+void make_clique(const std::vector<ncclComm_t *> &out, const std::vector<int> &dev,
+                 const char *what) {
+    int ndev = (int)dev.size();
+    auto cl = std::make_shared<Clique>();
+    Registry &g = REG();
+    cl->id = g.next_id++;
+    cl->n = ndev;
+    cl->dev = dev;
+    cl->issued.assign(ndev, 0);
+    cl->finished.assign(ndev, 0);
+    cl->aborted.assign(ndev, 0);
+    cl->finalized.assign(ndev, 0);
+    cl->async_err.assign(ndev, ncclSuccess);
+    cl->issue_mu.reset(new std::mutex[ndev]);
+    {
+        std::lock_guard<std::mutex> l(g.mu);
+        for (int i = 0; i < ndev; i++) {
+            *out[i] = new ncclComm{cl, i, dev[i]};
+            g.live.insert(*out[i]);
+        }
+    }
+    std::string devs;
+    for (int i = 0; i < ndev; i++) devs += (i ? "," : "") + std::to_string(dev[i]);
+    const char *rc = getenv("NCCL_RUNTIME_CONNECT");
+    report("%s clique=%d ranks=%d devices=%s launch_mode=%s runtime_connect=%s", what,
+           cl->id, ndev, devs.c_str(), launch_mode(), rc && *rc ? rc : "unset");
+    if (debug_on())
+        fprintf(stderr, "cuemu nccl: INFO clique %d: %d ranks on devices %s, NCCL_LAUNCH_MODE "
+                "%s\n", cl->id, ndev, devs.c_str(), launch_mode());
+}
+
+/* The outermost ncclGroupEnd: the cliques of the ncclCommInitRank calls of the group. Each
+ * id's ranks must all be here (one process), on distinct devices. */
+ncclResult_t join_inits(std::vector<PendingInit> &inits) {
+    std::map<std::string, std::vector<const PendingInit *>> by_id;
+    for (const PendingInit &p : inits) by_id[p.id].push_back(&p);
+    for (auto &kv : by_id) {
+        std::vector<const PendingInit *> &v = kv.second;
+        int n = v[0]->nranks;
+        std::vector<ncclComm_t *> out(n, nullptr);
+        std::vector<int> dev(n, -1);
+        for (const PendingInit *p : v) {
+            if (p->nranks != n || p->rank < 0 || p->rank >= n || out[p->rank])
+                return warn(ncclInvalidArgument, true, "ncclCommInitRank: rank %d of %d (another "
+                            "call says %d ranks, or the rank repeats)", p->rank, p->nranks, n);
+            for (int r = 0; r < n; r++)
+                if (out[r] && dev[r] == p->dev)
+                    return warn(ncclInvalidUsage, true, "ncclCommInitRank: Duplicate GPU "
+                                "detected: rank %d and rank %d both on CUDA device %d", r,
+                                p->rank, p->dev);
+            out[p->rank] = p->out;
+            dev[p->rank] = p->dev;
+        }
+        if ((int)v.size() != n)
+            return warn(ncclInvalidUsage, true, "ncclCommInitRank: %zu of the %d ranks joined in "
+                        "this process; cuemu is one process and cannot emulate the ranks of "
+                        "others (a multi-process run needs real NCCL)", v.size(), n);
+        make_clique(out, dev, "nccl_comm_init_rank");
+    }
+    return ncclSuccess;
+}
+
+} // namespace cuemu_nccl
+
 ncclResult_t ncclCommInitAll(ncclComm_t *comms, int ndev, const int *devlist) {
     if (!comms) return warn(ncclInvalidArgument, false, "ncclCommInitAll: comms is NULL");
     if (ndev < 1)
@@ -608,32 +684,31 @@ ncclResult_t ncclCommInitAll(ncclComm_t *comms, int ndev, const int *devlist) {
                 return warn(ncclInvalidUsage, false, "ncclCommInitAll: Duplicate GPU detected: "
                             "rank %d and rank %d both on CUDA device %d", j, i, dev[i]);
     }
-    auto cl = std::make_shared<Clique>();
-    Registry &g = REG();
-    cl->id = g.next_id++;
-    cl->n = ndev;
-    cl->dev = dev;
-    cl->issued.assign(ndev, 0);
-    cl->finished.assign(ndev, 0);
-    cl->aborted.assign(ndev, 0);
-    cl->finalized.assign(ndev, 0);
-    cl->async_err.assign(ndev, ncclSuccess);
-    cl->issue_mu.reset(new std::mutex[ndev]);
-    {
-        std::lock_guard<std::mutex> l(g.mu);
-        for (int i = 0; i < ndev; i++) {
-            comms[i] = new ncclComm{cl, i, dev[i]};
-            g.live.insert(comms[i]);
-        }
-    }
-    std::string devs;
-    for (int i = 0; i < ndev; i++) devs += (i ? "," : "") + std::to_string(dev[i]);
-    const char *rc = getenv("NCCL_RUNTIME_CONNECT");
-    report("nccl_comm_init_all clique=%d ranks=%d devices=%s launch_mode=%s runtime_connect=%s",
-           cl->id, ndev, devs.c_str(), launch_mode(), rc && *rc ? rc : "unset");
-    if (debug_on())
-        fprintf(stderr, "cuemu nccl: INFO clique %d: %d ranks on devices %s, NCCL_LAUNCH_MODE "
-                "%s\n", cl->id, ndev, devs.c_str(), launch_mode());
+    std::vector<ncclComm_t *> out(ndev);
+    for (int i = 0; i < ndev; i++) out[i] = &comms[i];
+    make_clique(out, dev, "nccl_comm_init_all");
+    return ncclSuccess;
+}
+
+ncclResult_t ncclGetUniqueId(ncclUniqueId *uniqueId) {
+    if (!uniqueId) return warn(ncclInvalidArgument, false, "ncclGetUniqueId: NULL");
+    static std::atomic<unsigned long> next{1};
+    memset(uniqueId, 0, sizeof *uniqueId);
+    snprintf(uniqueId->internal, sizeof uniqueId->internal, "cuemu-%d-%lu", (int)getpid(),
+             next++);
+    return ncclSuccess;
+}
+
+ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId commId, int rank) {
+    if (!comm || nranks < 1 || rank < 0 || rank >= nranks)
+        return group_err(warn(ncclInvalidArgument, false, "ncclCommInitRank: rank %d of %d",
+                              rank, nranks));
+    if (t_group.depth == 0)
+        return warn(ncclInvalidUsage, true, "ncclCommInitRank outside a group: cuemu joins "
+                    "ranks only inside ncclGroupStart/End (one process)");
+    int dev = cuemu::current_device();
+    t_group.inits.push_back(PendingInit{comm, nranks, rank, dev,
+                                        std::string(commId.internal, sizeof commId.internal)});
     return ncclSuccess;
 }
 
@@ -683,13 +758,16 @@ ncclResult_t ncclGroupEnd(void) {
     if (--g.depth > 0) return ncclSuccess;
     std::vector<Pending> ops;
     std::vector<Ref> fin;
+    std::vector<PendingInit> inits;
     ops.swap(g.ops);
     fin.swap(g.finalize);
+    inits.swap(g.inits);
     ncclResult_t err = g.err;
     g.err = ncclSuccess;
     if (err != ncclSuccess)
         return warn(err, false, "ncclGroupEnd: a call inside the group failed (%s); its %zu "
                     "collective(s) were not launched", ncclGetErrorString(err), ops.size());
+    if (!inits.empty() && (err = join_inits(inits)) != ncclSuccess) return err;
     ncclResult_t res = ncclSuccess;
     for (const Pending &p : ops) {
         ncclResult_t r = launch(p);

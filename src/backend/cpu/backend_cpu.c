@@ -1,6 +1,6 @@
 /* backend_cpu.c: the CPU backend's memory ops and table assembly. Compute ops live in
- * cpu_conv.c, cpu_norm.c, cpu_pool.c, cpu_elementwise.c, cpu_loss.c and cpu_optim.c, their
- * shared scratch in cpu_workspace.c. */
+ * cpu_conv.c, cpu_norm.c, cpu_pool.c, cpu_elementwise.c, cpu_loss.c, cpu_optim.c and
+ * cpu_attention.c, their shared scratch in cpu_workspace.c. */
 #include "cpu_internal.h"
 
 #include "core/common.h"
@@ -73,6 +73,7 @@ camo_backend *camo_backend_cpu_create(int threads) {
     cpu_register_elementwise(be);
     cpu_register_loss(be);
     cpu_register_optim(be);
+    cpu_register_attention(be);
     return be;
 }
 

@@ -25,5 +25,6 @@ void cpu_register_elementwise(camo_backend *be); /* cpu_elementwise.c: act, add,
                                                     mul, channel_slice, softmax */
 void cpu_register_loss(camo_backend *be);        /* cpu_loss.c: loss_* */
 void cpu_register_optim(camo_backend *be);       /* cpu_optim.c: sumsq, sgd, adamw, ema */
+void cpu_register_attention(camo_backend *be);   /* cpu_attention.c: attention_*, xca_* */
 
 #endif

@@ -1,7 +1,7 @@
-/* cuemu: the cuBLAS subset camotrain uses (cuda/backend_cuda.cu, cuda/cuda_conv.cu), run on
- * the host by tests/cuemu/blas.cpp. Names, enum values and prototypes are the real
- * cuBLAS v2 API's (cublas_api.h); only what the backend calls is declared. Test
- * infrastructure only (see cuda_runtime.h). C and C++. */
+/* cuemu: the cuBLAS subset camotrain uses (cuda/backend_cuda.cu, cuda_conv.cu,
+ * cuda_attention.cu), run on the host by tests/cuemu/blas.cpp. Names, enum values and
+ * prototypes are the real cuBLAS v2 API's (cublas_api.h); only what the backend calls is
+ * declared. Test infrastructure only (see cuda_runtime.h). C and C++. */
 #ifndef CUEMU_CUBLAS_V2_H
 #define CUEMU_CUBLAS_V2_H
 
@@ -62,6 +62,15 @@ cublasStatus_t cublasSgemm_v2(cublasHandle_t handle, cublasOperation_t transa,
                               cublasOperation_t transb, int m, int n, int k, const float *alpha,
                               const float *A, int lda, const float *B, int ldb,
                               const float *beta, float *C, int ldc);
+
+/* C_i = alpha op(A_i) op(B_i) + beta C_i for i < batchCount, operand i at X + i * strideX
+ * (elements); no _v2 alias, as in cublas_api.h */
+cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_t transa,
+                                         cublasOperation_t transb, int m, int n, int k,
+                                         const float *alpha, const float *A, int lda,
+                                         long long int strideA, const float *B, int ldb,
+                                         long long int strideB, const float *beta, float *C,
+                                         int ldc, long long int strideC, int batchCount);
 
 #define cublasCreate cublasCreate_v2
 #define cublasDestroy cublasDestroy_v2

@@ -28,6 +28,11 @@ extern "C" {
 
 typedef struct ncclComm *ncclComm_t;
 
+#define NCCL_UNIQUE_ID_BYTES 128
+typedef struct {
+    char internal[NCCL_UNIQUE_ID_BYTES];
+} ncclUniqueId;
+
 typedef enum {
     ncclSuccess = 0,
     ncclUnhandledCudaError = 1,
@@ -73,6 +78,12 @@ const char *ncclGetLastError(ncclComm_t comm);
 
 /* one clique of ndev ranks in this process; devlist NULL: devices 0..ndev-1 */
 ncclResult_t ncclCommInitAll(ncclComm_t *comm, int ndev, const int *devlist);
+/* One process only: ncclCommInitRank is accepted inside a group (ncclGroupStart/End, as a
+ * process with several GPUs joins), and the clique forms at the outermost ncclGroupEnd when
+ * the group holds every rank of its id; ranks of other processes cannot be emulated (the
+ * group end fails with ncclInvalidUsage, saying so), nor can a call outside a group. */
+ncclResult_t ncclGetUniqueId(ncclUniqueId *uniqueId);
+ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId commId, int rank);
 ncclResult_t ncclCommFinalize(ncclComm_t comm);
 ncclResult_t ncclCommDestroy(ncclComm_t comm);
 ncclResult_t ncclCommAbort(ncclComm_t comm);
