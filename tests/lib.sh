@@ -27,7 +27,8 @@ meta() { $BIN inspect "$2" --meta "$1" 2>/dev/null | tr -d '[:space:]'; }
 # whole networks need a trajectory without kinks to hold under any summation order)
 smooth_net() {
     sed -e 's/"maxpool"/"avgpool"/g' -e 's/"relu"/"silu"/g' \
-        -e 's/"resblock";/"resblock"; act = "silu";/g' "$1" > "$2"
+        -e 's/"resblock";/"resblock"; act = "silu";/g' \
+        -e 's/"bottleneck";/"bottleneck"; act = "silu";/g' "$1" > "$2"
 }
 
 # expect NAME RC PATTERN -- command...: exit code RC and PATTERN (a grep regex) in stdout+stderr

@@ -1,8 +1,8 @@
 /* test_cuda_parity.c: every op of the CUDA backend against the CPU backend (the reference)
- * on small odd shapes, whole unet_s / fpn_r18 training steps, the caching allocator (no
- * cudaMalloc after warm-up), a bf16 loss curve, the local / nccl comms, and
- * train.deterministic (resize backward and a unet_s step repeat bit for bit). Every test is
- * skipped (and counted as skipped) when no GPU is usable.
+ * on small odd shapes, whole unet_s / fpn_r18 / deeplabv3_r18 / pspnet_r18 / upernet_r18
+ * training steps, the caching allocator (no cudaMalloc after warm-up), a bf16 loss curve,
+ * the local / nccl comms, and train.deterministic (resize backward and a unet_s step repeat
+ * bit for bit). Every test is skipped (and counted as skipped) when no GPU is usable.
  * Tolerances (fp32): per op 1e-4 relative, with a floor of 1e-2 of the tensor's largest
  * magnitude so that values near zero are compared absolutely (summation order differs);
  * whole-network steps: relative L2 error 1e-4 on outputs (shipped networks) and on
@@ -694,9 +694,9 @@ static const char *smooth_copy(const char *cfg) {
     return path;
 }
 
-/* One training step of cfg on both backends: loss, main output and every gradient. */
-static void net_compare(const char *cfg, int check_grads) {
-    int N = 2, S = 64;
+/* One training step of cfg on both backends (batch N, S x S): loss, main output and every
+ * gradient. */
+static void net_compare(const char *cfg, int check_grads, int N, int S) {
     net_run c, g;
     assert_int_equal(net_open(&c, cpu, cfg, N, S), 0);
     assert_int_equal(net_open(&g, gpu, cfg, N, S), 0);
@@ -726,21 +726,42 @@ static void net_compare(const char *cfg, int check_grads) {
     net_close(&g);
 }
 
-static void net_case(const char *cfg) {
-    net_compare(cfg, 0);
-    net_compare(smooth_copy(cfg), 1);
+static void net_case(const char *cfg, int N, int S) {
+    net_compare(cfg, 0, N, S);
+    net_compare(smooth_copy(cfg), 1, N, S);
 }
 
 static void test_unet_s(void **state) {
     (void)state;
     NEED_GPU();
-    net_case("conf/models/unet_s.cfg");
+    net_case("conf/models/unet_s.cfg", 2, 64);
 }
 
 static void test_fpn_r18(void **state) {
     (void)state;
     NEED_GPU();
-    net_case("conf/models/fpn_r18.cfg");
+    net_case("conf/models/fpn_r18.cfg", 2, 64);
+}
+
+/* The dilated-ResNet networks of conf/models (ASPP, PPM, UPer heads, aux heads), small:
+ * batch 4 (at batch 2, train-mode BN over the 1x1 map after global pooling sees two values
+ * per channel and is ill-conditioned in fp32), 32 x 32. */
+static void test_deeplabv3_r18(void **state) {
+    (void)state;
+    NEED_GPU();
+    net_case("conf/models/deeplabv3_r18.cfg", 4, 32);
+}
+
+static void test_pspnet_r18(void **state) {
+    (void)state;
+    NEED_GPU();
+    net_case("conf/models/pspnet_r18.cfg", 4, 32);
+}
+
+static void test_upernet_r18(void **state) {
+    (void)state;
+    NEED_GPU();
+    net_case("conf/models/upernet_r18.cfg", 4, 32);
 }
 
 /* train.deterministic: a whole (smooth) unet_s step run twice (the second on cached conv
@@ -1513,6 +1534,8 @@ int main(void) {
         cmocka_unit_test(test_param_alignment_gpu),
         cmocka_unit_test(test_attention),     cmocka_unit_test(test_xca),
         cmocka_unit_test(test_attention_net),
+        cmocka_unit_test(test_deeplabv3_r18), cmocka_unit_test(test_pspnet_r18),
+        cmocka_unit_test(test_upernet_r18),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

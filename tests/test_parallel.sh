@@ -107,3 +107,24 @@ if awk -v a="$(losses "$TMP/dp1")" -v b="$(losses "$TMP/dp2")" -v c="$(losses "$
 else
     fail drop_path_replicas_resume "losses cpu:1 [$(losses "$TMP/dp1")] cpu:2 [$(losses "$TMP/dp2")] cpu:3 [$(losses "$TMP/dp3")] resumed [$(losses "$TMP/dpr")]"
 fi
+
+# ---- deeplabv3_r18 (dilated ResNet, ASPP with image pooling, aux head) on 3-class data:
+# 2 steps on cpu:2 in DDP and in DP; the two checkpoints are bit-identical ----
+MC=$TMP/synth3
+if $BIN synth --out "$MC" --train 8 --test 4 --size 32 --seed 5 --classes 3 > "$TMP/synth3.log" 2>&1; then
+    M="--conf conf/demo.cfg --set model=\"$PWD/conf/models/deeplabv3_r18.cfg\" --set data.root=$MC"
+    M="$M --set data.img_size=32 --set data.classes=3 --set train.loss=\"ce\" --set train.batch=4"
+    M="$M --set train.max_steps=2 --set eval.every=0 --set train.threads=1 --set data.workers=1 --quiet"
+    for mode in ddp dp; do
+        expect "deeplabv3_cpu2_$mode" 0 'max_steps reached: 1 epochs, 2 steps' -- \
+            $BIN $M --devices cpu:2 --parallel $mode --out "$TMP/dl_$mode"
+    done
+    if [ -s "$TMP/dl_ddp/last.ckpt" ] && [ "$(hashes "$TMP/dl_ddp/last.ckpt" | grep -c aux_classifier)" -gt 0 ] &&
+       [ "$(hashes "$TMP/dl_ddp/last.ckpt")" = "$(hashes "$TMP/dl_dp/last.ckpt")" ]; then
+        pass deeplabv3_ddp_dp_identical
+    else
+        fail deeplabv3_ddp_dp_identical "$(diff <(hashes "$TMP/dl_ddp/last.ckpt") <(hashes "$TMP/dl_dp/last.ckpt") 2>&1 | head -3 | tr '\n' ' ')"
+    fi
+else
+    fail synth_classes3 "$(tail -3 "$TMP/synth3.log")"
+fi

@@ -6,8 +6,10 @@
  * from the rule (its tensors must match the manifest exactly; with CAMO_PRETRAINED_WEIGHTS=FILE
  * the converter's own file is used instead), loaded by name into conf/models/fpn_r18.cfg,
  * and the encoder run in eval mode must give layer4.1 = torchvision's layer4 within 1e-4
- * normwise. Then the report, init.strict, init.prefix and every refusal (shape, dtype, no
- * match, unreadable file), each leaving the network unchanged. */
+ * normwise. The same for resnet50 (resnet50_features.safetensors, conf/models/fpn_r50.cfg,
+ * layer4.2, CAMO_PRETRAINED_WEIGHTS_R50). Then the report, init.strict, init.prefix and
+ * every refusal (shape, dtype, no match, unreadable file), each leaving the network
+ * unchanged. */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -23,10 +25,26 @@
 #include "nn/net.h"
 #include "nn/pretrained.h"
 
-#define FIXTURE "tests/fixtures/pretrained/resnet18_features.safetensors"
-#define NET_FILE "conf/models/fpn_r18.cfg"
 #define TOL 1e-4
 #define MAX_T 512
+
+/* A torchvision ResNet, its fixture and the network its encoder is in. */
+typedef struct {
+    const char *fixture, *net_file, *env; /* env: the converter's own file, where set */
+    const char *last;                     /* the last block: torchvision's layer4 output */
+    const char *file;                     /* the rule-written file, in tu_tmpdir() */
+    int n_int;                            /* num_batches_tracked tensors (one per BN) */
+    const char *loaded[3];                /* read back bit for bit after the load */
+} resnet_case;
+
+static const resnet_case R18 = {
+    "tests/fixtures/pretrained/resnet18_features.safetensors", "conf/models/fpn_r18.cfg",
+    "CAMO_PRETRAINED_WEIGHTS", "layer4.1", "pretrained_r18.safetensors", 20,
+    {"conv1.weight", "layer3.0.downsample.0.weight", "layer4.1.bn2.running_var"}};
+static const resnet_case R50 = {
+    "tests/fixtures/pretrained/resnet50_features.safetensors", "conf/models/fpn_r50.cfg",
+    "CAMO_PRETRAINED_WEIGHTS_R50", "layer4.2", "pretrained_r50.safetensors", 53,
+    {"conv1.weight", "layer1.0.downsample.0.weight", "layer4.2.bn3.running_var"}};
 
 /* ---- the rule (tools/pretrained_ref.py) ---- */
 
@@ -68,14 +86,16 @@ typedef struct {
 } entry;
 
 typedef struct {
+    const resnet_case *rc;
     camo_st_file *fx;    /* the fixture */
     entry e[MAX_T];
     int n, n_float, n_int;
 } manifest;
 
-static void read_manifest(manifest *m) {
+static void read_manifest(manifest *m, const resnet_case *rc) {
     memset(m, 0, sizeof *m);
-    m->fx = camo_st_open(FIXTURE);
+    m->rc = rc;
+    m->fx = camo_st_open(rc->fixture);
     if (!m->fx) fprintf(stderr, "  %s\n", camo_last_error());
     assert_non_null(m->fx);
     const char *text = camo_st_meta(m->fx, "manifest");
@@ -95,7 +115,8 @@ static void read_manifest(manifest *m) {
         if (e->dtype == CAMO_ST_F32) m->n_float++; else m->n_int++;
         m->n++;
     }
-    assert_true(m->n > 100 && m->n_int == 20); /* 122 in resnet18: 102 float, 20 counters */
+    /* resnet18: 122 tensors, 102 float, 20 counters; resnet50: 320, 267, 53 */
+    assert_true(m->n > 100 && m->n_int == rc->n_int);
 }
 
 /* Writes the rule's state dict in the manifest's order, names prefixed, plus `extra`
@@ -167,7 +188,7 @@ static void check_against_manifest(const manifest *m, const char *path) {
 
 static camo_net *fpn(camo_backend *be, const manifest *m, uint64_t seed) {
     camo_clear_error();
-    camo_net *net = camo_net_load(NET_FILE, be, 0);
+    camo_net *net = camo_net_load(m->rc->net_file, be, 0);
     if (!net) fprintf(stderr, "  %s\n", camo_last_error());
     assert_non_null(net);
     int N = atoi(camo_st_meta(m->fx, "batch")), H = atoi(camo_st_meta(m->fx, "height"));
@@ -201,8 +222,8 @@ static int layer_index(const camo_net *net, const char *name) {
     return -1;
 }
 
-/* layer4.1's output (the block's final relu) on the fixture's input, eval mode, against
- * torchvision's layer4 features; returns the normwise error. */
+/* The last block's output (its final relu: layer4.1 in resnet18, layer4.2 in resnet50) on the
+ * fixture's input, eval mode, against torchvision's layer4 features; the normwise error. */
 static double features_error(camo_net *net, const manifest *m) {
     const camo_st_tensor *xt = camo_st_find(m->fx, "input"), *yt = camo_st_find(m->fx, "layer4");
     assert_non_null(xt);
@@ -216,7 +237,9 @@ static double features_error(camo_net *net, const manifest *m) {
                 xh[((size_t)n * H * W + i) * C + c] = x[((size_t)n * C + c) * H * W + i];
     net->be->upload(net->be, net->input, xh, (size_t)xt->numel * sizeof(float));
     camo_net_forward(net, N, 0);
-    int li = layer_index(net, "layer4.1.relu");
+    char last[CAMO_NAME_MAX];
+    snprintf(last, sizeof last, "%s.relu", m->rc->last);
+    int li = layer_index(net, last);
     assert_true(li >= 0);
     const camo_layer *l = &net->layers[li];
     assert_int_equal(l->C, (int)yt->shape[1]);
@@ -247,12 +270,13 @@ static void expect_error(int rc, const char *needle) {
 
 /* ---- tests ---- */
 
-static void test_torchvision_features(void **state) {
-    (void)state;
+/* The torchvision file (rule-written, or the converter's) loaded into rn's network gives
+ * torchvision's layer4 features. */
+static void check_torchvision_features(const resnet_case *rn) {
     manifest m;
-    read_manifest(&m);
-    const char *env = getenv("CAMO_PRETRAINED_WEIGHTS");
-    const char *path = env && *env ? env : write_weights(&m, "pretrained_r18.safetensors", "", NULL, 0);
+    read_manifest(&m, rn);
+    const char *env = getenv(rn->env);
+    const char *path = env && *env ? env : write_weights(&m, rn->file, "", NULL, 0);
     check_against_manifest(&m, path);
     camo_backend *be = camo_backend_cpu_create(0);
     camo_net *net = fpn(be, &m, 7), *seeded = fpn(be, &m, 7);
@@ -260,7 +284,8 @@ static void test_torchvision_features(void **state) {
     int rc = camo_net_load_pretrained(net, path, "", 0, &rep);
     if (rc) fprintf(stderr, "  %s\n", camo_last_error());
     assert_int_equal(rc, 0);
-    /* fpn_r18's encoder is torchvision's resnet18 less fc; the decoder is not in the file */
+    /* fpn_r18's (fpn_r50's) encoder is torchvision's resnet18 (50) less fc; the decoder is
+     * not in the file */
     assert_int_equal(rep.file_tensors, m.n);
     assert_int_equal(rep.matched, m.n_float - 2);
     assert_int_equal(rep.ignored, m.n_int);
@@ -272,11 +297,11 @@ static void test_torchvision_features(void **state) {
     assert_int_equal(rep.converted, 0);
     camo_pretrained_print(&rep, net->name);
     /* loaded values read back in PyTorch layout: the rule's, bit for bit (OIHW -> OHWI -> OIHW) */
-    const char *names[] = {"conv1.weight", "layer3.0.downsample.0.weight", "layer4.1.bn2.running_var"};
     for (int k = 0; k < 3; k++) {
-        camo_param *p = camo_net_find_param(net, names[k]);
-        float *got = param_values(net, names[k]), *want = tu_falloc(p->numel);
-        rule_values(names[k], p->ndim, p->shape, want);
+        camo_param *p = camo_net_find_param(net, rn->loaded[k]);
+        assert_non_null(p);
+        float *got = param_values(net, rn->loaded[k]), *want = tu_falloc(p->numel);
+        rule_values(rn->loaded[k], p->ndim, p->shape, want);
         assert_memory_equal(got, want, p->numel * sizeof(float));
         free(got);
         free(want);
@@ -284,19 +309,30 @@ static void test_torchvision_features(void **state) {
     assert_true(same_param(net, seeded, "lat5.weight"));   /* missing: kept from the seed */
     assert_false(same_param(net, seeded, "conv1.weight"));
     double err = features_error(net, &m);
-    fprintf(stderr, "  layer4.1 vs torchvision layer4 (%s): normwise %.3g (tol %g)\n",
+    fprintf(stderr, "  %s vs torchvision layer4 (%s): normwise %.3g (tol %g)\n", rn->last,
             env && *env ? env : "rule-written file", err, TOL);
     assert_true(err <= TOL);
+    if (!(env && *env)) remove(path); /* resnet50's: 102 MB */
     camo_net_free(net);
     camo_net_free(seeded);
     be->destroy(be);
     camo_st_close(m.fx);
 }
 
+static void test_torchvision_features(void **state) {
+    (void)state;
+    check_torchvision_features(&R18);
+}
+
+static void test_torchvision_features_r50(void **state) {
+    (void)state;
+    check_torchvision_features(&R50);
+}
+
 static void test_strict_and_prefix(void **state) {
     (void)state;
     manifest m;
-    read_manifest(&m);
+    read_manifest(&m, &R18);
     camo_backend *be = camo_backend_cpu_create(0);
     camo_net *net = fpn(be, &m, 7), *seeded = fpn(be, &m, 7);
     const char *plain = write_weights(&m, "pretrained_plain.safetensors", "", NULL, 1);
@@ -333,7 +369,7 @@ static void test_strict_and_prefix(void **state) {
 static void test_strict_exact(void **state) {
     (void)state;
     manifest m;
-    read_manifest(&m);
+    read_manifest(&m, &R18);
     camo_backend *be = camo_backend_cpu_create(0);
     camo_net *src = fpn(be, &m, 11), *dst = fpn(be, &m, 12);
     char path[600];
@@ -384,7 +420,7 @@ static const char *small_file(const char *file, const char *name, camo_st_dtype 
 static void test_refusals(void **state) {
     (void)state;
     manifest m;
-    read_manifest(&m);
+    read_manifest(&m, &R18);
     camo_backend *be = camo_backend_cpu_create(0);
     camo_net *net = fpn(be, &m, 7), *seeded = fpn(be, &m, 7);
     static float big[64 * 3 * 7 * 7];
@@ -427,7 +463,7 @@ static void test_half_dtypes(void **state) {
     (void)state;
     camo_backend *be = camo_backend_cpu_create(0);
     manifest m;
-    read_manifest(&m);
+    read_manifest(&m, &R18);
     camo_net *net = fpn(be, &m, 7);
     enum { K = 64 * 3 * 7 * 7 };
     static uint16_t h[K], bf[64];
@@ -462,6 +498,7 @@ int main(int argc, char **argv) {
     camo_cpu_env_reexec(argv); /* passive OpenMP waits: tests share 2 busy cores */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_torchvision_features),
+        cmocka_unit_test(test_torchvision_features_r50),
         cmocka_unit_test(test_strict_and_prefix),
         cmocka_unit_test(test_strict_exact),
         cmocka_unit_test(test_refusals),

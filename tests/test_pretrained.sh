@@ -4,7 +4,8 @@
 # replica allocates). Weights: tests/fixtures/pretrained/tiny*.safetensors, written by
 # tools/convert_weights.py from PyTorch (tools/pretrained_ref.py), loaded into
 # tests/fixtures/pretrained/tiny_net.cfg. Where python3 has torch and torchvision, the
-# converter runs here too. Prints PASS/FAIL/SKIP lines for tests/run.sh.
+# converter runs here too (on torchvision's resnet18 and resnet50 as well). Prints
+# PASS/FAIL/SKIP lines for tests/run.sh.
 . "$(dirname "$0")/lib.sh" pretrained
 FX=tests/fixtures/pretrained
 PY=
@@ -172,12 +173,18 @@ PY
         $PY tools/convert_weights.py "$TMP/ckpt.pth.float" "$TMP/f.safetensors" --unsafe-pickle
     expect_str pre_convert_bad_key 2 "--key state_dict: no entry 'state_dict'" -- \
         $PY tools/convert_weights.py "$TMP/ckpt.pth" "$TMP/x.safetensors" --key state_dict
-    # torchvision's resnet18 through the converter, then the C test on that very file
+    # torchvision's resnet18 and resnet50 through the converter, then the C test on those very
+    # files (fpn_r18's layer4.1, fpn_r50's layer4.2; a few seconds each)
     TP=${BUILD:-build}/tests/test_pretrained
     if [ ! -x "$TP" ]; then skip pre_convert_torchvision "no $TP"
     elif $PY tools/pretrained_ref.py --weights "$TMP/r18.safetensors" > "$TMP/r18.log" 2>&1 &&
-         CAMO_PRETRAINED_WEIGHTS=$TMP/r18.safetensors CAMO_TEST_TMP=$TMP "$TP" > "$TMP/tp.log" 2>&1 &&
-         grep -q "torchvision layer4 ($TMP/r18.safetensors): normwise" "$TMP/tp.log"; then
-        pass "pre_convert_torchvision ($(grep -o 'normwise [0-9.e-]*' "$TMP/tp.log"))"
+         $PY tools/pretrained_ref.py --weights "$TMP/r50.safetensors" --arch resnet50 >> "$TMP/r18.log" 2>&1 &&
+         CAMO_PRETRAINED_WEIGHTS=$TMP/r18.safetensors CAMO_PRETRAINED_WEIGHTS_R50=$TMP/r50.safetensors \
+         CAMO_TEST_TMP=$TMP "$TP" > "$TMP/tp.log" 2>&1 &&
+         grep -q "layer4.1 vs torchvision layer4 ($TMP/r18.safetensors): normwise" "$TMP/tp.log" &&
+         grep -q "layer4.2 vs torchvision layer4 ($TMP/r50.safetensors): normwise" "$TMP/tp.log"; then
+        pass "pre_convert_torchvision (resnet18 $(grep -o 'normwise [0-9.e-]*' "$TMP/tp.log" |
+            sed -n 1p), resnet50 $(grep -o 'normwise [0-9.e-]*' "$TMP/tp.log" | sed -n 2p))"
     else fail pre_convert_torchvision "$(tail -3 "$TMP/r18.log") $(grep -m3 'ERROR\|FAIL\|normwise' "$TMP/tp.log")"; fi
+    rm -f "$TMP/r18.safetensors" "$TMP/r50.safetensors"
 fi

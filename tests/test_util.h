@@ -112,7 +112,7 @@ static inline const char *tu_tmpdir(void) {
 }
 
 /* Writes a copy of network file `src` made smooth to `dst`: max pooling becomes average
- * pooling and every ReLU (layers, conv `act`, resblocks) SiLU. Equivalence and parity
+ * pooling and every ReLU (layers, conv `act`, resblocks, bottlenecks) SiLU. Equivalence and parity
  * tests of whole networks run on these copies. At a kink (a max-pool near-tie, a ReLU
  * input within rounding of zero, which BN makes common since it centres its outputs on 0)
  * a last-bit difference of the forward (sums in another order: another replica count,
@@ -122,7 +122,7 @@ static inline const char *tu_tmpdir(void) {
 static inline int tu_write_smooth_net(const char *src, const char *dst) {
     FILE *f = fopen(src, "r");
     if (!f) return -1;
-    static char text[32768];
+    static char text[131072];
     size_t n = fread(text, 1, sizeof text - 1, f);
     fclose(f);
     if (n == sizeof text - 1) return -1;
@@ -132,10 +132,20 @@ static inline int tu_write_smooth_net(const char *src, const char *dst) {
     for (char *p = strstr(text, "\"relu\""); p; p = strstr(p, "\"relu\""))
         memcpy(p + 1, "silu", 4);
     if (!(f = fopen(dst, "w"))) return -1;
-    const char *rb = "\"resblock\";";
+    /* residual blocks take `act` (default relu): after each block's type */
+    const char *blocks[2] = {"\"resblock\";", "\"bottleneck\";"};
     char *p = text;
-    for (char *q; (q = strstr(p, rb)); p = q + strlen(rb))
-        fprintf(f, "%.*s%s act = \"silu\";", (int)(q - p), p, rb);
+    for (;;) {
+        char *q = NULL;
+        const char *b = NULL;
+        for (int i = 0; i < 2; i++) {
+            char *h = strstr(p, blocks[i]);
+            if (h && (!q || h < q)) q = h, b = blocks[i];
+        }
+        if (!q) break;
+        fprintf(f, "%.*s%s act = \"silu\";", (int)(q - p), p, b);
+        p = q + strlen(b);
+    }
     fputs(p, f);
     return fclose(f);
 }

@@ -4,7 +4,8 @@
 tools/convert_weights.py.
 
   /usr/bin/python3 tools/pretrained_ref.py                  # rewrite tests/fixtures/pretrained/
-  /usr/bin/python3 tools/pretrained_ref.py --weights OUT.safetensors   # only the ResNet-18 file
+  /usr/bin/python3 tools/pretrained_ref.py --weights OUT.safetensors [--arch resnet50]
+                                            # only the converted ResNet file (default resnet18)
 
 1. torchvision's resnet18 (fc.* and num_batches_tracked included, as torchvision has them)
    with every tensor set by a closed-form rule (below), saved with torch.save, converted to
@@ -17,6 +18,9 @@ tools/convert_weights.py.
    camo_net_load_pretrained into conf/models/fpn_r18.cfg and compares layer4.1's output.
    With CAMO_PRETRAINED_WEIGHTS=FILE (tests/test_pretrained.sh, where torch is installed:
    --weights FILE) it loads the converter's own file instead.
+   The same for torchvision's resnet50: resnet50_features.safetensors (its 102 MB not kept;
+   a 1x3x64x64 input), loaded into conf/models/fpn_r50.cfg, layer4.2's output compared
+   (CAMO_PRETRAINED_WEIGHTS_R50=FILE, --weights FILE --arch resnet50).
 2. tiny.safetensors: a small torchvision-style ResNet (conv1, bn1, layer1.0 BasicBlock, fc)
    with torch's seeded random init and random BN statistics, saved and converted;
    tiny_backbone.safetensors: a segmenter around it (backbone.*, head.*) saved as
@@ -48,7 +52,7 @@ sys.path.insert(0, HERE)
 from convert_weights import write_safetensors  # noqa: E402  (the same writer)
 
 MASK32 = 0xFFFFFFFF
-N, H, W = 2, 64, 64
+SIZES = {"resnet18": (2, 64, 64), "resnet50": (1, 64, 64)}  # input N, H, W of the fixture
 
 
 def fnv1a32(s):
@@ -134,13 +138,14 @@ def check_converted(path, sd):
         pass
 
 
-def resnet18_weights(tmp, out):
-    """Rule-valued resnet18 -> .pth -> convert_weights.py -> out; returns model, state dict."""
+def resnet_weights(arch, tmp, out):
+    """Rule-valued torchvision ARCH -> .pth -> convert_weights.py -> out; returns model, state
+    dict."""
     torch.manual_seed(0)
-    model = torchvision.models.resnet18(weights=None)
+    model = getattr(torchvision.models, arch)(weights=None)
     set_by_rule(model)
     sd = model.state_dict()
-    pth = os.path.join(tmp, "resnet18.pth")
+    pth = os.path.join(tmp, arch + ".pth")
     torch.save(sd, pth)
     convert(pth, out)
     check_converted(out, sd)
@@ -164,7 +169,8 @@ def manifest(sd):
     return "\n".join(lines) + "\n"
 
 
-def features_fixture(model, sd, path):
+def features_fixture(arch, model, sd, path):
+    N, H, W = SIZES[arch]
     model.eval()
     x = hash_uniform(fnv1a32("input"), N * 3 * H * W).astype(np.float32).reshape(N, 3, H, W)
     with torch.no_grad():
@@ -234,17 +240,22 @@ def tiny_fixtures(tmp):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--weights", help="only write the converted ResNet-18 file here (for "
-                    "CAMO_PRETRAINED_WEIGHTS), no fixtures")
+    ap.add_argument("--weights", help="only write the converted ResNet file here (for "
+                    "CAMO_PRETRAINED_WEIGHTS / _R50), no fixtures")
+    ap.add_argument("--arch", choices=sorted(SIZES), default="resnet18",
+                    help="with --weights: the torchvision model (default resnet18)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if a.weights:
-            resnet18_weights(tmp, a.weights)
-            print(f"{a.weights}: converted and checked against torchvision's state dict")
+            resnet_weights(a.arch, tmp, a.weights)
+            print(f"{a.weights}: converted and checked against torchvision's {a.arch} state dict")
             return
         os.makedirs(OUT_DIR, exist_ok=True)
-        model, sd = resnet18_weights(tmp, os.path.join(tmp, "resnet18.safetensors"))
-        features_fixture(model, sd, os.path.join(OUT_DIR, "resnet18_features.safetensors"))
+        for arch in sorted(SIZES):
+            out = os.path.join(tmp, arch + ".safetensors")
+            model, sd = resnet_weights(arch, tmp, out)
+            os.remove(out)
+            features_fixture(arch, model, sd, os.path.join(OUT_DIR, arch + "_features.safetensors"))
         tiny_fixtures(tmp)
 
 
