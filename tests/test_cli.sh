@@ -157,4 +157,13 @@ if nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
 else
     expect gpu_check_without_gpu 2 'no NVIDIA GPU on this machine' -- tools/gpu_check.sh "$TMP/gpu_check"
 fi
+
+# ---- every shipped network parses, builds and sizes a training step (--model, --summary) ----
+bad=""
+for f in conf/models/*.cfg; do
+    m=$(basename "$f" .cfg)
+    out=$($BIN --conf conf/demo.cfg --model "$m" --set data.img_size=64 --set train.batch=2 \
+          --summary 2>&1) && echo "$out" | grep -q '^ *total ' || bad="$bad $m"
+done
+if [ -z "$bad" ]; then pass models_all_build; else fail models_all_build "failed:$bad"; fi
 exit 0

@@ -174,8 +174,11 @@ static void check_params(const Onnx__GraphProto *g, camo_net *net, const char *n
         if (!exported) continue;
         const Onnx__TensorProto *t = find_init(g, p->name);
         assert_int_equal(t->data_type, ONNX__TENSOR_PROTO__DATA_TYPE__FLOAT);
-        assert_int_equal(t->n_dims, p->ndim);
+        /* a `linear` weight [out, in] goes to its Conv node as [out, in, 1, 1] */
+        int linear = net->layers[p->layer].type == CAMO_LAYER_CONV2D && p->ndim == 2;
+        assert_int_equal(t->n_dims, linear ? 4 : p->ndim);
         for (int d = 0; d < p->ndim; d++) assert_int_equal(t->dims[d], p->shape[d]);
+        if (linear) assert_true(t->dims[2] == 1 && t->dims[3] == 1);
         assert_true(t->has_raw_data);
         assert_int_equal(t->raw_data.len, 4 * p->numel);
         float *want = malloc(p->numel * sizeof(float)), *got = malloc(p->numel * sizeof(float));
@@ -191,7 +194,7 @@ static const char *const known_ops[] = {
     "Conv", "BatchNormalization", "LayerNormalization", "Transpose", "ReduceMean", "Sub",
     "Mul", "Add", "Sqrt", "Div", "Reshape", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Erf",
     "Gelu", "Identity", "MaxPool", "AveragePool", "GlobalAveragePool", "Slice", "Concat",
-    "Resize", "Shape", "Sum", "Softmax", NULL};
+    "Resize", "Shape", "Sum", "Softmax", "MatMul", NULL};
 
 /* Nodes in topological order, each value defined once, every input defined before it is
  * read, every node output read by a later node or a graph output, every initializer read,

@@ -53,8 +53,8 @@ static void fill_param(const camo_param *p, float *host) {
         double r = hash_uniform(seed, i), v;
         if (!strcmp(leaf, "running_mean")) v = 0.0;
         else if (!strcmp(leaf, "running_var")) v = 1.0;
-        else if (p->ndim == 4) {
-            double fan_in = (double)(p->shape[1] * p->shape[2] * p->shape[3]);
+        else if (p->ndim >= 2) { /* conv [out, in/g, kh, kw], linear [out, in], ... */
+            double fan_in = (double)n / (double)p->shape[0];
             v = r * sqrt(3.0 / fan_in);
         } else if (!strcmp(leaf, "weight")) v = 1.0 + 0.1 * r;
         else v = 0.1 * r; /* bias */

@@ -312,3 +312,53 @@ BUILDERS = {
     "upernet_r18": upernet(18, 128, 64),
     "fpn_r50": lambda classes: finish(FPN(50, 256, 128, 256, classes)),
 }
+
+
+# ---------------------------------------------------------------- SegFormer (transformers)
+
+def hf_segformer_config(classes, drop_path_rate):
+    """transformers' SegformerConfig for nvidia/mit-b0 (its defaults: hidden sizes
+    32/64/160/256, depths 2/2/2/2, heads 1/2/5/8, sr 8/4/2/1, patches 7/3/3/3 strides
+    4/2/2/2, MLP ratio 4, decoder 256), dropouts 0 (camotrain has none)."""
+    from transformers import SegformerConfig
+    return SegformerConfig(num_labels=classes, hidden_sizes=[32, 64, 160, 256],
+                           depths=[2, 2, 2, 2], num_attention_heads=[1, 2, 5, 8],
+                           sr_ratios=[8, 4, 2, 1], patch_sizes=[7, 3, 3, 3],
+                           strides=[4, 2, 2, 2], mlp_ratios=[4, 4, 4, 4],
+                           decoder_hidden_size=256, hidden_act="gelu",
+                           drop_path_rate=drop_path_rate, hidden_dropout_prob=0.0,
+                           attention_probs_dropout_prob=0.0, classifier_dropout_prob=0.0)
+
+
+def segformer_drop_path_rates(drop_path_rate=0.1):
+    """{block module path: drop probability} of transformers' model (its linear schedule)."""
+    from transformers import SegformerForSemanticSegmentation
+    hf = SegformerForSemanticSegmentation(hf_segformer_config(1, drop_path_rate))
+    return {"segformer." + n[:-len(".drop_path")]: float(getattr(m, "drop_prob", 0.0))
+            for n, m in hf.segformer.named_modules() if n.endswith(".drop_path")}
+
+
+class SegformerB0(nn.Module):
+    """transformers' SegformerForSemanticSegmentation itself (random init, drop_path_rate
+    0: the fixture's network file has every drop_path p = 0): its `segformer` and
+    `decode_head` registered at the root, so the state dict names are transformers' own;
+    the forward is transformers' (model(pixel_values).logits at 1/4 scale), then the
+    logits resized to the input, bilinear, align_corners=False, as its loss does."""
+
+    def __init__(self, classes):
+        super().__init__()
+        from transformers import SegformerForSemanticSegmentation
+        hf = SegformerForSemanticSegmentation(hf_segformer_config(classes, 0.0))
+        self.segformer = hf.segformer
+        self.decode_head = hf.decode_head
+        self._hf = [hf]  # not a submodule: the two above are its only children with state
+        self.in_ch = 3
+        self.classes = classes
+        self.outputs = [("main", "out")]
+
+    def forward(self, x):
+        logits = self._hf[0](pixel_values=x, return_dict=True).logits
+        return [F.interpolate(logits, size=x.shape[2:], mode="bilinear", align_corners=False)]
+
+
+BUILDERS["segformer_b0"] = lambda classes: finish(SegformerB0(classes))

@@ -103,7 +103,43 @@ FIXTURES = [
     (M + "upernet_r50.cfg", 1, 48, 48, False, "tests/fixtures/upernet_r50.safetensors",
      "upernet_r50"),
     (M + "fpn_r50.cfg", 1, 48, 48, False, "tests/fixtures/fpn_r50.safetensors", "fpn_r50"),
+    # transformers' SegformerForSemanticSegmentation (mit-b0) itself, in train mode (batch 4
+    # for decode_head's BN) on conf/models/segformer_b0.cfg less its stochastic depth: the
+    # fixture's file is derived from it with every drop_path p = 0 (DERIVED below), the
+    # reference has drop_path_rate 0, and the file's own p are checked against
+    # transformers' schedule for drop_path_rate 0.1.
+    ("tests/fixtures/segformer_b0.cfg", 4, 64, 64, True,
+     "tests/fixtures/segformer_b0.safetensors", "segformer_b0"),
 ]
+
+
+
+def segformer_no_drop_path(src, dst):
+    """tests/fixtures/segformer_b0.cfg: the network file with every drop_path p = 0 (the
+    fixture compares deterministic passes); first checks the file's p against transformers'
+    linear schedule (drop_path_rate 0.1, both drop paths of a block)."""
+    import re
+    text = open(src).read()
+    want = ref_nets.segformer_drop_path_rates(0.1)
+    got = re.findall(r'name = "([^"]+)\.drop_path[12]"; type = "drop_path"; p = ([0-9.eE+-]+);',
+                     text)
+    assert len(got) == 2 * len(want), "%s: %d drop_path layers, transformers has %d blocks" % (
+        src, len(got), len(want))
+    for blk, p in got:
+        assert abs(float(p) - want[blk]) < 1e-6, "%s: %s p = %s, transformers %g" % (
+            src, blk, p, want[blk])
+    text, n = re.subn(r'(type = "drop_path"; p = )[0-9.eE+-]+;', r"\g<1>0.0;", text)
+    assert n == len(got)
+    with open(dst, "w") as f:
+        f.write("# written by tools/torch_ref.py from %s: every drop_path p = 0, for the\n"
+                "# deterministic comparison with transformers (tests/fixtures/segformer_b0."
+                "safetensors)\n" % src + text)
+
+
+# Fixture network files derived from another file before the fixture is made: path ->
+# (source, function(source, path)).
+DERIVED = {"tests/fixtures/segformer_b0.cfg": ("conf/models/segformer_b0.cfg",
+                                               segformer_no_drop_path)}
 
 
 # ---------------------------------------------------------------- closed-form values
@@ -143,8 +179,8 @@ def param_value(name, shape):
         v = np.zeros(n)
     elif name.endswith(".running_var"):
         v = np.ones(n)
-    elif len(shape) == 4:  # conv weight [out, in/groups, kh, kw]
-        fan_in = shape[1] * shape[2] * shape[3]
+    elif len(shape) >= 2:  # conv [out, in/groups, kh, kw], linear [out, in], ...
+        fan_in = int(np.prod(shape[1:]))
         v = r * math.sqrt(3.0 / fan_in)
     elif name.endswith(".weight"):
         v = 1.0 + 0.1 * r
@@ -431,6 +467,33 @@ class GraphNet(nn.Module):
             m.relu.inplace = False
             m = self._register(name, m)
             return 4 * width, lambda xs, o: m(xs[0])
+        if typ == "linear":  # nn.Linear on the channels of every pixel
+            filters = int(ls["filters"])
+            m = self._register(name, nn.Linear(cin[0], filters,
+                                               bias=bool(ls.get("bias", True))))
+            return filters, lambda xs, o: m(xs[0].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        if typ == "attention":  # transformers' SegformerEfficientSelfAttention's core
+            heads = int(ls["heads"])
+            assert len(cin) == 3 and cin[0] == cin[1] == cin[2] and cin[0] % heads == 0
+
+            def attention(xs, o):
+                q, k, v = xs
+                B, C, H, W = q.shape
+                d = C // heads
+
+                def split(t):
+                    return t.flatten(2).transpose(1, 2).reshape(B, -1, heads, d).transpose(1, 2)
+                a = torch.softmax(split(q) @ split(k).transpose(-1, -2) / math.sqrt(d), dim=-1)
+                y = (a @ split(v)).transpose(1, 2).reshape(B, H * W, C)
+                return y.transpose(1, 2).reshape(B, C, H, W)
+            return cin[0], attention
+        if typ == "drop_path":  # deterministic passes only (camotrain's draws are not here)
+            p = float(ls["p"])
+
+            def drop_path(xs, o):
+                assert p == 0.0 or not self.training, "drop_path p > 0 in training: " + name
+                return xs[0]
+            return cin[0], drop_path
         raise ValueError("unknown layer type %r (layer %r)" % (typ, name))
 
     def forward(self, x):
@@ -483,6 +546,8 @@ def geometry(model):
                     m.bias is not None)
         elif isinstance(m, nn.BatchNorm2d):
             g[n] = ("bn", m.eps, m.momentum)
+        elif isinstance(m, (nn.LayerNorm, LayerNorm2d)):
+            g[n] = ("ln", float(m.eps))
     return g
 
 
@@ -510,6 +575,8 @@ def reference_builder(cfg, ref):
 
 
 def make_fixture(config, batch, height, width, training, out, quiet=False, ref_name=None):
+    if config in DERIVED:
+        DERIVED[config][1](DERIVED[config][0], config)
     cfg = load_config(config)
     build = reference_builder(cfg, ref_name)
     model = build()

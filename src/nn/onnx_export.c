@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -508,6 +509,53 @@ static int emit_join(graph *g, const camo_layer *l, const char *y) {
     return 0;
 }
 
+/* ---- attention and residual helpers (layer_attention.c, layer_residual.c) ---- */
+
+/* x (N, C, H, W) viewed as (N, heads, C/heads, H*W), transposed to (N, heads, H*W, C/heads)
+ * when `tokens_last` is 0. Reshape's 0 keeps the batch: static or dynamic alike. */
+static const char *heads_view(graph *g, const camo_layer *l, const char *x, int src,
+                              int heads, int transpose, const char *what) {
+    const camo_layer *s = &g->net->layers[src];
+    int64_t shape[4] = {0, heads, s->C / heads, (int64_t)s->H * s->W};
+    const char *r = fresh(g, "%s/%s", l->name, what);
+    node(g, "Reshape", r, 2, x, const_i64(g, l->name, what, 4, shape));
+    if (!transpose) return r;
+    int64_t perm[4] = {0, 1, 3, 2};
+    const char *t = fresh(g, "%s/%s_t", l->name, what);
+    attr_ints(node(g, "Transpose", t, 1, r), "perm", 4, perm);
+    return t;
+}
+
+/* out = concat_h softmax(q_h k_h^T * scale) v_h, as layer_attention.c: heads split the
+ * channels in contiguous groups, which NCHW's (N, heads, C/heads, L) view keeps. */
+static int emit_attention(graph *g, const camo_layer *l, const char *y) {
+    int heads = l->u.attn.heads;
+    const char *q = heads_view(g, l, input_of(g, l, 0), l->in[0], heads, 1, "q");
+    const char *k = heads_view(g, l, input_of(g, l, 1), l->in[1], heads, 0, "k");
+    const char *v = heads_view(g, l, input_of(g, l, 2), l->in[2], heads, 1, "v");
+    const char *qk = fresh(g, "%s/qk", l->name), *sc = fresh(g, "%s/scores", l->name);
+    node(g, "MatMul", qk, 2, q, k);
+    float scale = (float)(1.0 / sqrt((double)(l->C / heads)));
+    node(g, "Mul", sc, 2, qk, const_scalar(g, l->name, "scale", scale));
+    const char *p = fresh(g, "%s/probs", l->name), *o = fresh(g, "%s/heads", l->name);
+    attr_int(node(g, "Softmax", p, 1, sc), "axis", -1);
+    node(g, "MatMul", o, 2, p, v);
+    int64_t perm[4] = {0, 1, 3, 2}, shape[4] = {0, l->C, l->H, l->W};
+    const char *t = fresh(g, "%s/heads_t", l->name);
+    attr_ints(node(g, "Transpose", t, 1, o), "perm", 4, perm);
+    node(g, "Reshape", y, 2, t, const_i64(g, l->name, "shape", 4, shape));
+    return 0;
+}
+
+/* y = x * gamma, gamma (C) seen as (1, C, 1, 1) */
+static int emit_layer_scale(graph *g, const camo_layer *l, const char *x, const char *y) {
+    int64_t shape[4] = {1, l->C, 1, 1};
+    const char *gm = fresh(g, "%s/gamma", l->name);
+    node(g, "Reshape", gm, 2, pname(g, l, 0), const_i64(g, l->name, "gamma_shape", 4, shape));
+    node(g, "Mul", y, 2, x, gm);
+    return 0;
+}
+
 /* Layer i's nodes, writing its value g->val[i]. */
 static int emit_layer(graph *g, int i) {
     const camo_layer *l = &g->net->layers[i];
@@ -524,6 +572,9 @@ static int emit_layer(graph *g, int i) {
     case CAMO_LAYER_ADD:
     case CAMO_LAYER_MUL: return emit_join(g, l, y);
     case CAMO_LAYER_SOFTMAX: attr_int(node(g, "Softmax", y, 1, x), "axis", 1); return 0;
+    case CAMO_LAYER_ATTENTION: return emit_attention(g, l, y);
+    case CAMO_LAYER_LAYER_SCALE: return emit_layer_scale(g, l, x, y);
+    case CAMO_LAYER_DROP_PATH: node(g, "Identity", y, 1, x); return 0; /* inference */
     default: break; /* a type added to layer.h after this exporter */
     }
     CAMO_ERR("%s: layer '%s' (type '%s') cannot be exported to ONNX", l->where, l->name,
