@@ -191,7 +191,7 @@ $(BUILD)/tools/%: tools/%.c $(BUILD)/libcamo.a
 # CUDA backend's code too; not under TSAN=1 (fibers and ThreadSanitizer do not mix).
 ifeq ($(CUDA),emu)
 CUEMU_BUILD := $(BUILD)
-cuemu-bins: $(BIN) $(BUILD)/tests/test_cuda_parity $(BUILD)/tests/test_parallel \
+cuemu-bins: $(BIN) $(BUILD)/tests/test_cuda_parity $(BUILD)/tests/test_parallel $(BUILD)/tests/test_moe \
             $(BUILD)/tools/test_multi_gpu
 else ifneq ($(TSAN),1)
 CUEMU_BUILD := $(if $(filter 1,$(SAN)),build-cuemu-san,build-cuemu)
@@ -221,6 +221,7 @@ demo: $(BIN) camotrain tools/test_multi_gpu
 bench: $(BIN) camotrain $(BENCH_BIN)
 	@for b in $(BENCH_BIN); do $$b || exit 1; done
 	@CAMOTRAIN=$(BIN) tools/bench_cpu_models.sh
+	@CAMOTRAIN=$(BIN) tools/bench_memory.sh
 
 # GPU tools (docs/cuda.md): tools/test_multi_gpu is built by `make` in every build (without
 # CUDA it says so and exits 2); `make bench-gpu` trains unet_s and fpn_r18 at 320x320 with

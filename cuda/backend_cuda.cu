@@ -262,6 +262,8 @@ extern "C" camo_backend *camo_backend_cuda_create(int device) {
     cuda_register_loss(be);
     cuda_register_optim(be);
     cuda_register_attention(be);
+    cuda_register_rows(be);
+    cuda_register_moe(be);
     /* CAMO_AMP=bf16|fp16 sets the default precision of the convolutions (benchmarks, and
      * runs before the trainer passes train.amp through camo_cuda_set_amp) */
     camo_cuda_amp amp;

@@ -158,6 +158,8 @@ extern "C" void cuda_register_elementwise(camo_backend *be);
 extern "C" void cuda_register_loss(camo_backend *be);
 extern "C" void cuda_register_optim(camo_backend *be);
 extern "C" void cuda_register_attention(camo_backend *be);
+extern "C" void cuda_register_rows(camo_backend *be); /* cuda_rows.cu: copy_rows */
+extern "C" void cuda_register_moe(camo_backend *be);  /* cuda_moe.cu: moe_* */
 extern "C" void cuda_conv_free_plans(camo_backend *be);
 
 /* ---- deterministic per-column sums: out[v][c] = sum over rows m of f(m, c)[v] ----

@@ -320,6 +320,7 @@ static void test_drop_path_steps(void **state) {
     assert_non_null(net);
     int N = 4, S = 3, kept = 0, changes = 0, differ = 0;
     assert_int_equal(camo_net_set_input_size(net, N, S, S), 0);
+    assert_int_equal(camo_net_keep_layer(net, 0), 0); /* read below, after drop_path ran */
     camo_net_init_weights(net, 3);
     unsigned prev = 0;
     for (int64_t step = 0; step < 200; step++) {

@@ -49,6 +49,7 @@ run_cmocka() { # PREFIX BINARY [env...]
 # (tools/gpu_check.sh runs them as checks of their own: CAMO_GPU_PATHS_NO_SUITES=1)
 if [ -z "${CAMO_GPU_PATHS_NO_SUITES:-}" ]; then
     [ $MODE = cuemu ] && run_cmocka cuemu_parity "$G/tests/test_cuda_parity"
+    [ $MODE = cuemu ] && run_cmocka cuemu_moe "$G/tests/test_moe" # the MoE kernels vs PyTorch
     run_cmocka "${MODE}_parallel_1gpu" "$G/tests/test_parallel" CAMO_TEST_GPUS=1
     [ "$GPUS" -ge 2 ] && run_cmocka "${MODE}_parallel_${GPUS}gpus" "$G/tests/test_parallel" CAMO_TEST_GPUS=$GPUS
 fi

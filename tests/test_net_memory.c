@@ -88,7 +88,8 @@ static void check(const char *net_file, const char *optimizer, double ema, int S
             "%zu = %zu\n", net->name, optimizer, ema, S, S, L, live.bytes, fixed, L, per,
             fixed + (size_t)L * per);
     assert_int_equal(live.bytes, fixed + (size_t)L * per);
-    assert_true(m.net.act_img > 0 && m.net.act_grad_img == m.net.act_img);
+    assert_true(m.net.arena_img > 0 && m.net.arena_img < m.net.plain_img / 2);
+    assert_true(m.net.kept_img <= m.net.arena_img && m.net.grad_peak_img < m.net.arena_img);
     assert_int_equal(m.optim, (size_t)(strcmp(optimizer, "sgd") ? 2 : 1) * m.net.weights);
     assert_int_equal(m.ema, ema > 0 ? m.net.weights : 0);
     /* replica 0 evaluating at a larger batch (evaluate.c resizes the net) */

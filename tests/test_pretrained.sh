@@ -114,7 +114,7 @@ mib() { echo "$out" | awk -v l="$1" 'index($0, "  " l) == 1 { for (i = 1; i <= N
 out=$($BIN --conf conf/kaggle_2gpu.cfg --summary --devices cpu:2 2>&1); rc=$?
 parts=0
 for l in "weights " "gradients " "buffers " "optimizer state" "EMA of weights" "fixed scratch" \
-         "activations x" "activation gradients x" "layer scratch x" "targets x"; do
+         "input and its gradient x" "activations + gradients x" "layer scratch x" "targets x"; do
     v=$(mib "$l"); [ -n "$v" ] || { fail pre_summary_memory "no line '$l': $(echo "$out" | tail -14)"; parts=; break; }
     parts="$parts $v"
 done

@@ -68,8 +68,9 @@ elif [ "$(head -1 "$L" | grep -c '^==== .*  new run of conf/demo.cfg$')" != 1 ];
     fail train_log_written "first line: $(head -1 "$L")"
 elif ! diff <(echo "$log_out") <(tail -n +2 "$L") > "$TMP/log_diff.txt"; then
     fail train_log_written "train.log differs from the console: $(head -4 "$TMP/log_diff.txt")"
-elif ! tail -1 "$L" | grep -q '^done: 2 epochs, 6 steps'; then
-    fail train_log_written "no end summary: $(tail -1 "$L")"
+elif ! tail -2 "$L" | head -1 | grep -q '^done: 2 epochs, 6 steps' ||
+     ! tail -1 "$L" | grep -q '^memory (replica 0): peak [0-9.]* MiB allocated'; then
+    fail train_log_written "no end summary (done, memory): $(tail -2 "$L" | tr '\n' '|')"
 else pass train_log_written; fi
 # an interrupted run of 4 epochs (the settings of the "acc" run below), resumed
 # shellcheck disable=SC2086
@@ -84,8 +85,8 @@ elif ! head -n $((second - 1)) "$TMP/cut/train.log" | grep -q '^interrupted: 1 e
     fail train_log_resume "the first run's lines are not kept before the resume marker"
 elif ! diff "$TMP/resume.log" <(tail -n +$((second + 1)) "$TMP/cut/train.log") > /dev/null; then
     fail train_log_resume "the resumed run's lines differ from its console"
-elif ! tail -1 "$TMP/cut/train.log" | grep -q '^done: 4 epochs, 12 steps'; then
-    fail train_log_resume "last line: $(tail -1 "$TMP/cut/train.log")"
+elif ! tail -2 "$TMP/cut/train.log" | grep -q '^done: 4 epochs, 12 steps'; then
+    fail train_log_resume "last lines: $(tail -2 "$TMP/cut/train.log" | tr '\n' '|')"
 else pass train_log_resume; fi
 
 # ---- per-epoch training loss and pixel accuracy ----

@@ -316,39 +316,51 @@ BUILDERS = {
 
 # ---------------------------------------------------------------- SegFormer (transformers)
 
-def hf_segformer_config(classes, drop_path_rate):
-    """transformers' SegformerConfig for nvidia/mit-b0 (its defaults: hidden sizes
-    32/64/160/256, depths 2/2/2/2, heads 1/2/5/8, sr 8/4/2/1, patches 7/3/3/3 strides
-    4/2/2/2, MLP ratio 4, decoder 256), dropouts 0 (camotrain has none)."""
+# MiT variants as transformers' conversion script (convert_segformer_original_to_pytorch.py)
+# sets them for nvidia/mit-bN and the segformer-bN checkpoints: hidden sizes, depths,
+# decoder_hidden_size; the rest is SegformerConfig's defaults for every variant.
+SEGFORMER_SIZES = {
+    "b0": ([32, 64, 160, 256], [2, 2, 2, 2], 256),
+    "b1": ([64, 128, 320, 512], [2, 2, 2, 2], 256),
+    "b2": ([64, 128, 320, 512], [3, 4, 6, 3], 768),
+}
+
+
+def hf_segformer_config(classes, drop_path_rate, variant="b0"):
+    """transformers' SegformerConfig for nvidia/mit-<variant> (SEGFORMER_SIZES; its defaults:
+    heads 1/2/5/8, sr 8/4/2/1, patches 7/3/3/3 strides 4/2/2/2, MLP ratio 4), dropouts 0
+    (camotrain has none)."""
     from transformers import SegformerConfig
-    return SegformerConfig(num_labels=classes, hidden_sizes=[32, 64, 160, 256],
-                           depths=[2, 2, 2, 2], num_attention_heads=[1, 2, 5, 8],
+    hidden, depths, decoder = SEGFORMER_SIZES[variant]
+    return SegformerConfig(num_labels=classes, hidden_sizes=hidden,
+                           depths=depths, num_attention_heads=[1, 2, 5, 8],
                            sr_ratios=[8, 4, 2, 1], patch_sizes=[7, 3, 3, 3],
                            strides=[4, 2, 2, 2], mlp_ratios=[4, 4, 4, 4],
-                           decoder_hidden_size=256, hidden_act="gelu",
+                           decoder_hidden_size=decoder, hidden_act="gelu",
                            drop_path_rate=drop_path_rate, hidden_dropout_prob=0.0,
                            attention_probs_dropout_prob=0.0, classifier_dropout_prob=0.0)
 
 
-def segformer_drop_path_rates(drop_path_rate=0.1):
+def segformer_drop_path_rates(drop_path_rate=0.1, variant="b0"):
     """{block module path: drop probability} of transformers' model (its linear schedule)."""
     from transformers import SegformerForSemanticSegmentation
-    hf = SegformerForSemanticSegmentation(hf_segformer_config(1, drop_path_rate))
+    hf = SegformerForSemanticSegmentation(hf_segformer_config(1, drop_path_rate, variant))
     return {"segformer." + n[:-len(".drop_path")]: float(getattr(m, "drop_prob", 0.0))
             for n, m in hf.segformer.named_modules() if n.endswith(".drop_path")}
 
 
-class SegformerB0(nn.Module):
-    """transformers' SegformerForSemanticSegmentation itself (random init, drop_path_rate
+class Segformer(nn.Module):
+    """transformers' SegformerForSemanticSegmentation itself (mit-<variant> sizes, random
+    init, drop_path_rate
     0: the fixture's network file has every drop_path p = 0): its `segformer` and
     `decode_head` registered at the root, so the state dict names are transformers' own;
     the forward is transformers' (model(pixel_values).logits at 1/4 scale), then the
     logits resized to the input, bilinear, align_corners=False, as its loss does."""
 
-    def __init__(self, classes):
+    def __init__(self, classes, variant="b0"):
         super().__init__()
         from transformers import SegformerForSemanticSegmentation
-        hf = SegformerForSemanticSegmentation(hf_segformer_config(classes, 0.0))
+        hf = SegformerForSemanticSegmentation(hf_segformer_config(classes, 0.0, variant))
         self.segformer = hf.segformer
         self.decode_head = hf.decode_head
         self._hf = [hf]  # not a submodule: the two above are its only children with state
@@ -361,4 +373,5 @@ class SegformerB0(nn.Module):
         return [F.interpolate(logits, size=x.shape[2:], mode="bilinear", align_corners=False)]
 
 
-BUILDERS["segformer_b0"] = lambda classes: finish(SegformerB0(classes))
+for _v in SEGFORMER_SIZES:
+    BUILDERS["segformer_" + _v] = lambda classes, v=_v: finish(Segformer(classes, v))

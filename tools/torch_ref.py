@@ -18,9 +18,10 @@ rounding error is negligible. A float32 run is made too and its error against th
 reference is printed: it shows how much a correct float32 implementation may differ.
 
 Fixture contents (PyTorch layout, F32): `input`, `output.<o>` per output, `dinput`,
-`grad.<param>` (params of at most 4096 values) or `gradsample.<param>` (values at flat
-indices (k*2654435761) mod numel, k = 0..4095) + `gradsumsq.<param>` (shape [1]),
-`buffer.<name>` (BN running_mean / running_var after the forward pass).
+`grad.<param>` (params of at most S values) or `gradsample.<param>` (values at flat
+indices (k*2654435761) mod numel, k = 0..S-1) + `gradsumsq.<param>` (shape [1]),
+`buffer.<name>` (BN running_mean / running_var after the forward pass); S = 4096, or the
+fixture's `samples` metadata (FIXTURE_SAMPLES: fewer, to keep a big network's file small).
 Metadata: config (path relative to the repository root), batch, height, width, training.
 
 Regenerate (from the repository root; CI does not need PyTorch, the fixtures are committed):
@@ -110,17 +111,28 @@ FIXTURES = [
     # transformers' schedule for drop_path_rate 0.1.
     ("tests/fixtures/segformer_b0.cfg", 4, 64, 64, True,
      "tests/fixtures/segformer_b0.safetensors", "segformer_b0"),
+    # mit-b1 and mit-b2 (conf/models/segformer_b1.cfg, _b2.cfg) the same way; smaller inputs
+    # keep the fixtures (gradient samples of every parameter) and the C test small.
+    ("tests/fixtures/segformer_b1.cfg", 4, 64, 64, True,
+     "tests/fixtures/segformer_b1.safetensors", "segformer_b1"),
+    ("tests/fixtures/segformer_b2.cfg", 2, 64, 64, True,
+     "tests/fixtures/segformer_b2.safetensors", "segformer_b2"),
 ]
+
+# Fixtures with fewer gradient samples than SAMPLES (written as `samples` metadata): mit-b2's
+# 16 blocks would take 2.8 MB at 4096 per tensor, 1.7 MB at 2048.
+FIXTURE_SAMPLES = {"tests/fixtures/segformer_b2.safetensors": 2048}
 
 
 
 def segformer_no_drop_path(src, dst):
-    """tests/fixtures/segformer_b0.cfg: the network file with every drop_path p = 0 (the
+    """tests/fixtures/segformer_bN.cfg: the network file with every drop_path p = 0 (the
     fixture compares deterministic passes); first checks the file's p against transformers'
     linear schedule (drop_path_rate 0.1, both drop paths of a block)."""
     import re
     text = open(src).read()
-    want = ref_nets.segformer_drop_path_rates(0.1)
+    variant = re.search(r"segformer_(b[0-9])\.cfg$", src).group(1)
+    want = ref_nets.segformer_drop_path_rates(0.1, variant)
     got = re.findall(r'name = "([^"]+)\.drop_path[12]"; type = "drop_path"; p = ([0-9.eE+-]+);',
                      text)
     assert len(got) == 2 * len(want), "%s: %d drop_path layers, transformers has %d blocks" % (
@@ -132,14 +144,15 @@ def segformer_no_drop_path(src, dst):
     assert n == len(got)
     with open(dst, "w") as f:
         f.write("# written by tools/torch_ref.py from %s: every drop_path p = 0, for the\n"
-                "# deterministic comparison with transformers (tests/fixtures/segformer_b0."
-                "safetensors)\n" % src + text)
+                "# deterministic comparison with transformers (%s)\n"
+                % (src, dst[:-len(".cfg")] + ".safetensors") + text)
 
 
 # Fixture network files derived from another file before the fixture is made: path ->
 # (source, function(source, path)).
-DERIVED = {"tests/fixtures/segformer_b0.cfg": ("conf/models/segformer_b0.cfg",
-                                               segformer_no_drop_path)}
+DERIVED = {"tests/fixtures/segformer_%s.cfg" % v: ("conf/models/segformer_%s.cfg" % v,
+                                                  segformer_no_drop_path)
+           for v in ("b0", "b1", "b2")}
 
 
 # ---------------------------------------------------------------- closed-form values
@@ -186,6 +199,8 @@ def param_value(name, shape):
         v = 1.0 + 0.1 * r
     elif name.endswith(".bias"):
         v = 0.1 * r
+    elif name.rsplit(".", 1)[-1].startswith("gamma"):  # timm's layer scales: the C test's
+        v = 0.1 * r                                      # fallback rule, a bias's
     else:
         raise ValueError("no closed-form rule for " + name)
     return v.astype(np.float32).reshape(shape)
@@ -494,7 +509,52 @@ class GraphNet(nn.Module):
                 assert p == 0.0 or not self.training, "drop_path p > 0 in training: " + name
                 return xs[0]
             return cin[0], drop_path
+        if typ == "xca":  # timm's CrossCovarianceAttn's core (tools/edgenext_ref.py)
+            heads = int(ls["heads"])
+            c = cin[0] // 3 if len(cin) == 1 else cin[0]
+            # (its qkv, registered before it, made the container already)
+            m = self._get(name) if self._has(name) else self._register(name, nn.Module())
+            m.temperature = nn.Parameter(torch.ones(heads, 1, 1))
+
+            def xca(xs, o):
+                q, k, v = torch.split(xs[0], c, dim=1) if len(xs) == 1 else xs
+                B, _, H, W = q.shape
+
+                def split(t):
+                    return t.reshape(B, heads, c // heads, H * W)
+                a = F.normalize(split(q), dim=-1) @ F.normalize(split(k), dim=-1).transpose(-2, -1)
+                a = torch.softmax(a * m.temperature, dim=-1)
+                return (a @ split(v)).reshape(B, c, H, W)
+            return c, xca
+        if typ == "layer_scale":  # timm's bare gamma, named as the layer
+            parent, leaf = name.rsplit(".", 1) if "." in name else ("", name)
+            holder = self._register(parent, nn.Module()) if parent and not self._has(parent) \
+                else (self._get(parent) if parent else self)
+            holder.register_parameter(leaf, nn.Parameter(torch.ones(cin[0])))
+            return cin[0], lambda xs, o: xs[0] * getattr(holder, leaf).view(1, -1, 1, 1)
+        if typ == "slice":  # x[:, start:start+channels]
+            s0 = int(ls.get("start", 0))
+            n = int(ls.get("channels", cin[0] - s0))
+            return n, lambda xs, o: xs[0][:, s0:s0 + n]
+        if typ == "fourier_pos":  # timm's PositionalEncodingFourier less its projection
+            import edgenext_ref
+            hid, temp = int(ls.get("hidden_dim", 32)), float(ls.get("temperature", 10000))
+            return 2 * hid, lambda xs, o: edgenext_ref.fourier_encoding(
+                xs[0].shape[0], xs[0].shape[2], xs[0].shape[3], hid, temp).to(xs[0].dtype)
         raise ValueError("unknown layer type %r (layer %r)" % (typ, name))
+
+    def _get(self, path):
+        m = self
+        for p in path.split("."):
+            m = m._modules[p]
+        return m
+
+    def _has(self, path):
+        try:
+            self._get(path)
+            return True
+        except KeyError:
+            return False
 
     def forward(self, x):
         o = {"input": x}
@@ -533,8 +593,8 @@ def normwise(a, b, floor=0.0):
     return d / m if m > 0 else d
 
 
-def sample_idx(numel):
-    return (np.arange(SAMPLES, dtype=np.uint64) * np.uint64(SAMPLE_MUL)) % np.uint64(numel)
+def sample_idx(numel, samples=SAMPLES):
+    return (np.arange(samples, dtype=np.uint64) * np.uint64(SAMPLE_MUL)) % np.uint64(numel)
 
 
 def geometry(model):
@@ -574,7 +634,8 @@ def reference_builder(cfg, ref):
     return build
 
 
-def make_fixture(config, batch, height, width, training, out, quiet=False, ref_name=None):
+def make_fixture(config, batch, height, width, training, out, quiet=False, ref_name=None,
+                 samples=SAMPLES):
     if config in DERIVED:
         DERIVED[config][1](DERIVED[config][0], config)
     cfg = load_config(config)
@@ -629,11 +690,11 @@ def make_fixture(config, batch, height, width, training, out, quiet=False, ref_n
     track("dinput", f32["dinput"], ref["dinput"])
     for n, g in ref["grad"].items():
         g32 = f32["grad"][n]
-        if g.size <= SAMPLES:
+        if g.size <= samples:
             tensors["grad." + n] = g
             track("grad." + n, g32, g)
         else:
-            idx = sample_idx(g.size)
+            idx = sample_idx(g.size, samples)
             tensors["gradsample." + n] = g.reshape(-1)[idx].copy()
             d = g.astype(np.float64).reshape(-1)
             tensors["gradsumsq." + n] = np.array([np.dot(d, d)], dtype=np.float32)
@@ -664,6 +725,8 @@ def make_fixture(config, batch, height, width, training, out, quiet=False, ref_n
                  "training": "1" if training else "0", "kink_margin": "%.3g" % best[0]})
     if ref_name:
         meta["reference"] = "tools/ref_nets.py:" + ref_name
+    if samples != SAMPLES:
+        meta["samples"] = str(samples)
     tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     save_file(tensors, out, metadata=meta)
@@ -687,6 +750,8 @@ def main():
     ap.add_argument("--out")
     ap.add_argument("--ref", choices=sorted(ref_nets.BUILDERS),
                     help="build the network with this tools/ref_nets.py builder")
+    ap.add_argument("--samples", type=int, default=SAMPLES,
+                    help="gradient samples per big parameter (default %(default)s)")
     ap.add_argument("--all", action="store_true", help="regenerate every fixture of the C tests")
     ap.add_argument("--only", help="with --all: only these fixtures (file names without "
                     ".safetensors, comma-separated)")
@@ -697,11 +762,13 @@ def main():
         for cfgp, n, h, w, tr, out, *ref in FIXTURES:
             if a.only and os.path.basename(out)[:-12] not in a.only.split(","):
                 continue
-            make_fixture(cfgp, n, h, w, tr, out, ref_name=ref[0] if ref else None)
+            make_fixture(cfgp, n, h, w, tr, out, ref_name=ref[0] if ref else None,
+                         samples=FIXTURE_SAMPLES.get(out, SAMPLES))
         return 0
     if not (a.config and a.height and a.width and a.out):
         ap.error("--config, --height, --width and --out are required (or --all)")
-    make_fixture(a.config, a.batch, a.height, a.width, not a.eval, a.out, ref_name=a.ref)
+    make_fixture(a.config, a.batch, a.height, a.width, not a.eval, a.out, ref_name=a.ref,
+                 samples=a.samples)
     return 0
 
 

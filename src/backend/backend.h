@@ -153,10 +153,32 @@ struct camo_backend {
      * accumulate that channel slice of dst into src when backward != 0 (concat backward). */
     void (*channel_slice)(camo_backend *be, int backward, int M, int Cd, int off, int Cs,
                           float *dst, float *src);
+    /* Rows of C channels between strided tensors: dst (M, ldd)[:, :C] = src (M, lds)[:, :C],
+     * or += when accumulate != 0 (the slice layer: forward takes a channel range of its
+     * input, backward adds into that range). cpu_rows.c, cuda_rows.cu. */
+    void (*copy_rows)(camo_backend *be, int accumulate, int M, int C, float *dst, int ldd,
+                      const float *src, int lds);
     /* softmax over the C channels of each row */
     void (*softmax_forward)(camo_backend *be, int M, int C, float *y, const float *x);
     void (*softmax_backward)(camo_backend *be, int M, int C, float *dx, const float *dy,
                              const float *y);
+
+    /* ---- mixture of experts (cpu_moe.c, cuda_moe.cu): images are rows of D floats; idx
+     * holds n distinct image indices (int32, backend memory), so no two rows collide ---- */
+    /* dst[j] = src[idx[j]] for j < n (dispatch forward: an expert's images to the front) */
+    void (*moe_gather)(camo_backend *be, int n, size_t D, float *dst, const float *src,
+                       const int *idx);
+    /* dst[idx[j]] += src[j] (dispatch backward) */
+    void (*moe_scatter_add)(camo_backend *be, int n, size_t D, float *dst, const float *src,
+                            const int *idx);
+    /* out[idx[j]] += gate[idx[j]*K + e] * y[j]: expert e's rows weighted into place */
+    void (*moe_combine_forward)(camo_backend *be, int n, size_t D, int K, int e, float *out,
+                                const float *y, const float *gate, const int *idx);
+    /* dy[j] += gate[idx[j]*K + e] * dout[idx[j]]; dgate[idx[j]*K + e] += dout[idx[j]] . y[j]
+     * (either of dy, dgate may be NULL) */
+    void (*moe_combine_backward)(camo_backend *be, int n, size_t D, int K, int e, float *dy,
+                                 float *dgate, const float *dout, const float *y,
+                                 const float *gate, const int *idx);
 
     /* ---- attention (camo_attn_desc) ---- */
     /* Scaled dot-product attention (SegFormer): P (N, heads, L, S) = softmax over S of
@@ -261,6 +283,8 @@ static inline int camo_backend_on_gpu(const camo_backend *be) { return be && be-
 /* The CPU backend: OpenBLAS sgemm + plain loops, `threads` intra-op threads
  * (0 = all cores). */
 camo_backend *camo_backend_cpu_create(int threads);
+/* A CPU backend's allocated bytes now and at their peak (blocks and its workspace). */
+void camo_cpu_mem_stats(camo_backend *be, size_t *live, size_t *peak);
 
 /* OpenMP and OpenBLAS read their settings when they load, before main, and two defaults
  * hurt on small machines: OpenMP threads spin while they wait (2-4x slower when the cores

@@ -177,7 +177,18 @@ static int summary_memory(camo_config *c, camo_net *net, int quiet) {
     int L = (B + dev.n - 1) / dev.n; /* train.c setup_model's local batch */
     camo_replica_opts o = {.img_size = c->data.aug.size, .optim = camo_config_optim_opts(c)};
     camo_replica_mem m;
-    if (camo_replica_memory(net, &o, &m)) return -1;
+    size_t other_arena = 0; /* the arena with train.checkpointing flipped, to show its worth */
+    int ck = c->train.checkpointing, blocks = 0;
+    if (camo_net_set_lean(net, c->train.lean_memory)) return -1;
+    if (net->checkpoint_blocks) {
+        if ((blocks = camo_net_set_checkpointing(net, !ck)) < 0 || camo_replica_memory(net, &o, &m))
+            return -1;
+        other_arena = m.net.arena_img;
+    }
+    if ((ck && (blocks = camo_net_set_checkpointing(net, 1)) < 0) ||
+        (!ck && net->checkpoint_blocks && camo_net_set_checkpointing(net, 0) < 0) ||
+        camo_replica_memory(net, &o, &m))
+        return -1;
     char note[160], what[64];
     printf("memory per replica for training (fp32, the bytes camotrain allocates): %d replica%s "
            "(parallel.devices \"%s\"), local batch %d of the global batch %d%s\n", dev.n,
@@ -192,13 +203,22 @@ static int summary_memory(camo_config *c, camo_net *net, int quiet) {
     mem_line("EMA of weights", m.ema, m.ema ? "train.ema_decay" : "off (train.ema_decay = 0)");
     mem_line("fixed scratch", m.net.scratch_fixed + m.other, "BN statistics, loss and norm sums");
     struct { const char *what; size_t per; } part[] = {
-        {"activations", m.net.act_img}, {"activation gradients", m.net.act_grad_img},
+        {"input and its gradient", m.net.input_img},
+        {"activations + gradients", m.net.arena_img},
         {"layer scratch", m.net.scratch_img}, {"targets", m.targets_img}};
     for (size_t i = 0; i < sizeof part / sizeof part[0]; i++) {
         snprintf(what, sizeof what, "%s x %d image%s", part[i].what, L, L == 1 ? "" : "s");
         snprintf(note, sizeof note, "%.2f MiB per image", mib(part[i].per));
         mem_line(what, (size_t)L * part[i].per, note);
     }
+    printf("    (activations + gradients, train.memory \"%s\": %.2f MiB kept from forward to "
+           "backward, gradients at most %.2f MiB at once; %.2f MiB with every tensor its own)\n",
+           net->lean ? "lean" : "fast", mib((size_t)L * m.net.kept_img),
+           mib((size_t)L * m.net.grad_peak_img), mib((size_t)L * m.net.plain_img));
+    if (net->checkpoint_blocks)
+        printf("    (train.checkpointing %s: the network's %d blocks %s; %s, %.2f MiB)\n",
+               ck ? "on" : "off", blocks, ck ? "recomputed in backward" : "kept",
+               ck ? "off" : "on", mib((size_t)L * other_arena));
     size_t fixed = camo_replica_mem_fixed(&m), per = camo_replica_mem_per_image(&m);
     snprintf(note, sizeof note, "= %.2f MiB + %d x %.2f MiB per image", mib(fixed), L, mib(per));
     mem_line("total", fixed + (size_t)L * per, note);

@@ -279,3 +279,15 @@ void camo_json_number(FILE *f, double v) {
     if (isfinite(v)) fprintf(f, "%.6g", v);
     else fputs("null", f);
 }
+
+size_t camo_rss_bytes(int peak) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return 0;
+    const char *key = peak ? "VmHWM:" : "VmRSS:";
+    char line[256];
+    size_t kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, key, strlen(key))) { kb = strtoull(line + strlen(key), NULL, 10); break; }
+    fclose(f);
+    return kb * 1024;
+}

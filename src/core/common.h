@@ -60,6 +60,8 @@ int camo_log_open(const char *path, const char *marker);
 void camo_log_close(void);
 
 double camo_now(void); /* monotonic seconds */
+/* This process's resident memory in bytes (peak: its high-water mark); 0 if unknown. */
+size_t camo_rss_bytes(int peak);
 
 /* 32-bit FNV-1a: used for deterministic test weights, name hashing and checksums of weights.
  * camo_fnv1a_bytes continues hash h (CAMO_FNV1A_INIT to start) over n bytes at p, so a

@@ -25,7 +25,12 @@
     X(ATTENTION, attention)               /* layer_attention.c */                        \
     X(XCA, xca)                           /* layer_attention.c */                        \
     X(LAYER_SCALE, layer_scale)           /* layer_residual.c */                         \
-    X(DROP_PATH, drop_path)               /* layer_residual.c */
+    X(DROP_PATH, drop_path)               /* layer_residual.c */                         \
+    X(SLICE, slice)                       /* layer_slice.c */                            \
+    X(FOURIER_POS, fourier_pos)           /* layer_posenc.c */                           \
+    X(MOE_ROUTER, moe_router)             /* layer_moe.c */                              \
+    X(MOE_DISPATCH, moe_dispatch)         /* layer_moe.c */                              \
+    X(MOE_COMBINE, moe_combine)           /* layer_moe.c */                              \
 
 typedef enum {
 #define X(id, fn) CAMO_LAYER_##id,
@@ -46,6 +51,13 @@ struct camo_layer {
     float *out, *dout;            /* (N, H, W, C) backend memory */
     int param0, n_params;         /* this layer's parameters: net->params[param0 ...] */
     int requires_grad;            /* set each backward: something upstream is trained */
+    int rows_from;                /* 0: runs on the forward's n images; k > 0: on the
+                                     routed_rows images that layer k-1 (a mixture-of-experts
+                                     dispatch) gathered to the front of its output */
+    int routed_rows;              /* MoE dispatch layers: images routed by the last forward */
+    int keep;                     /* the output stays valid to the end of the step (network
+                                     outputs; tests and tools that read a layer's output) */
+    int recompute;                /* gradient checkpointing: backward regenerates the output */
     union {
         struct { camo_conv_desc d; int has_bias; } conv;
         struct {
@@ -76,6 +88,16 @@ struct camo_layer {
             float *work, *dscratch; /* backward scratch; dtemp sink of a frozen temperature */
         } xca;
         struct { float p; float *keep; } drop; /* keep: host (N), the last forward's factors */
+        struct { int c0; } slice;          /* first input channel taken */
+        struct { float temperature; float *table; } fourier; /* table: (H, W, C), backend */
+        struct {                   /* mixture of experts (layer_moe.c, moe.h) */
+            int experts, top_k;    /* K experts, k of them per image */
+            int router;            /* dispatch, combine: the router's layer index */
+            int expert;            /* dispatch: its expert */
+            float balance_weight;  /* router: weight of the load-balancing loss */
+            int *idx;              /* dispatch: backend (N) images of its expert */
+            struct camo_moe_state *st; /* host: routing, statistics (layer_moe.c) */
+        } moe;
     } u;
 };
 
@@ -88,7 +110,17 @@ typedef struct camo_layer_ops {
     void (*backward)(camo_net *net, camo_layer *l, int n);
     double (*flops)(const camo_net *net, const camo_layer *l); /* per image */
     void (*release)(camo_net *net, camo_layer *l);             /* free scratch (may be NULL) */
+    /* What backward reads of the forward's values (net_plan.c frees the rest early): bit k
+     * = input k, LAYER_SAVES_OUTPUT = the layer's own output. NULL = everything. */
+    unsigned (*saves)(const camo_net *net, const camo_layer *l);
+    int in_place;     /* forward may write its output over input 0 (elementwise, same size) */
+    int recomputable; /* forward with training == CAMO_FWD_RECOMPUTE regenerates the output
+                         bit for bit and changes nothing else (statistics, collectives) */
 } camo_layer_ops;
+
+#define LAYER_SAVES_OUTPUT (1u << 31)
+#define LAYER_SAVES_ALL (~0u)
+#define LAYER_SAVES_INPUT(k) (1u << (k))
 
 #define X(id, fn) extern const camo_layer_ops fn##_layer_ops;
 CAMO_LAYER_TYPES(X)
@@ -115,6 +147,10 @@ void *layer_alloc(camo_net *net, size_t bytes);
 void layer_free(camo_net *net, void *p);
 /* Frees scratch pointer p (any type) and clears it: what every release does. */
 #define LAYER_DROP(net, p) (layer_free((net), (p)), (p) = NULL)
+/* camo_layer_ops.saves for the common cases: nothing; input 0; every input */
+unsigned layer_saves_nothing(const camo_net *net, const camo_layer *l);
+unsigned layer_saves_input0(const camo_net *net, const camo_layer *l);
+unsigned layer_saves_inputs(const camo_net *net, const camo_layer *l);
 /* flops of one operation per output value (activations, softmax, concat, add, mul) */
 double layer_elementwise_flops(const camo_net *net, const camo_layer *l);
 /* infer's error when a descriptor (conv, pool) rejected the input: the descriptor's message

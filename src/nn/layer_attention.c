@@ -90,7 +90,8 @@ static double attention_flops(const camo_net *net, const camo_layer *l) {
 
 const camo_layer_ops attention_layer_ops = {
     .infer = attention_infer, .forward = attention_forward, .backward = attention_backward,
-    .flops = attention_flops, .release = attention_release,
+    .flops = attention_flops, .release = attention_release, .saves = layer_saves_inputs,
+    .recomputable = 1,
 };
 
 /* ---- xca: inputs q, k, v (N,H,W,C), or one input (N,H,W,3C) = timm's qkv projection,
@@ -174,5 +175,6 @@ static double xca_flops(const camo_net *net, const camo_layer *l) {
 
 const camo_layer_ops xca_layer_ops = {
     .infer = xca_infer, .forward = xca_forward, .backward = xca_backward,
-    .flops = xca_flops, .release = xca_release,
+    .flops = xca_flops, .release = xca_release, .saves = layer_saves_inputs,
+    .recomputable = 1,
 };

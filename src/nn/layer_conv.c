@@ -41,5 +41,5 @@ static double conv2d_flops(const camo_net *net, const camo_layer *l) {
 
 const camo_layer_ops conv2d_layer_ops = {
     .infer = conv2d_infer, .forward = conv2d_forward, .backward = conv2d_backward,
-    .flops = conv2d_flops,
+    .flops = conv2d_flops, .saves = layer_saves_input0 /* weight gradient */, .recomputable = 1,
 };

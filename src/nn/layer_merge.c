@@ -52,7 +52,7 @@ static void concat_backward(camo_net *net, camo_layer *l, int n) {
 
 const camo_layer_ops concat_layer_ops = {
     .infer = check_inputs_same_size, .forward = concat_forward, .backward = concat_backward,
-    .flops = layer_elementwise_flops,
+    .flops = layer_elementwise_flops, .saves = layer_saves_nothing, .recomputable = 1,
 };
 
 /* ---- add: the sum of 2 or more inputs of one shape ---- */
@@ -74,7 +74,7 @@ static void add_backward(camo_net *net, camo_layer *l, int n) {
 
 const camo_layer_ops add_layer_ops = {
     .infer = check_inputs_same_size, .forward = add_forward, .backward = add_backward,
-    .flops = layer_elementwise_flops,
+    .flops = layer_elementwise_flops, .saves = layer_saves_nothing, .recomputable = 1,
 };
 
 /* ---- mul: product of 2 inputs, the second broadcast when it has 1 channel or is 1x1 ---- */
@@ -112,5 +112,5 @@ static void mul_backward(camo_net *net, camo_layer *l, int n) {
 
 const camo_layer_ops mul_layer_ops = {
     .infer = mul_infer, .forward = mul_forward, .backward = mul_backward,
-    .flops = layer_elementwise_flops,
+    .flops = layer_elementwise_flops, .saves = layer_saves_inputs, .recomputable = 1,
 };

@@ -28,6 +28,11 @@ static void batchnorm_forward(camo_net *net, camo_layer *l, int n, int training)
     int C = l->C, M = n * l->H * l->W;
     float *x = layer_input(net, l, 0);
     camo_param *rm = layer_param(net, l, 2), *rv = layer_param(net, l, 3);
+    if (training == CAMO_FWD_RECOMPUTE) { /* the statistics of the forward being redone */
+        be->bn_apply(be, M, C, l->out, x, l->u.bn.mean, l->u.bn.invstd,
+                     layer_param(net, l, 0)->data, layer_param(net, l, 1)->data);
+        return;
+    }
     l->u.bn.eval_stats = !training;
     if (training) {
         be->bn_stats(be, M, C, l->u.bn.stats, x);
@@ -83,7 +88,8 @@ static double batchnorm_flops(const camo_net *net, const camo_layer *l) {
 
 const camo_layer_ops batchnorm_layer_ops = {
     .infer = batchnorm_infer, .forward = batchnorm_forward, .backward = batchnorm_backward,
-    .flops = batchnorm_flops, .release = batchnorm_release,
+    .flops = batchnorm_flops, .release = batchnorm_release, .saves = layer_saves_input0,
+    .recomputable = 1,
 };
 
 /* ---- layer norm over the channels of each pixel: params weight, bias ---- */
@@ -135,5 +141,6 @@ static double layernorm_flops(const camo_net *net, const camo_layer *l) {
 
 const camo_layer_ops layernorm_layer_ops = {
     .infer = layernorm_infer, .forward = layernorm_forward, .backward = layernorm_backward,
-    .flops = layernorm_flops, .release = layernorm_release,
+    .flops = layernorm_flops, .release = layernorm_release, .saves = layer_saves_input0,
+    .recomputable = 1,
 };

@@ -41,7 +41,8 @@ static double pool_flops(const camo_net *net, const camo_layer *l) {
 
 const camo_layer_ops pool_layer_ops = {
     .infer = pool_infer, .forward = pool_forward, .backward = pool_backward,
-    .flops = pool_flops, .release = pool_release,
+    .flops = pool_flops, .release = pool_release, .saves = layer_saves_nothing, /* argmax */
+    .recomputable = 1,
 };
 
 /* ---- adaptive average pooling ---- */
@@ -78,4 +79,5 @@ static double adaptive_avgpool_flops(const camo_net *net, const camo_layer *l) {
 const camo_layer_ops adaptive_avgpool_layer_ops = {
     .infer = adaptive_avgpool_infer, .forward = adaptive_avgpool_forward,
     .backward = adaptive_avgpool_backward, .flops = adaptive_avgpool_flops,
+    .saves = layer_saves_nothing, .recomputable = 1,
 };

@@ -34,6 +34,7 @@ static void layer_scale_backward(camo_net *net, camo_layer *l, int n) {
 const camo_layer_ops layer_scale_layer_ops = {
     .infer = same_size_infer, .forward = layer_scale_forward,
     .backward = layer_scale_backward, .flops = layer_elementwise_flops,
+    .saves = layer_saves_input0, .recomputable = 1,
 };
 
 /* ---- drop_path ---- */
@@ -100,4 +101,5 @@ static void drop_path_backward(camo_net *net, camo_layer *l, int n) {
 const camo_layer_ops drop_path_layer_ops = {
     .infer = drop_path_infer, .forward = drop_path_forward, .backward = drop_path_backward,
     .flops = layer_elementwise_flops, .release = drop_path_release,
+    .saves = layer_saves_nothing, /* the kept factors */ .recomputable = 1,
 };

@@ -62,5 +62,5 @@ static double resize_flops(const camo_net *net, const camo_layer *l) {
 
 const camo_layer_ops resize_layer_ops = {
     .infer = resize_infer, .forward = resize_forward, .backward = resize_backward,
-    .flops = resize_flops,
+    .flops = resize_flops, .saves = layer_saves_nothing, .recomputable = 1,
 };

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "core/common.h"
+#include "nn/moe.h"
 
 int camo_loss_parse(const char *name, camo_loss_kind *out) {
     static const struct { const char *n; camo_loss_kind k; } t[] = {
@@ -73,4 +74,5 @@ void camo_loss_forward_backward(camo_net *net, camo_loss_kind kind, int deep_sup
             break;
         }
     }
+    camo_moe_set_balance_norm(net, norm_images); /* mixture of experts: the balancing loss */
 }

@@ -2,10 +2,13 @@
  * traversal, parameter access in PyTorch layout, summary. Parsing is in net_parse.c. */
 #include "layer.h"
 
+#include <fnmatch.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/common.h"
+#include "net_plan.h"
 
 const camo_layer_ops *const camo_layer_table[CAMO_LAYER_COUNT] = {
 #define X(id, fn) [CAMO_LAYER_##id] = &fn##_layer_ops,
@@ -65,6 +68,21 @@ void *layer_alloc(camo_net *net, size_t bytes) {
 
 void layer_free(camo_net *net, void *p) {
     if (p) net->be->free(net->be, p);
+}
+
+unsigned layer_saves_nothing(const camo_net *net, const camo_layer *l) {
+    (void)net, (void)l;
+    return 0;
+}
+
+unsigned layer_saves_input0(const camo_net *net, const camo_layer *l) {
+    (void)net, (void)l;
+    return LAYER_SAVES_INPUT(0);
+}
+
+unsigned layer_saves_inputs(const camo_net *net, const camo_layer *l) {
+    (void)net;
+    return (1u << l->n_in) - 1u;
 }
 
 double layer_elementwise_flops(const camo_net *net, const camo_layer *l) {
@@ -216,17 +234,31 @@ size_t camo_net_param_count(const camo_net *net) {
     return n;
 }
 
-/* ---- activations ---- */
+/* ---- activations: one planned arena (net_plan.h) ---- */
 
 static void release_activations(camo_net *net) {
     for (int i = 0; i < net->n_layers; i++) {
         camo_layer *l = &net->layers[i];
-        LAYER_DROP(net, l->out);
-        LAYER_DROP(net, l->dout);
+        l->out = l->dout = NULL;
         if (camo_layer_table[l->type]->release) camo_layer_table[l->type]->release(net, l);
     }
+    LAYER_DROP(net, net->arena);
     LAYER_DROP(net, net->input);
     LAYER_DROP(net, net->dinput);
+    if (net->plan) camo_plan_free(net->plan);
+    free(net->plan);
+    net->plan = NULL;
+}
+
+/* layer i's tensor of kind k for the current N */
+static float *plan_ptr(const camo_net *net, int i, int k) {
+    return net->arena + (size_t)net->N * plan_offset(net->plan, i, k);
+}
+
+static int infer_layers(camo_net *net) {
+    for (int i = 0; i < net->n_layers; i++)
+        if (camo_layer_table[net->layers[i].type]->infer(net, &net->layers[i]) != 0) return -1;
+    return 0;
 }
 
 int camo_net_set_input_size(camo_net *net, int N, int H, int W) {
@@ -240,22 +272,96 @@ int camo_net_set_input_size(camo_net *net, int N, int H, int W) {
     size_t in_bytes = (size_t)N * H * W * net->input_channels * sizeof(float);
     net->input = layer_alloc(net, in_bytes);
     net->dinput = layer_alloc(net, in_bytes);
-    size_t act = in_bytes, start = net->alloc_bytes;
-    for (int i = 0; i < net->n_layers; i++) {
-        camo_layer *l = &net->layers[i];
-        if (camo_layer_table[l->type]->infer(net, l) != 0) {
-            release_activations(net);
-            net->N = 0;
-            return -1;
-        }
-        size_t bytes = (size_t)N * l->H * l->W * l->C * sizeof(float);
-        l->out = layer_alloc(net, bytes);
-        l->dout = layer_alloc(net, bytes);
-        act += bytes;
+    /* debugging switches, read here so a test can set them before the first plan */
+    net->poison = getenv("CAMO_POISON") && atoi(getenv("CAMO_POISON")) > 0;
+    net->plan_plain = getenv("CAMO_PLAN") && strcmp(getenv("CAMO_PLAN"), "plain") == 0;
+    size_t start = net->alloc_bytes;
+    net->plan = camo_calloc(1, sizeof *net->plan);
+    if (infer_layers(net) != 0 || camo_plan_make(net, net->lean, net->plan_plain, net->plan) != 0) {
+        release_activations(net);
+        net->N = 0;
+        return -1;
     }
-    net->mem_act = net->mem_act_grad = act; /* outputs and their gradients: same sizes */
-    net->mem_scratch = net->alloc_bytes - start - 2 * (act - in_bytes); /* what infer took */
+    net->mem_scratch = net->alloc_bytes - start; /* what infer took */
+    net->mem_arena = (size_t)N * net->plan->arena_img * sizeof(float);
+    net->arena = layer_alloc(net, net->mem_arena ? net->mem_arena : sizeof(float));
+    for (int i = 0; i < net->n_layers; i++) {
+        net->layers[i].out = plan_ptr(net, i, PLAN_OUT);
+        net->layers[i].dout = plan_ptr(net, i, PLAN_GRAD);
+    }
     return 0;
+}
+
+/* a change of plan: the next set_input_size makes a new one */
+static int replan(camo_net *net) {
+    if (!net->input) return 0;
+    int N = net->N, H = net->H, W = net->W;
+    release_activations(net);
+    return camo_net_set_input_size(net, N, H, W);
+}
+
+int camo_net_keep_layer(camo_net *net, int i) {
+    CAMO_ASSERT(i >= 0 && i < net->n_layers);
+    net->layers[i].keep = 1;
+    return replan(net);
+}
+
+int camo_net_set_lean(camo_net *net, int lean) {
+    if (net->lean == !!lean) return 0;
+    net->lean = !!lean;
+    return replan(net);
+}
+
+/* Length of the block of `name` that the pattern names (its first components, each
+ * matching the pattern's), 0 when the layer is not inside such a block. */
+static size_t block_prefix(const char *pattern, const char *name) {
+    char pat[CAMO_NAME_MAX], nm[CAMO_NAME_MAX];
+    const char *p = pattern, *q = name;
+    while (*p) {
+        size_t lp = strcspn(p, "."), lq = strcspn(q, ".");
+        if (!*q || lp >= sizeof pat || lq >= sizeof nm) return 0;
+        memcpy(pat, p, lp), pat[lp] = 0;
+        memcpy(nm, q, lq), nm[lq] = 0;
+        if (fnmatch(pat, nm, 0) != 0) return 0;
+        p += lp + (p[lp] == '.');
+        q += lq;
+        if (*q == '.' && *p) q++;
+    }
+    return *q == '.' ? (size_t)(q - name) : 0;
+}
+
+/* 1 when layer i is inside a block a checkpoint_blocks pattern names; *len: the block
+ * name's length */
+static int layer_block(const camo_net *net, int i, size_t *len) {
+    const char *pats = net->checkpoint_blocks;
+    for (const char *p = pats; p && *p; p += strcspn(p, ",") + (p[strcspn(p, ",")] == ',')) {
+        char pat[CAMO_NAME_MAX];
+        size_t lp = strcspn(p, ",");
+        if (lp >= sizeof pat) continue;
+        memcpy(pat, p, lp), pat[lp] = 0;
+        if ((*len = block_prefix(pat, net->layers[i].name)) > 0) return 1;
+    }
+    return 0;
+}
+
+int camo_net_set_checkpointing(camo_net *net, int on) {
+    if (on && (!net->checkpoint_blocks || !net->checkpoint_blocks[0])) {
+        CAMO_ERR("%s: train.checkpointing: the network names no checkpoint_blocks (a list of "
+                 "block-name patterns, docs/models.md)", net->source);
+        return -1;
+    }
+    int blocks = 0;
+    for (int i = 0; i < net->n_layers; i++) {
+        size_t len = 0, next_len = 0;
+        int in = layer_block(net, i, &len);
+        /* a block's last layer is its output: kept; the next layer is outside the block */
+        int last = !in || i + 1 == net->n_layers || !layer_block(net, i + 1, &next_len) ||
+                   next_len != len || strncmp(net->layers[i].name, net->layers[i + 1].name, len);
+        net->layers[i].recompute = on && in && !last;
+        blocks += in && last;
+    }
+    net->checkpointing = on;
+    return replan(net) ? -1 : blocks;
 }
 
 /* Sizes at 1 and 2 images: a (per image) and b (fixed) of every a*N + b. */
@@ -270,10 +376,14 @@ int camo_net_memory(camo_net *net, camo_net_mem *m) {
     m->weights = m->grads = (nw ? nw : 1) * sizeof(float); /* as net_alloc_params asks */
     m->buffers = (nb ? nb : 1) * sizeof(float);
     if (camo_net_set_input_size(net, 1, H, W)) return -1;
-    size_t a1 = net->mem_act, g1 = net->mem_act_grad, s1 = net->mem_scratch;
+    size_t s1 = net->mem_scratch;
     if (camo_net_set_input_size(net, 2, H, W)) return -1;
-    m->act_img = net->mem_act - a1;
-    m->act_grad_img = net->mem_act_grad - g1;
+    const camo_plan *p = net->plan;
+    m->input_img = 2 * (size_t)H * W * net->input_channels * sizeof(float);
+    m->arena_img = p->arena_img * sizeof(float);
+    m->kept_img = p->kept_img * sizeof(float);
+    m->grad_peak_img = p->grad_peak_img * sizeof(float);
+    m->plain_img = p->plain_img * sizeof(float);
     m->scratch_img = net->mem_scratch - s1;
     m->scratch_fixed = 2 * s1 - net->mem_scratch;
     return camo_net_set_input_size(net, N, H, W);
@@ -281,20 +391,51 @@ int camo_net_memory(camo_net *net, camo_net_mem *m) {
 
 /* ---- forward / backward ---- */
 
+/* Images layer l runs on: all n, or those a mixture-of-experts dispatch routed to its
+ * branch (0: the branch is idle this forward, its layers are skipped both ways). */
+static int layer_rows(const camo_net *net, const camo_layer *l, int n) {
+    return l->rows_from > 0 ? net->layers[l->rows_from - 1].routed_rows : n;
+}
+
+/* CAMO_POISON: NaN into every slot whose life ended at time t (not the outputs', which
+ * live to the end of the step) */
+static void poison_dead(camo_net *net, int t) {
+    const camo_plan *p = net->plan;
+    for (int s = 0; s < p->n_slots; s++) {
+        if (p->slot_death[s] != t || t >= p->steps - 1) continue;
+        size_t n = (size_t)net->N * p->slot_size[s];
+        float *x = net->arena + (size_t)net->N * p->slot_off[s];
+        net->be->zero(net->be, x, n * sizeof(float));
+        net->be->scale(net->be, n, NAN, x);
+    }
+}
+
 void camo_net_forward(camo_net *net, int n, int training) {
     CAMO_ASSERT(net->input && n >= 1 && n <= net->N);
     net->training = training;
     for (int i = 0; i < net->n_layers; i++) {
         camo_layer *l = &net->layers[i];
-        camo_layer_table[l->type]->forward(net, l, n, training);
+        l->out = plan_ptr(net, i, PLAN_OUT); /* backward may have moved it to its second life */
+        int m = layer_rows(net, l, n);
+        if (m > 0) camo_layer_table[l->type]->forward(net, l, m, training);
+        if (net->poison) poison_dead(net, i);
     }
 }
 
+static int is_output_layer(const camo_net *net, int i) {
+    for (int o = 0; o < net->n_outputs; o++)
+        if (net->outputs[o].layer == i) return 1;
+    return 0;
+}
+
+static size_t layer_bytes(const camo_net *net, const camo_layer *l) {
+    return (size_t)net->N * l->H * l->W * l->C * sizeof(float);
+}
+
 void camo_net_zero_act_grads(camo_net *net) {
-    for (int i = 0; i < net->n_layers; i++) {
-        camo_layer *l = &net->layers[i];
-        net->be->zero(net->be, l->dout, (size_t)net->N * l->H * l->W * l->C * sizeof(float));
-    }
+    for (int i = 0; i < net->n_layers; i++)
+        if (is_output_layer(net, i))
+            net->be->zero(net->be, net->layers[i].dout, layer_bytes(net, &net->layers[i]));
     net->be->zero(net->be, net->dinput,
                   (size_t)net->N * net->H * net->W * net->input_channels * sizeof(float));
 }
@@ -319,13 +460,40 @@ static void mark_requires_grad(camo_net *net) {
     }
 }
 
+/* Before the backward at time t: zero the gradients whose life begins (backward adds into
+ * them), regenerate the dropped outputs that backward reads from now on, in forward order
+ * (a regenerated layer's inputs are there: kept, or regenerated just before). */
+static void backward_prepare(camo_net *net, int t, int n) {
+    const camo_plan *p = net->plan;
+    for (int i = 0; i < net->n_layers; i++) {
+        camo_layer *l = &net->layers[i];
+        if (p->life[i][PLAN_GRAD].birth == t && l->requires_grad && !is_output_layer(net, i))
+            net->be->zero(net->be, l->dout, layer_bytes(net, l));
+    }
+    for (int i = 0; i < net->n_layers; i++) {
+        if (!p->recompute[i] || !plan_has(p, i, PLAN_REC) || p->life[i][PLAN_REC].birth != t)
+            continue;
+        camo_layer *l = &net->layers[i];
+        l->out = plan_ptr(net, i, PLAN_REC);
+        int m = layer_rows(net, l, n);
+        /* after an evaluation-mode forward (frozen statistics) redo that one */
+        int mode = net->training ? CAMO_FWD_RECOMPUTE : 0;
+        if (m > 0) camo_layer_table[l->type]->forward(net, l, m, mode);
+    }
+}
+
 void camo_net_backward(camo_net *net, int n) {
     mark_requires_grad(net);
-    for (int i = net->n_layers - 1; i >= 0; i--) {
+    int L = net->n_layers;
+    for (int i = L - 1; i >= 0; i--) {
         camo_layer *l = &net->layers[i];
-        if (l->requires_grad) camo_layer_table[l->type]->backward(net, l, n);
+        int t = 2 * L - i;
+        backward_prepare(net, t, n);
+        int m = layer_rows(net, l, n);
+        if (l->requires_grad && m > 0) camo_layer_table[l->type]->backward(net, l, m);
         /* every parameter belongs to one layer: its gradient is final from here on */
         if (net->on_layer_grads && l->n_params) net->on_layer_grads(net->on_layer_grads_ctx, i);
+        if (net->poison) poison_dead(net, t);
     }
 }
 
@@ -352,6 +520,7 @@ void camo_net_free(camo_net *net) {
     layer_free(net, net->grad_block);
     layer_free(net, net->buffer_block);
     for (int g = 0; g < net->n_groups; g++) free(net->group_prefixes[g]);
+    free(net->checkpoint_blocks);
     free(net->layers);
     free(net->params);
     free(net->source);

@@ -51,6 +51,11 @@ static inline size_t camo_param_padded(size_t numel) {
 }
 
 typedef struct camo_layer camo_layer; /* defined in nn/layer.h */
+typedef struct camo_plan camo_plan;   /* defined in nn/net_plan.h */
+
+/* camo_net_forward's `training` when backward regenerates a dropped output (net_plan.h):
+ * the training forward's numbers without its side effects (BN statistics, collectives) */
+#define CAMO_FWD_RECOMPUTE 2
 
 typedef struct camo_output {
     char name[CAMO_NAME_MAX];
@@ -118,10 +123,21 @@ typedef struct camo_net {
     void (*on_layer_grads)(void *ctx, int layer);
     void *on_layer_grads_ctx;
 
+    /* Activations and their gradients: one arena, shared by tensors whose lives do not
+     * overlap (net_plan.h). lean: batch norms and activations are recomputed in backward
+     * instead of kept (train.memory = "lean"). poison: every tensor is filled with NaN when
+     * its life ends, so a read after that shows (CAMO_POISON=1, tests). */
+    camo_plan *plan;
+    float *arena;
+    int lean, poison;
+    char *checkpoint_blocks;    /* network file's checkpoint_blocks patterns, comma-joined */
+    int checkpointing;          /* train.checkpointing: those blocks are recomputed */
+    int plan_plain;             /* CAMO_PLAN=plain: every tensor its own memory (reference) */
+
     /* bytes requested through layer_alloc so far (never decreased: differences measure),
      * and what camo_net_set_input_size allocated for the current N (camo_net_memory) */
     size_t alloc_bytes;
-    size_t mem_act, mem_act_grad, mem_scratch;
+    size_t mem_arena, mem_scratch;
 } camo_net;
 
 /* Parse a network file. NULL on error; camo_last_error() names the file, line and layer.
@@ -136,6 +152,17 @@ void camo_net_free(camo_net *net);
 /* Shape inference and activation allocation for batches of up to N images of H x W.
  * Returns 0, or non-zero with an error naming the layer on a shape mismatch. */
 int camo_net_set_input_size(camo_net *net, int N, int H, int W);
+/* Keep layer i's output valid after forward and backward (it is otherwise reused once its
+ * readers are done): for tests and tools that read inner layers. Re-plans the arena. */
+int camo_net_keep_layer(camo_net *net, int i);
+/* Memory mode: lean = 1 recomputes batch norms and activations in backward. Re-plans. */
+int camo_net_set_lean(camo_net *net, int lean);
+/* Gradient checkpointing: every layer of the blocks the network file's checkpoint_blocks
+ * patterns name (a pattern matches whole name components, each with * and ?: "layer*.*"
+ * is torchvision's layer1.0 ... layer4.2) keeps its output through forward only and is
+ * recomputed in backward, except each block's last layer (its output). The gradients are
+ * the same bits. Returns the number of blocks, or -1 + error (on = 1 and no pattern). */
+int camo_net_set_checkpointing(camo_net *net, int on);
 
 /* Initialise weights like PyTorch's defaults (kaiming-uniform convs, BN 1/0), from seed. */
 void camo_net_init_weights(camo_net *net, uint64_t seed);
@@ -143,8 +170,9 @@ void camo_net_init_weights(camo_net *net, uint64_t seed);
 /* Forward pass on net->input for n <= N images. training: BN uses batch statistics and
  * updates running stats. */
 void camo_net_forward(camo_net *net, int n, int training);
-/* Set every activation gradient to zero (parameter gradients are NOT touched: they
- * accumulate across micro-batches until camo_net_zero_param_grads). */
+/* Zero the gradients the loss writes into (the outputs') and the input image's; the
+ * others are zeroed by backward when their life begins (parameter gradients are NOT
+ * touched: they accumulate across micro-batches until camo_net_zero_param_grads). */
 void camo_net_zero_act_grads(camo_net *net);
 void camo_net_zero_param_grads(camo_net *net);
 /* Backward pass: reads the gradients of the outputs (camo_net_output_grad) and accumulates
@@ -177,8 +205,11 @@ void camo_net_summary(const camo_net *net, FILE *out);
  * parameter blocks allocate; backend-internal workspaces such as cuDNN's not included). */
 typedef struct camo_net_mem {
     size_t weights, grads, buffers;    /* parameter blocks, alignment padding included */
-    size_t act_img, act_grad_img;      /* per image: the input and every layer's output;
-                                          their gradients (allocated even where frozen) */
+    size_t input_img;                  /* per image: the input image and its gradient */
+    size_t arena_img;                  /* per image: the planned arena of activations and
+                                          activation gradients (net_plan.h) */
+    size_t kept_img, grad_peak_img;    /* of which alive at the loss; gradients' peak */
+    size_t plain_img;                  /* what every tensor in its own buffer would take */
     size_t scratch_img, scratch_fixed; /* layer scratch: per image (max-pool indices, LN
                                           statistics), fixed (BN statistics) */
 } camo_net_mem;
@@ -187,7 +218,7 @@ typedef struct camo_net_mem {
  * 0, or -1 + error. */
 int camo_net_memory(camo_net *net, camo_net_mem *m);
 static inline size_t camo_net_mem_per_image(const camo_net_mem *m) {
-    return m->act_img + m->act_grad_img + m->scratch_img;
+    return m->input_img + m->arena_img + m->scratch_img;
 }
 
 #endif

@@ -10,6 +10,7 @@
 
 #include "core/cfgutil.h"
 #include "core/common.h"
+#include "moe.h"
 
 void net_alloc_params(camo_net *net); /* net.c */
 
@@ -21,15 +22,28 @@ typedef struct {
     const char *where; /* file:line of the config layer being parsed */
     char label[CAMO_NAME_MAX + 32]; /* "layer #3 'enc1'": what messages call it */
     const char *type;  /* its type (NULL until read) */
+    const char *scope; /* inside a mixture-of-experts expert: "NAME.experts.<e>." */
+    int scope_input;   /* ... and its dispatch layer, what "input" means there */
 } parser;
 
 /* ---- building blocks ---- */
 
-static int lookup(const parser *P, const char *name) {
+static int lookup_name(const parser *P, const char *name) {
     if (strcmp(name, "input") == 0) return -1;
     for (int i = P->n_names - 1; i >= 0; i--)
         if (strcmp(P->names[i].name, name) == 0) return P->names[i].layer;
     return -2;
+}
+
+/* A name as a config layer writes it: inside an expert its own layers' names come first,
+ * and "input" is the expert's input. */
+static int lookup(const parser *P, const char *name) {
+    if (!P->scope) return lookup_name(P, name);
+    if (strcmp(name, "input") == 0) return P->scope_input;
+    char full[2 * CAMO_NAME_MAX];
+    snprintf(full, sizeof full, "%s%s", P->scope, name);
+    int li = lookup_name(P, full);
+    return li != -2 ? li : lookup_name(P, name);
 }
 
 static void define_name(parser *P, const char *name, int layer) {
@@ -101,12 +115,13 @@ static int prim_conv(parser *P, const char *name, int in, int C, int K, int size
     d->groups = groups;
     l->u.conv.has_bias = bias;
     int64_t ws[4] = {K, C / groups, size, size};
+    int fan_in = C / groups * size * size;
     camo_param *w = add_param(P, "weight", CAMO_PARAM_WEIGHT, 4, ws);
     w->layout = CAMO_LAYOUT_OHWI;
-    w->fan_in = C / groups * size * size;
-    if (bias) {
+    w->fan_in = fan_in;
+    if (bias) { /* add_param may move net->params: w is stale after it */
         int64_t bs[1] = {K};
-        add_param(P, "bias", CAMO_PARAM_WEIGHT, 1, bs)->fan_in = w->fan_in;
+        add_param(P, "bias", CAMO_PARAM_WEIGHT, 1, bs)->fan_in = fan_in;
     }
     return li;
 }
@@ -690,6 +705,153 @@ static int parse_drop_path(parser *P, const config_setting_t *s, const char *nam
     return li;
 }
 
+/* slice (layer_slice.c): channels [start, start + channels) of the input; `channels`
+ * defaults to the rest */
+static int parse_slice(parser *P, const config_setting_t *s, const char *name, const int *in,
+                       int n_in, int arg) {
+    static const char *const keys[] = {"name", "type", "from", "start", "channels", NULL};
+    (void)n_in, (void)arg;
+    int Cin = channels_of(P, in[0]), start = 0, C;
+    if (check_keys(P, s, keys) || cfg_int(s, "start", &start) < 0) return -3;
+    C = Cin - start;
+    if (cfg_int(s, "channels", &C) < 0) return -3;
+    if (start < 0 || C < 1 || start + C > Cin) {
+        CAMO_ERR("%s: %s: channels [%d, %d) are not within the input's %d", cfg_where(s),
+                 P->label, start, start + C, Cin);
+        return -3;
+    }
+    int li = new_layer(P, CAMO_LAYER_SLICE, name, in, 1, C);
+    P->net->layers[li].u.slice.c0 = start;
+    return li;
+}
+
+/* fourier_pos (layer_posenc.c): timm's PositionalEncodingFourier less its projection,
+ * 2 * hidden_dim channels at the input's size */
+static int parse_fourier_pos(parser *P, const config_setting_t *s, const char *name,
+                             const int *in, int n_in, int arg) {
+    static const char *const keys[] = {"name", "type", "from", "hidden_dim", "temperature",
+                                       NULL};
+    (void)n_in, (void)arg;
+    int hidden = 32;
+    double temp = 10000;
+    if (check_keys(P, s, keys) || cfg_int(s, "hidden_dim", &hidden) < 0 ||
+        cfg_float(s, "temperature", &temp) < 0 || positive(P, s, "hidden_dim", hidden, 1))
+        return -3;
+    if (!(temp > 0)) {
+        CAMO_ERR("%s: %s: temperature must be positive", cfg_where(s), P->label);
+        return -3;
+    }
+    int li = new_layer(P, CAMO_LAYER_FOURIER_POS, name, in, 1, 2 * hidden);
+    P->net->layers[li].u.fourier.temperature = (float)temp;
+    return li;
+}
+
+/* ---- mixture of experts (layer_moe.c, moe.h) ---- */
+
+static int parse_layer(parser *P, const config_setting_t *s, int index, int prev);
+
+/* The layers of expert e just parsed (first .. n_layers-1) run on the images dispatch d
+ * routed to e: they may read only each other and d, and hold no moe block themselves. */
+static int close_expert(parser *P, const config_setting_t *s, int d, int first) {
+    camo_net *net = P->net;
+    for (int i = first; i < net->n_layers; i++) {
+        camo_layer *l = &net->layers[i];
+        l->rows_from = d + 1;
+        if (l->type == CAMO_LAYER_MOE_ROUTER || l->type == CAMO_LAYER_MOE_COMBINE) {
+            CAMO_ERR("%s: %s: expert layer '%s': moe blocks do not nest", cfg_where(s),
+                     P->label, l->name);
+            return -1;
+        }
+        for (int k = 0; k < l->n_in; k++) {
+            if (l->in[k] >= d) continue;
+            CAMO_ERR("%s: %s: expert layer '%s' reads '%s', outside its expert (an expert's "
+                     "layers read its own layers; \"input\" is the expert's input)",
+                     cfg_where(s), P->label, l->name,
+                     l->in[k] < 0 ? "input" : net->layers[l->in[k]].name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* moe: `experts` K (1..7), `top_k` (1..K), `balance_weight` (0.01), `expert`: the layers of
+ * one expert, repeated K times. Expands into NAME.pool (global average), NAME.gate (linear
+ * to K logits: PyTorch's nn.Linear `gate`), NAME.router, per expert NAME.experts.<e>.dispatch
+ * and the expert's layers as NAME.experts.<e>.<layer> (an nn.ModuleList's names), and NAME,
+ * the weighted sum of the experts' outputs. */
+static int parse_moe(parser *P, const config_setting_t *s, const char *name, const int *in,
+                     int n_in, int arg) {
+    static const char *const keys[] = {"name", "type", "from", "experts", "top_k",
+                                       "balance_weight", "expert", NULL};
+    (void)n_in, (void)arg;
+    int K = 0, k = 0, x = in[0], C = channels_of(P, x);
+    double bw = 0.01;
+    if (check_keys(P, s, keys) || cfg_need_int(s, "experts", &K) ||
+        cfg_need_int(s, "top_k", &k) || cfg_float(s, "balance_weight", &bw) < 0 ||
+        positive(P, s, "experts", K, 1) || positive(P, s, "top_k", k, 1))
+        return -3;
+    const config_setting_t *ex = config_setting_get_member(s, "expert");
+    if (K > CAMO_MOE_MAX_EXPERTS || k > K || !(bw >= 0)) {
+        CAMO_ERR("%s: %s: needs experts <= %d, top_k <= experts and balance_weight >= 0 "
+                 "(got %d, %d, %g)", cfg_where(s), P->label, CAMO_MOE_MAX_EXPERTS, K, k, bw);
+        return -3;
+    }
+    if (!ex || !config_setting_is_list(ex) || config_setting_length(ex) < 1) {
+        CAMO_ERR("%s: %s: needs 'expert', the non-empty list of one expert's layers "
+                 "( {...}, ... )", cfg_where(s), P->label);
+        return -3;
+    }
+    char sub[2 * CAMO_NAME_MAX];
+#define SUB(...) (snprintf(sub, sizeof sub, __VA_ARGS__), sub)
+    int pool = new_layer(P, CAMO_LAYER_ADAPTIVE_AVGPOOL, SUB("%s.pool", name), &x, 1, C);
+    P->net->layers[pool].u.adaptive.P = P->net->layers[pool].u.adaptive.Q = 1;
+    int gate = prim_conv(P, SUB("%s.gate", name), pool, C, K, 1, 1, 0, 1, 1, 1);
+    camo_param *w = &P->net->params[P->net->layers[gate].param0]; /* nn.Linear's [K, C] */
+    w->ndim = 2;
+    w->shape[2] = w->shape[3] = 0;
+    w->layout = CAMO_LAYOUT_PLAIN;
+    int last[CAMO_MAX_INPUTS];
+    last[0] = new_layer(P, CAMO_LAYER_MOE_ROUTER, SUB("%s.router", name), &gate, 1, K);
+    const char *where = P->where, *type = P->type;
+    char label[sizeof P->label];
+    memcpy(label, P->label, sizeof label);
+    for (int e = 0; e < K; e++) {
+        int d = new_layer(P, CAMO_LAYER_MOE_DISPATCH, SUB("%s.experts.%d.dispatch", name, e),
+                          &x, 1, C);
+        P->net->layers[d].u.moe.expert = e;
+        char scope[2 * CAMO_NAME_MAX];
+        snprintf(scope, sizeof scope, "%s.experts.%d.", name, e);
+        P->scope = scope, P->scope_input = d;
+        int prev = d;
+        for (int i = 0; i < config_setting_length(ex) && prev >= -1; i++)
+            prev = parse_layer(P, config_setting_get_elem(ex, (unsigned)i), i, prev);
+        P->scope = NULL;
+        if (prev < -1) return -3;
+        P->where = where, P->type = type;
+        memcpy(P->label, label, sizeof label);
+        if (close_expert(P, s, d, d + 1)) return -3;
+        last[e + 1] = prev;
+    }
+    int Co = channels_of(P, last[1]);
+    for (int e = 1; e < K; e++)
+        if (channels_of(P, last[e + 1]) != Co) {
+            CAMO_ERR("%s: %s: expert %d gives %d channels, expert 0 %d", cfg_where(s),
+                     P->label, e, channels_of(P, last[e + 1]), Co);
+            return -3;
+        }
+    int li = new_layer(P, CAMO_LAYER_MOE_COMBINE, name, last, K + 1, Co);
+    for (int i = last[0]; i <= li; i++) { /* router, dispatches, combine */
+        camo_layer *l = &P->net->layers[i];
+        if (l->type != CAMO_LAYER_MOE_ROUTER && l->type != CAMO_LAYER_MOE_DISPATCH &&
+            l->type != CAMO_LAYER_MOE_COMBINE)
+            continue;
+        l->u.moe.experts = K, l->u.moe.top_k = k, l->u.moe.router = last[0];
+        l->u.moe.balance_weight = (float)bw;
+    }
+    return li;
+#undef SUB
+}
+
 static int valid_name(const char *s) {
     if (!*s || strcmp(s, "input") == 0) return 0;
     for (; *s; s++)
@@ -730,6 +892,9 @@ static const struct config_type {
     {"xca", parse_xca, 0, 1},
     {"layer_scale", parse_layer_scale, 0, 0},
     {"drop_path", parse_drop_path, 0, 0},
+    {"moe", parse_moe, 0, 0},
+    {"slice", parse_slice, 0, 0},
+    {"fourier_pos", parse_fourier_pos, 0, 0},
 };
 #define N_TYPES ((int)(sizeof config_types / sizeof config_types[0]))
 
@@ -795,18 +960,20 @@ static int parse_layer(parser *P, const config_setting_t *s, int index, int prev
         return -3;
     }
     if (cfg_need_string(s, "name", &name)) { name_layer_in_error(P); return -3; }
-    snprintf(P->label, sizeof P->label, "layer #%d '%.*s'", index + 1, CAMO_NAME_MAX, name);
+    char full[2 * CAMO_NAME_MAX]; /* inside an expert, the name with the expert's prefix */
+    snprintf(full, sizeof full, "%s%s", P->scope ? P->scope : "", name);
+    snprintf(P->label, sizeof P->label, "layer #%d '%.*s'", index + 1, CAMO_NAME_MAX, full);
     if (cfg_need_string(s, "type", &type)) { name_layer_in_error(P); return -3; }
     P->type = type;
     const struct config_type *ct = find_type(P, s);
     if (!ct) return -3;
-    if (!valid_name(name) || strlen(name) >= CAMO_NAME_MAX - 24) {
+    if (!valid_name(name) || strlen(full) >= CAMO_NAME_MAX - 24) {
         CAMO_ERR("%s: %s: invalid layer name '%s' (letters, digits, '_' and '.', not "
                  "\"input\")", where, P->label, name);
         return -3;
     }
-    if (lookup(P, name) != -2) {
-        CAMO_ERR("%s: %s: layer name '%s' is used twice", where, P->label, name);
+    if (lookup_name(P, full) != -2) {
+        CAMO_ERR("%s: %s: layer name '%s' is used twice", where, P->label, full);
         return -3;
     }
     int in[CAMO_MAX_INPUTS], n_in;
@@ -815,12 +982,19 @@ static int parse_layer(parser *P, const config_setting_t *s, int index, int prev
         CAMO_ERR("%s: %s: type '%s' takes one input", where, P->label, type);
         return -3;
     }
-    int li = ct->read(P, s, name, in, n_in, ct->arg);
+    for (int k = 0; k < n_in; k++) /* an expert's layers hold its routed images only */
+        if (!P->scope && in[k] >= 0 && P->net->layers[in[k]].rows_from) {
+            CAMO_ERR("%s: %s: reads '%s', a layer inside a mixture-of-experts expert (only "
+                     "the moe block's output holds every image)", where, P->label,
+                     P->net->layers[in[k]].name);
+            return -3;
+        }
+    int li = ct->read(P, s, full, in, n_in, ct->arg);
     if (li < -2) {
         name_layer_in_error(P);
         return -3;
     }
-    define_name(P, name, li); /* the config name means the last primitive layer */
+    define_name(P, full, li); /* the config name means the last primitive layer */
     return li;
 }
 
@@ -908,12 +1082,38 @@ static int parse_groups(parser *P, const config_setting_t *root) {
     return 0;
 }
 
+/* checkpoint_blocks = ["layer*.*", ...]: name patterns of the blocks gradient checkpointing
+ * recomputes (camo_net_set_checkpointing), kept comma-joined */
+static int parse_checkpoint_blocks(parser *P, const config_setting_t *root) {
+    const config_setting_t *c = config_setting_get_member(root, "checkpoint_blocks");
+    if (!c) return 0;
+    size_t len = 1;
+    int n = config_setting_length(c);
+    for (int j = 0; j < n; j++) {
+        const char *p = config_setting_get_string_elem(c, j);
+        if ((!config_setting_is_array(c) && !config_setting_is_list(c)) || !p || !p[0] ||
+            strchr(p, ',')) {
+            CAMO_ERR("%s: 'checkpoint_blocks' must be a list of block-name patterns such as "
+                     "\"layer*.*\" (no commas)", cfg_where(c));
+            return -1;
+        }
+        len += strlen(p) + 1;
+    }
+    char *buf = camo_calloc(1, len);
+    for (int j = 0; j < n; j++) {
+        if (j) strcat(buf, ",");
+        strcat(buf, config_setting_get_string_elem(c, j));
+    }
+    P->net->checkpoint_blocks = buf;
+    return 0;
+}
+
 /* ---- entry points ---- */
 
 static int parse_root(parser *P, const config_setting_t *root, int classes_override) {
     camo_net *net = P->net;
     static const char *const keys[] = {"name", "input_channels", "classes", "layers",
-                                       "outputs", "groups", NULL};
+                                       "outputs", "groups", "checkpoint_blocks", NULL};
     if (cfg_check_keys(root, keys, "network") != 0) return -1;
     const char *name = "net";
     net->input_channels = 3;
@@ -939,7 +1139,8 @@ static int parse_root(parser *P, const config_setting_t *root, int classes_overr
         prev = parse_layer(P, config_setting_get_elem(layers, (unsigned)i), i, prev);
         if (prev < -1) return -1;
     }
-    if (parse_outputs(P, root) || parse_groups(P, root)) return -1;
+    if (parse_outputs(P, root) || parse_groups(P, root) || parse_checkpoint_blocks(P, root))
+        return -1;
     return 0;
 }
 

@@ -556,6 +556,83 @@ static int emit_layer_scale(graph *g, const camo_layer *l, const char *x, const 
     return 0;
 }
 
+/* Part 0, 1, 2 (q, k, v) of xca's input(s) as (N, heads, D, L); q and k L2-normalised along
+ * the tokens: x / (||x|| + 1e-12), with the ops of the other layers (the norm as
+ * sqrt(L * mean(x^2))). F.normalize divides by max(||x||, 1e-12): the same float32 values
+ * for any norm above 1e-5, and 0 for a zero row. */
+static const char *xca_part(graph *g, const camo_layer *l, int part, const char *what) {
+    int fused = l->n_in == 1;
+    const char *x = input_of(g, l, fused ? 0 : part);
+    if (fused) { /* timm's qkv: channels [q | k | v] */
+        int64_t s = (int64_t)part * l->C, e = s + l->C, ax = 1;
+        const char *sl = fresh(g, "%s/%s_in", l->name, what);
+        node(g, "Slice", sl, 4, x, const_i64(g, l->name, "starts", 1, &s),
+             const_i64(g, l->name, "ends", 1, &e), const_i64(g, l->name, "axes", 1, &ax));
+        x = sl;
+    }
+    int64_t shape[4] = {0, l->u.xca.heads, l->C / l->u.xca.heads, (int64_t)l->H * l->W};
+    const char *r = fresh(g, "%s/%s", l->name, what);
+    node(g, "Reshape", r, 2, x, const_i64(g, l->name, what, 4, shape));
+    if (part == 2) return r;
+    const char *sq = fresh(g, "%s/%s_sq", l->name, what);
+    const char *ms = fresh(g, "%s/%s_ms", l->name, what);
+    const char *ss = fresh(g, "%s/%s_ss", l->name, what);
+    const char *nm = fresh(g, "%s/%s_norm", l->name, what);
+    const char *de = fresh(g, "%s/%s_den", l->name, what);
+    const char *u = fresh(g, "%s/%s_unit", l->name, what);
+    node(g, "Mul", sq, 2, r, r);
+    reduce_mean(g, l, ms, sq, -1);
+    node(g, "Mul", ss, 2, ms, const_scalar(g, l->name, "tokens", (float)(l->H * l->W)));
+    node(g, "Sqrt", nm, 1, ss);
+    node(g, "Add", de, 2, nm, const_scalar(g, l->name, "eps", 1e-12f));
+    node(g, "Div", u, 2, r, de);
+    return u;
+}
+
+/* as layer_attention.c: per head softmax(q_n k_n^T * temperature) v, on NCHW's
+ * (N, heads, D, L) views; the temperature (heads, 1, 1) broadcasts */
+static int emit_xca(graph *g, const camo_layer *l, const char *y) {
+    const char *q = xca_part(g, l, 0, "q"), *k = xca_part(g, l, 1, "k");
+    const char *v = xca_part(g, l, 2, "v");
+    int64_t perm[4] = {0, 1, 3, 2}, shape[4] = {0, l->C, l->H, l->W};
+    const char *kt = fresh(g, "%s/k_t", l->name), *gm = fresh(g, "%s/cos", l->name);
+    attr_ints(node(g, "Transpose", kt, 1, k), "perm", 4, perm);
+    node(g, "MatMul", gm, 2, q, kt);
+    const char *sc = fresh(g, "%s/scores", l->name), *p = fresh(g, "%s/probs", l->name);
+    node(g, "Mul", sc, 2, gm, pname(g, l, 0));
+    attr_int(node(g, "Softmax", p, 1, sc), "axis", -1);
+    const char *o = fresh(g, "%s/heads", l->name);
+    node(g, "MatMul", o, 2, p, v);
+    node(g, "Reshape", y, 2, o, const_i64(g, l->name, "shape", 4, shape));
+    return 0;
+}
+
+/* channels [c0, c0 + C): Slice on axis 1 */
+static int emit_slice(graph *g, const camo_layer *l, const char *x, const char *y) {
+    int64_t s = l->u.slice.c0, e = l->u.slice.c0 + l->C, ax = 1;
+    node(g, "Slice", y, 4, x, const_i64(g, l->name, "starts", 1, &s),
+         const_i64(g, l->name, "ends", 1, &e), const_i64(g, l->name, "axes", 1, &ax));
+    return 0;
+}
+
+/* the encoding at the export size, a (1, C, H, W) constant (Add broadcasts it over a
+ * dynamic batch) */
+static int emit_fourier_pos(graph *g, const camo_layer *l, const char *y) {
+    camo_backend *be = g->net->be;
+    size_t hw = (size_t)l->H * l->W, n = hw * l->C;
+    float *nhwc = camo_malloc(n * sizeof(float)), *nchw = camo_malloc(n * sizeof(float));
+    be->download(be, nhwc, l->u.fourier.table, n * sizeof(float));
+    for (size_t p = 0; p < hw; p++)
+        for (int c = 0; c < l->C; c++) nchw[(size_t)c * hw + p] = nhwc[p * l->C + c];
+    int64_t dims[4] = {1, l->C, l->H, l->W};
+    const char *t = fresh(g, "%s/table", l->name);
+    init_f32(g, t, 4, dims, nchw, n);
+    node(g, "Identity", y, 1, t);
+    free(nhwc);
+    free(nchw);
+    return 0;
+}
+
 /* Layer i's nodes, writing its value g->val[i]. */
 static int emit_layer(graph *g, int i) {
     const camo_layer *l = &g->net->layers[i];
@@ -575,6 +652,9 @@ static int emit_layer(graph *g, int i) {
     case CAMO_LAYER_ATTENTION: return emit_attention(g, l, y);
     case CAMO_LAYER_LAYER_SCALE: return emit_layer_scale(g, l, x, y);
     case CAMO_LAYER_DROP_PATH: node(g, "Identity", y, 1, x); return 0; /* inference */
+    case CAMO_LAYER_XCA: return emit_xca(g, l, y);
+    case CAMO_LAYER_SLICE: return emit_slice(g, l, x, y);
+    case CAMO_LAYER_FOURIER_POS: return emit_fourier_pos(g, l, y);
     default: break; /* a type added to layer.h after this exporter */
     }
     CAMO_ERR("%s: layer '%s' (type '%s') cannot be exported to ONNX", l->where, l->name,

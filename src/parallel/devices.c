@@ -260,12 +260,14 @@ static int local_batches(const int *batches, int n_batches, int sync_bn, int n_i
 }
 
 /* Runs every convolution of net once at n images, as a training step would (forward,
- * backward filter, backward data unless its input is the image), on the net's own buffers. */
-static void run_convs(camo_net *net, int n) {
+ * backward filter, backward data unless its input is the image), on the net's own buffers.
+ * routed_only: only those inside mixture-of-experts branches (rows_from), which run on any
+ * number of images up to the batch: the routing decides. */
+static void run_convs(camo_net *net, int n, int routed_only) {
     camo_backend *be = net->be;
     for (int i = 0; i < net->n_layers; i++) {
         camo_layer *l = &net->layers[i];
-        if (l->type != CAMO_LAYER_CONV2D) continue;
+        if (l->type != CAMO_LAYER_CONV2D || (routed_only && l->rows_from == 0)) continue;
         camo_conv_desc d = l->u.conv.d;
         d.N = n;
         camo_param *w = &net->params[l->param0];
@@ -293,8 +295,9 @@ int camo_devices_prepare(const camo_devices *d, camo_net *net, const int *batche
     int size = d->n * CAMO_MAX(1, d->procs); /* rank is global: slices of every process */
     int k = local_batches(batches, n_batches, sync_bn, n_images, rank, size, sizes, cap);
     for (int i = 0; i < k; i++)
-        if (sizes[i] <= net->N) run_convs(net, sizes[i]);
+        if (sizes[i] <= net->N) run_convs(net, sizes[i], 0);
     int largest = k ? sizes[0] : 0;
+    for (int m = 1; m <= CAMO_MIN(largest, net->N); m++) run_convs(net, m, 1);
     free(sizes);
     camo_net_zero_param_grads(net);
     camo_net_zero_act_grads(net);

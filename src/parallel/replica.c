@@ -37,6 +37,8 @@ int camo_replica_init(camo_replica *r, const camo_replica_opts *opts, const camo
     }
     if (!r->net) return -1;
     int S = opts->img_size;
+    camo_net_set_lean(r->net, opts->lean_memory); /* before the first plan: nothing to redo */
+    if (opts->checkpointing && camo_net_set_checkpointing(r->net, 1) < 0) return -1;
     if (camo_net_set_input_size(r->net, CAMO_MAX(local_batch, 1), S, S) ||
         camo_loss_check(r->net, opts->loss, opts->deep_supervision))
         return -1;

@@ -52,6 +52,8 @@ typedef struct camo_replica_opts {
      * its EMA copy exist (nn/pretrained.h); not when resuming. NULL or "" = none. */
     const char *init_weights, *init_prefix;
     int init_strict;
+    int lean_memory;        /* train.memory = "lean": BN and activations recomputed */
+    int checkpointing;      /* train.checkpointing: the network's checkpoint_blocks too */
 } camo_replica_opts;
 
 /* What one optimizer step measured on its training batch, summed over every replica the

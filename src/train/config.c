@@ -321,7 +321,9 @@ static int load_train(camo_config *c, const config_setting_t *t) {
         "epochs", "batch", "lr", "min_lr", "optimizer", "momentum", "nesterov", "weight_decay",
         "beta1", "beta2", "eps", "schedule", "warmup_epochs", "poly_power", "step_size",
         "step_gamma", "clip_grad_norm", "accum_steps", "max_steps", "threads", "deterministic",
-        "loss", "deep_supervision", "ema_decay", "early_stop_patience", "amp", "stages", NULL};
+        "loss", "deep_supervision", "ema_decay", "early_stop_patience", "amp", "memory",
+        "checkpointing", "stages",
+        NULL};
     typeof(c->train) *tr = &c->train;
     int epochs = 10, batch = 16;
     double warmup = 0;
@@ -332,6 +334,7 @@ static int load_train(camo_config *c, const config_setting_t *t) {
     snprintf(tr->schedule, sizeof tr->schedule, "cosine");
     snprintf(tr->loss, sizeof tr->loss, "structure");
     snprintf(tr->amp, sizeof tr->amp, "off");
+    snprintf(tr->memory, sizeof tr->memory, "lean");
     if (t && cfg_check_keys(t, keys, "train")) return -1;
     if (get_int(t, "epochs", &epochs, 1, 100000) || get_int(t, "batch", &batch, 1, 1 << 20) ||
         get_num(t, "lr", &tr->lr, 0, 10) || get_num(t, "min_lr", &tr->min_lr, 0, 10) ||
@@ -357,8 +360,12 @@ static int load_train(camo_config *c, const config_setting_t *t) {
         get_flag(t, "deep_supervision", &tr->deep_supervision) ||
         get_num(t, "ema_decay", &tr->ema_decay, 0, 0.999999) ||
         get_int(t, "early_stop_patience", &tr->early_stop_patience, 0, 100000) ||
-        get_str(t, "amp", tr->amp, sizeof tr->amp) || one_of(t, "amp", tr->amp, "off|bf16|fp16"))
+        get_str(t, "amp", tr->amp, sizeof tr->amp) || one_of(t, "amp", tr->amp, "off|bf16|fp16") ||
+        get_str(t, "memory", tr->memory, sizeof tr->memory) ||
+        one_of(t, "memory", tr->memory, "lean|fast") ||
+        get_flag(t, "checkpointing", &tr->checkpointing))
         return -1;
+    tr->lean_memory = strcmp(tr->memory, "lean") == 0;
     camo_loss_parse(tr->loss, &tr->loss_kind); /* one_of checked the name */
     tr->opt_type = strcmp(tr->optimizer, "sgd") == 0 ? CAMO_OPT_SGD : CAMO_OPT_ADAMW;
     tr->schedule_kind = schedule_kind(tr->schedule);

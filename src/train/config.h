@@ -51,7 +51,9 @@ typedef struct camo_config {
     struct {
         int epochs, accum_steps, max_steps, threads, deterministic, deep_supervision;
         int early_stop_patience, nesterov;
-        char optimizer[16], schedule[16], loss[32], amp[8];
+        char optimizer[16], schedule[16], loss[32], amp[8], memory[8];
+        int lean_memory;           /* memory == "lean" */
+        int checkpointing;         /* recompute the network's checkpoint_blocks in backward */
         camo_loss_kind loss_kind;  /* `loss` parsed */
         camo_opt_type opt_type;    /* `optimizer` parsed */
         camo_schedule schedule_kind; /* `schedule` parsed */

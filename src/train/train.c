@@ -34,6 +34,7 @@
 #include "parallel/devices.h"
 #include "train/evaluate.h"
 #include "nn/loss.h"
+#include "nn/moe.h"
 #include "nn/net_build.h"
 #include "nn/optim.h"
 #include "parallel/replica.h"
@@ -84,6 +85,9 @@ typedef struct trainer {
     camo_dataset *train_ds, *val_ds;
     camo_loader *loader;
     camo_backend *be;           /* replica 0's (aliases for logging, eval, checkpoints) */
+    size_t rss_before_model;    /* resident bytes before any replica existed */
+    size_t rss_steps;           /* resident high-water mark after the last step (before the
+                                   final checkpoint's host copy) */
     camo_net *net;
     camo_optim *opt;
     camo_train_state st;
@@ -355,7 +359,12 @@ static int save_checkpoint(trainer *T, const char *file) {
  * batch size seen) when steps allocate nothing. */
 static void log_gpu_memory(trainer *T) {
     size_t reserved, peak, mallocs;
-    if (!T->dev.gpu) return;
+    if (!T->dev.gpu) { /* CPU: replica 0's backend blocks, now and at their peak */
+        camo_cpu_mem_stats(T->be, &reserved, &peak);
+        fprintf(T->jsonl, ",\"mem_mb\":%.1f,\"peak_mb\":%.1f", reserved / 1048576.0,
+                peak / 1048576.0);
+        return;
+    }
     camo_cuda_mem_stats(T->be, &reserved, &peak, &mallocs);
     fprintf(T->jsonl, ",\"gpu_mem_mb\":%.1f,\"gpu_peak_mb\":%.1f,\"gpu_mallocs\":%zu"
             ",\"direct_convs\":%d", reserved / 1048576.0, peak / 1048576.0, mallocs,
@@ -389,6 +398,7 @@ static void tb_step(trainer *T, double lr, double loss, double gnorm, double now
 static void log_step(trainer *T, int epoch, int batch, int n_batches, double lr, double loss,
                      double gnorm, int64_t steps_total) {
     double now = camo_now();
+    T->rss_steps = camo_rss_bytes(1);
     if (T->tb) tb_step(T, lr, loss, gnorm, now);
     T->loss_sum += loss;
     T->loss_count++;
@@ -396,6 +406,7 @@ static void log_step(trainer *T, int epoch, int batch, int n_batches, double lr,
         fprintf(T->jsonl, "{\"type\":\"step\",\"epoch\":%d,\"step\":%lld,\"loss\":%.6g,\"lr\":%.6g",
                 epoch + 1, (long long)T->st.step, loss, lr);
         if (!isnan(gnorm) && !isinf(gnorm)) fprintf(T->jsonl, ",\"grad_norm\":%.6g", gnorm);
+        camo_moe_log_json(T->jsonl, T->net); /* mixture of experts: balance, usage */
         if (T->rep[0].scaling) /* the scale for the next step, after this one's update */
             fprintf(T->jsonl, ",\"loss_scale\":%.9g,\"skipped\":%s,\"skipped_total\":%lld",
                     T->rep[0].ls.scale, T->rep[0].skipped ? "true" : "false",
@@ -671,7 +682,8 @@ static camo_replica_opts replica_opts(const camo_config *c) {
         .clip_grad_norm = c->train.clip_grad_norm, .seed = c->seed,
         .dp = !strcmp(c->parallel.mode, "dp"), .sync_bn = c->parallel.sync_bn,
         .bucket_mb = c->parallel.bucket_mb, .init_weights = c->init.weights,
-        .init_prefix = c->init.prefix, .init_strict = c->init.strict};
+        .init_prefix = c->init.prefix, .init_strict = c->init.strict,
+        .lean_memory = c->train.lean_memory, .checkpointing = c->train.checkpointing};
 }
 
 /* Several processes: every one must run the same recipe from the same point with the same
@@ -698,6 +710,7 @@ static int mpi_same_run(trainer *T, const camo_ckpt *ck) {
 
 /* The replicas of parallel.devices, each with its backend and model, and their comms. */
 static int setup_model(trainer *T, const camo_ckpt *ck) {
+    T->rss_before_model = camo_rss_bytes(0);
     const camo_config *c = T->c;
     if (camo_devices_parse(c->parallel.devices, c->train.threads, &T->dev)) return -1;
     for (int s = 0; s < c->train.n_stages; s++)
@@ -733,6 +746,7 @@ static int setup_model(trainer *T, const camo_ckpt *ck) {
     }
     T->be = T->rep[0].be;
     T->net = T->rep[0].net;
+    if (c->parallel.sync_bn && T->world > 1 && camo_moe_check_sync_bn(T->net)) return -1;
     T->opt = T->rep[0].opt;
     if (T->world > 1) {
         T->comms = camo_calloc((size_t)T->n_rep, sizeof *T->comms);
@@ -860,6 +874,15 @@ static void print_summary(trainer *T, const char *why) {
                "run folder %s", why, T->st.epoch, (long long)T->st.step, dur,
                t > 0 ? T->images / t : 0.0, m, T->st.best_epoch ? best : NAN, T->st.best_epoch,
                T->out);
+    if (!T->dev.gpu) {
+        size_t peak;
+        camo_cpu_mem_stats(T->be, NULL, &peak);
+        camo_print("memory (replica 0): peak %.1f MiB allocated, of which activations and their "
+                   "gradients %.1f MiB (train.memory \"%s\"); process resident peak %.1f MiB "
+                   "over the steps, %.1f MiB before the model", peak / 1048576.0,
+                   T->net->mem_arena / 1048576.0, T->c->train.memory, T->rss_steps / 1048576.0,
+                   T->rss_before_model / 1048576.0);
+    }
     if (T->dev.gpu) {
         size_t peak;
         camo_cuda_mem_stats(T->be, NULL, &peak, NULL);

@@ -11,21 +11,44 @@
 #include <strings.h>
 #include <unistd.h>
 
+/* Each block starts with a header of CPU_ALLOC_HEAD bytes holding its size, so the backend
+ * knows how much is allocated (camo_cpu_mem_stats: metrics.jsonl, the end summary). */
+#define CPU_ALLOC_HEAD 256
+
+void cpu_mem_count(camo_backend *be, ptrdiff_t bytes) {
+    cpu_ctx *ctx = be->ctx;
+    ctx->live += bytes;
+    if (ctx->live > ctx->peak) ctx->peak = ctx->live;
+}
+
 static void *cpu_alloc(camo_backend *be, size_t bytes) {
-    (void)be;
     void *p = NULL;
     /* 256 bytes: the alignment net.c gives every parameter inside its blocks
      * (CAMO_PARAM_ALIGN, as the CUDA backend's cudaMalloc blocks have); more than SIMD loops
      * and OpenBLAS need for their fast paths */
-    if (posix_memalign(&p, 256, bytes ? bytes : 256) != 0) {
+    if (posix_memalign(&p, 256, CPU_ALLOC_HEAD + (bytes ? bytes : 256)) != 0) {
         CAMO_ERR("out of memory: cannot allocate %zu bytes on the CPU", bytes);
         return NULL;
     }
+    *(size_t *)p = bytes;
+    cpu_mem_count(be, (ptrdiff_t)bytes);
+    p = (char *)p + CPU_ALLOC_HEAD;
     memset(p, 0, bytes);
     return p;
 }
 
-static void cpu_free(camo_backend *be, void *p) { (void)be; free(p); }
+static void cpu_free(camo_backend *be, void *p) {
+    if (!p) return;
+    void *block = (char *)p - CPU_ALLOC_HEAD;
+    cpu_mem_count(be, -(ptrdiff_t)*(size_t *)block);
+    free(block);
+}
+
+void camo_cpu_mem_stats(camo_backend *be, size_t *live, size_t *peak) {
+    cpu_ctx *ctx = be->ctx;
+    if (live) *live = ctx->live;
+    if (peak) *peak = ctx->peak;
+}
 
 static void cpu_memcpy(camo_backend *be, void *dst, const void *src, size_t bytes) {
     (void)be;
@@ -74,6 +97,8 @@ camo_backend *camo_backend_cpu_create(int threads) {
     cpu_register_loss(be);
     cpu_register_optim(be);
     cpu_register_attention(be);
+    cpu_register_rows(be);
+    cpu_register_moe(be);
     return be;
 }
 

@@ -411,6 +411,34 @@ static void cpu_conv2d_backward_data(camo_backend *be, const camo_conv_desc *d, 
     }
 }
 
+/* dw_g (Kg, Cg) += dout[:, g]^T (Kg, M) x in[:, g]: rows in G fixed blocks, each summed
+ * into its own partial, the partials added to dw in block order (any thread count gives
+ * the same bits). Blocks run T at a time: reduce_partials adds each partial to dw in
+ * order, so T partials at a time make the same additions as G of them at once, in far
+ * less memory (a weight-sized partial per block). */
+static void pointwise_backward_filter(camo_backend *be, const camo_conv_desc *d, float *dw,
+                                      const float *dout, const float *in) {
+    int Cg = d->C / d->groups, Kg = d->K / d->groups;
+    size_t nw = (size_t)d->K * Cg;
+    int M = (int)((size_t)d->N * d->P * d->Q), G = M >= 4096 ? CONV_UNITS : 1;
+    int T = CAMO_MIN(cpu_threads(be), G);
+    float *part = cpu_workspace(be, (size_t)T * nw);
+    for (int b0 = 0; b0 < G; b0 += T) {
+        int nb = CAMO_MIN(T, G - b0);
+        memset(part, 0, (size_t)nb * nw * sizeof(float));
+#pragma omp parallel for num_threads(nb) schedule(static)
+        for (int j = 0; j < nb; j++) {
+            int b = b0 + j;
+            int m0 = (int)((long)M * b / G), m1 = (int)((long)M * (b + 1) / G);
+            for (int g = 0; g < d->groups; g++)
+                sgemm1(1, 0, Kg, Cg, m1 - m0, 1.0f, dout + (size_t)m0 * d->K + g * Kg, d->K,
+                       in + (size_t)m0 * d->C + g * Cg, d->C, 1.0f,
+                       part + (size_t)j * nw + (size_t)g * Kg * Cg, Cg);
+        }
+        reduce_partials(be, dw, part, nb, nw);
+    }
+}
+
 /* dw (K,R,S,C/g) += dout^T x cols, dbias (K) += column sums of dout */
 static void cpu_conv2d_backward_filter(camo_backend *be, const camo_conv_desc *d, float *dw,
                                        float *dbias, const float *dout, const float *in) {
@@ -421,46 +449,39 @@ static void cpu_conv2d_backward_filter(camo_backend *be, const camo_conv_desc *d
         depthwise_backward_filter(be, d, dw, dout, in);
         return;
     }
-    if (conv_is_pointwise(d)) { /* dw_g (Kg, Cg) += dout[:, g]^T (Kg, M) x in[:, g] */
-        /* rows in G fixed blocks with their own sums, added in order (any thread count) */
-        int M = (int)(d->N * PQ), G = M >= 4096 ? CONV_UNITS : 1;
-        float *part = cpu_workspace(be, (size_t)G * nw);
-        memset(part, 0, (size_t)G * nw * sizeof(float));
-#pragma omp parallel for num_threads(CAMO_MIN(cpu_threads(be), G)) schedule(static)
-        for (int b = 0; b < G; b++) {
-            int m0 = (int)((long)M * b / G), m1 = (int)((long)M * (b + 1) / G);
-            for (int g = 0; g < d->groups; g++)
-                sgemm1(1, 0, Kg, Cg, m1 - m0, 1.0f, dout + (size_t)m0 * d->K + g * Kg, d->K,
-                       in + (size_t)m0 * d->C + g * Cg, d->C, 1.0f,
-                       part + (size_t)b * nw + (size_t)g * Kg * Cg, Cg);
-        }
-        reduce_partials(be, dw, part, G, nw);
+    if (conv_is_pointwise(d)) {
+        pointwise_backward_filter(be, d, dw, dout, in);
         return;
     }
-    /* Units go in G fixed groups, each summed in unit order into its own buffer, and the
-     * groups are added in order: the same bits for any thread count. */
+    /* Units go in G fixed groups, each summed in unit order into its own partial, and the
+     * partials are added to dw in group order: the same bits for any thread count. Only T
+     * groups are held at once (partials_add_in_order). */
     conv_plan pl = conv_plan_make(be, d);
     int G = CAMO_MAX(1, CAMO_MIN(pl.units, CONV_UNITS)), T = CAMO_MIN(pl.T, G);
-    float *ws = cpu_workspace(be, (size_t)T * pl.cols + (size_t)G * nw);
-    float *part = ws + (size_t)T * pl.cols; /* (G, K*RSC) partial weight gradients */
-    memset(part, 0, (size_t)G * nw * sizeof(float));
-#pragma omp parallel for num_threads(T) schedule(static)
-    for (int grp = 0; grp < G; grp++) {
-        float *cols = ws + (size_t)thread_id() * pl.cols, *acc = part + (size_t)grp * nw;
-        for (int u = pl.units * grp / G; u < pl.units * (grp + 1) / G; u++) {
-            int n = u / pl.bands, p0 = u % pl.bands * pl.rows;
-            int p1 = CAMO_MIN(d->P, p0 + pl.rows);
-            const float *in_n = in + (size_t)n * d->H * d->W * d->C;
-            const float *dout_b = dout + ((size_t)n * PQ + (size_t)p0 * d->Q) * d->K;
-            for (int g = 0; g < d->groups; g++) {
-                im2col_band(d, cols, in_n, g, p0, p1);
-                /* dw_g (Kg, RSC) += dout_b[:, g]^T (Kg, rows*Q) x cols (rows*Q, RSC) */
-                sgemm1(1, 0, Kg, RSC, (p1 - p0) * d->Q, 1.0f, dout_b + g * Kg, d->K, cols,
-                       RSC, 1.0f, acc + (size_t)g * Kg * RSC, RSC);
+    float *ws = cpu_workspace(be, (size_t)T * pl.cols + (size_t)T * nw);
+    float *part = ws + (size_t)T * pl.cols; /* (T, K*RSC) partial weight gradients */
+    for (int g0 = 0; g0 < G; g0 += T) {
+        int ng = CAMO_MIN(T, G - g0);
+        memset(part, 0, (size_t)ng * nw * sizeof(float));
+#pragma omp parallel for num_threads(ng) schedule(static)
+        for (int j = 0; j < ng; j++) {
+            int grp = g0 + j;
+            float *cols = ws + (size_t)thread_id() * pl.cols, *acc = part + (size_t)j * nw;
+            for (int u = pl.units * grp / G; u < pl.units * (grp + 1) / G; u++) {
+                int n = u / pl.bands, p0 = u % pl.bands * pl.rows;
+                int p1 = CAMO_MIN(d->P, p0 + pl.rows);
+                const float *in_n = in + (size_t)n * d->H * d->W * d->C;
+                const float *dout_b = dout + ((size_t)n * PQ + (size_t)p0 * d->Q) * d->K;
+                for (int g = 0; g < d->groups; g++) {
+                    im2col_band(d, cols, in_n, g, p0, p1);
+                    /* dw_g (Kg, RSC) += dout_b[:, g]^T (Kg, rows*Q) x cols (rows*Q, RSC) */
+                    sgemm1(1, 0, Kg, RSC, (p1 - p0) * d->Q, 1.0f, dout_b + g * Kg, d->K, cols,
+                           RSC, 1.0f, acc + (size_t)g * Kg * RSC, RSC);
+                }
             }
         }
+        reduce_partials(be, dw, part, ng, nw);
     }
-    reduce_partials(be, dw, part, G, nw);
 }
 
 void cpu_register_conv(camo_backend *be) {

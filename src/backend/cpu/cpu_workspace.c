@@ -10,6 +10,7 @@
 float *cpu_workspace(camo_backend *be, size_t floats) {
     cpu_ctx *ctx = be->ctx;
     if (floats > ctx->work_cap) {
+        cpu_mem_count(be, (ptrdiff_t)(floats - ctx->work_cap) * (ptrdiff_t)sizeof(float));
         free(ctx->work);
         ctx->work = NULL;
         if (posix_memalign((void **)&ctx->work, 64, floats * sizeof(float)) != 0)
@@ -21,6 +22,7 @@ float *cpu_workspace(camo_backend *be, size_t floats) {
 
 void cpu_workspace_free(camo_backend *be) {
     cpu_ctx *ctx = be->ctx;
+    cpu_mem_count(be, -(ptrdiff_t)(ctx->work_cap * sizeof(float)));
     free(ctx->work);
     ctx->work = NULL;
     ctx->work_cap = 0;
