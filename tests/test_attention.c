@@ -361,7 +361,8 @@ static void test_param_shapes(void **state) {
         "input_channels = 3; layers = ("
         "{ name = \"q\"; type = \"linear\"; filters = 12; },"
         "{ name = \"x\"; type = \"xca\"; heads = 2; },"
-        "{ name = \"blk.gamma\"; type = \"layer_scale\"; });", "shapes");
+        "{ name = \"blk.gamma\"; type = \"layer_scale\"; },"
+        "{ name = \"blk.gamma2\"; type = \"layer_scale\"; init = 1e-6; });", "shapes");
     assert_non_null(net);
     camo_param *w = camo_net_find_param(net, "q.weight"), *b = camo_net_find_param(net, "q.bias");
     camo_param *t = camo_net_find_param(net, "x.temperature");
@@ -373,7 +374,14 @@ static void test_param_shapes(void **state) {
     assert_true(t->ndim == 3 && t->shape[0] == 2 && t->shape[1] == 1 && t->shape[2] == 1);
     assert_true(t->no_decay); /* timm: CrossCovarianceAttn.no_weight_decay() */
     assert_true(g->ndim == 1 && g->shape[0] == 4 && g->no_decay);
-    assert_int_equal(net->n_params, 4);
+    assert_int_equal(net->n_params, 5);
+    /* init: the start value (timm's ls_init_value), default 1 */
+    assert_int_equal(camo_net_set_input_size(net, 1, 2, 2), 0);
+    camo_net_init_weights(net, 1);
+    float v1[4], v2[4];
+    camo_param_get(net, g, v1);
+    camo_param_get(net, camo_net_find_param(net, "blk.gamma2"), v2);
+    for (int i = 0; i < 4; i++) assert_true(v1[i] == 1.0f && v2[i] == 1e-6f);
     camo_net_free(net);
 }
 
@@ -409,7 +417,7 @@ static void test_config_errors(void **state) {
     BAD("{ name = \"l\"; type = \"linear\"; filter = 4; }", "did you mean 'filters'");
     BAD("{ name = \"d\"; type = \"drop_path\"; }", "needs 'p', the drop probability");
     BAD("{ name = \"d\"; type = \"drop_path\"; p = 1.5; }", "(out of range)");
-    BAD("{ name = \"g\"; type = \"layer_scale\"; init = 1e-6; }", "unknown key 'init'");
+    BAD("{ name = \"g\"; type = \"layer_scale\"; scale = 1e-6; }", "unknown key 'scale'");
 #undef BAD
 }
 

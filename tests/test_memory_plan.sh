@@ -18,7 +18,8 @@ run() {
     local name=$1 model=$2 devices=$3; shift 3
     env "$@" $BIN --conf conf/demo.cfg --model "$model" --out "$TMP/$name" --quiet \
         --set data.root="$TMP/data" --set data.img_size=32 --set train.batch=4 \
-        --set train.max_steps=3 --set train.epochs=2 --set eval.every=0 \
+        --set train.max_steps=3 --set train.epochs=2 --set eval.every=${EVAL:-0} \
+        ${EVAL_BATCH:+--set eval.batch=$EVAL_BATCH} \
         --set parallel.devices="$devices" --set data.workers=1 \
         --set "train.memory=\"${MEM:-fast}\"" --set train.checkpointing=${CKPT:-false} \
         > "$TMP/$name.log" 2>&1 &&
@@ -48,6 +49,14 @@ for case in "unet_s cpu:1" "fpn_r18 cpu:2" "deeplabv3_r18 cpu:1" "segformer_b0 c
         fail "plan_bitwise_$tag" "checkpoints differ from the unplanned run:$bad ($(diff "$TMP/${tag}_plain.hash" "$TMP/${tag}_fast.hash" | head -2))"
     else pass "plan_bitwise_$tag"; fi
 done
+
+# evaluation between epochs (its own forward-only plan in the same arena, at eval.batch)
+# leaves training untouched: the same checkpoint as without evaluation
+EVAL=1 EVAL_BATCH=3 MEM=lean run eval_on segformer_b0 cpu:1 CAMO_POISON=1
+MEM=lean run eval_off segformer_b0 cpu:1
+if [ -s "$TMP/eval_off.hash" ] && cmp -s "$TMP/eval_on.hash" "$TMP/eval_off.hash" &&
+   grep -q '"type":"eval"' "$TMP/eval_on/metrics.jsonl"; then pass plan_eval_leaves_training
+else fail plan_eval_leaves_training "$(tail -2 "$TMP/eval_on.log")"; fi
 
 # --summary: arena (activations + gradients) per image, fast > lean, both < unplanned
 arena() { # MEM: MiB per image of the arena line

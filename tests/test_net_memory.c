@@ -92,8 +92,18 @@ static void check(const char *net_file, const char *optimizer, double ema, int S
     assert_true(m.net.kept_img <= m.net.arena_img && m.net.grad_peak_img < m.net.arena_img);
     assert_int_equal(m.optim, (size_t)(strcmp(optimizer, "sgd") ? 2 : 1) * m.net.weights);
     assert_int_equal(m.ema, ema > 0 ? m.net.weights : 0);
-    /* replica 0 evaluating at a larger batch (evaluate.c resizes the net) */
-    size_t before = live.bytes;
+    /* replica 0 evaluating at a larger batch: evaluate.c adds a forward-only plan for it,
+     * sharing the arena; input and layer scratch grow to that batch */
+    size_t before = live.bytes, E = 2 * (size_t)L + 1;
+    assert_int_equal(camo_net_set_eval_size(r.net, (int)E, S, S), 0);
+    size_t arena_l = L * m.net.arena_img, arena_e = E * m.net.eval_arena_img;
+    fprintf(stderr, "  evaluation at %zu images: arena %zu bytes per image (training %zu)\n", E,
+            m.net.eval_arena_img, m.net.arena_img);
+    assert_true(m.net.eval_arena_img > 0 && m.net.eval_arena_img < m.net.arena_img);
+    assert_int_equal(live.bytes, before + (E - L) * (m.net.input_img + m.net.scratch_img) +
+                                     (arena_e > arena_l ? arena_e - arena_l : 0));
+    assert_int_equal(camo_net_set_input_size(r.net, L, S, S), 0); /* back: the figures hold */
+    assert_int_equal(live.bytes, before);
     assert_int_equal(camo_net_set_input_size(r.net, 2 * L + 1, S, S), 0);
     assert_int_equal(live.bytes, before + (size_t)(L + 1) * camo_net_mem_per_image(&m.net));
     camo_replica_free(&r);

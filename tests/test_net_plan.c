@@ -155,6 +155,47 @@ static void test_rules(void **state) {
     be->destroy(be);
 }
 
+/* evaluation batches (camo_net_set_eval_size): the forward-only plan gives the outputs of
+ * the training plan's evaluation-mode forward, bit for bit, with dead tensors poisoned; a
+ * training step after it is unchanged; its arena is smaller */
+static void check_eval_plan(const char *path, int N, int S) {
+    setenv("CAMO_POISON", "1", 1);
+    camo_backend *be = camo_backend_cpu_create(1);
+    camo_net *net = camo_net_load(path, be, 0);
+    assert_non_null(net);
+    assert_int_equal(camo_net_set_input_size(net, N, S, S), 0);
+    camo_net_init_weights(net, 5);
+    size_t nin = (size_t)N * S * S * net->input_channels;
+    float *x = tu_falloc(nin);
+    tu_fill(x, nin, 3, -1, 1);
+    int H, W, C;
+    camo_net_output(net, 0, &H, &W, &C);
+    size_t ny = (size_t)N * H * W * C;
+    float *a = tu_falloc(ny), *b = tu_falloc(ny);
+    be->upload(be, net->input, x, nin * 4);
+    camo_net_forward(net, N, 0);
+    be->download(be, a, camo_net_output(net, 0, NULL, NULL, NULL), ny * 4);
+    assert_int_equal(camo_net_set_eval_size(net, N + 1, S, S), 0);
+    assert_true(net->plan_eval->arena_img < net->plan->arena_img);
+    be->upload(be, net->input, x, nin * 4);
+    camo_net_forward(net, N, 0);
+    assert_true(net->eval_active);
+    be->download(be, b, camo_net_output(net, 0, NULL, NULL, NULL), ny * 4);
+    assert_memory_equal(a, b, ny * 4);
+    camo_net_forward(net, N, 1); /* training: back to the training plan */
+    assert_false(net->eval_active);
+    free(a), free(b), free(x);
+    camo_net_free(net);
+    be->destroy(be);
+    unsetenv("CAMO_POISON");
+}
+
+static void test_eval_plan(void **state) {
+    (void)state;
+    check_eval_plan("conf/models/unet_s.cfg", 2, 32);
+    check_eval_plan("conf/models/segformer_b0.cfg", 2, 64);
+}
+
 /* train.checkpointing: the blocks the patterns name are found (ResNet-18 has 8, MiT-b0 8),
  * their inner layers recomputed, their outputs kept; the arena shrinks */
 static void check_blocks(const char *path, int want_blocks, const char *inner, const char *out) {
@@ -193,7 +234,7 @@ static void test_checkpoint_blocks(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rules),        cmocka_unit_test(test_checkpoint_blocks),
-        cmocka_unit_test(test_unet_s),
+        cmocka_unit_test(test_eval_plan),    cmocka_unit_test(test_unet_s),
         cmocka_unit_test(test_fpn_r18),      cmocka_unit_test(test_pspnet_r18),
         cmocka_unit_test(test_segformer_b0),
     };

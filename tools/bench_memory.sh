@@ -9,8 +9,8 @@
 #     and channels_last;
 # and the ratio of camotrain (resident) to PyTorch's smaller figure. The goal is <= 0.8.
 # Environment: CAMOTRAIN, BENCH_MEM_MODELS ("unet_s fpn_r18"), BENCH_MEM_SIZE (128),
-# BENCH_MEM_BATCH (16), BENCH_THREADS, PYTHON (needs torch and libconf; else PyTorch is
-# skipped and camotrain's figures are still printed).
+# BENCH_MEM_BATCH (16), BENCH_THREADS, PYTHON (needs torch and libconf: Debian's
+# python3-torch and python3-libconf; else PyTorch is skipped, camotrain's figures printed).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -20,6 +20,7 @@ SIZE=${BENCH_MEM_SIZE:-128}
 BATCH=${BENCH_MEM_BATCH:-16}
 THREADS=${BENCH_THREADS:-$(nproc)}
 PY=${PYTHON:-python3}
+[ -x /usr/bin/python3 ] && [ -z "${PYTHON:-}" ] && PY=/usr/bin/python3 # Debian's torch
 tmp=$(mktemp -d /tmp/camobench_mem.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -61,7 +62,7 @@ for m in $MODELS; do
         eval "res_$mode=$r"
     done
     if [ $have_torch = 0 ]; then
-        echo "           PyTorch skipped: $PY lacks torch or libconf (a venv with pip install libconf)"
+        echo "           PyTorch skipped: $PY lacks torch or libconf (apt-get install python3-torch python3-libconf)"
         continue
     fi
     best=0

@@ -21,6 +21,7 @@ VARIANTS = {
     "edgenext_b": ("edgenext_base", (80, 160, 288, 584), 0.1, 512),
 }
 EPS = "=1e-6"  # every LayerNorm / LayerNorm2d of timm's EdgeNeXt
+LS_INIT = "=1e-6"  # timm's ls_init_value: every gamma starts there (unless loaded)
 
 
 def drop_path_rates(rate, n):
@@ -65,7 +66,7 @@ def conv_block(w, p, src, C, ks, dp, ratio):
     w.add(p + ".mlp.fc1", "linear", filters=ratio * C)
     w.add(p + ".mlp.act", "gelu")
     w.add(p + ".mlp.fc2", "linear", filters=C)
-    w.add(p + ".gamma", "layer_scale")
+    w.add(p + ".gamma", "layer_scale", init=LS_INIT)
     w.add(p + ".drop_path", "drop_path", p="=%.7f" % dp)
     return w.add(p + ".add", "add", frm=[src, p + ".drop_path"])
 
@@ -97,14 +98,14 @@ def sdta_block(w, p, src, C, scales, heads, pos, dp, ratio):
     w.add(p + ".xca.qkv", "linear", filters=3 * C)
     w.add(p + ".xca", "xca", heads=heads)
     w.add(p + ".xca.proj", "linear", filters=C)
-    w.add(p + ".gamma_xca", "layer_scale")
+    w.add(p + ".gamma_xca", "layer_scale", init=LS_INIT)
     w.add(p + ".drop_path_xca", "drop_path", p="=%.7f" % dp)
     x = w.add(p + ".add_xca", "add", frm=[x, p + ".drop_path_xca"])
     w.add(p + ".norm", "layernorm", eps=EPS, frm=x)
     w.add(p + ".mlp.fc1", "linear", filters=ratio * C)
     w.add(p + ".mlp.act", "gelu")
     w.add(p + ".mlp.fc2", "linear", filters=C)
-    w.add(p + ".gamma", "layer_scale")
+    w.add(p + ".gamma", "layer_scale", init=LS_INIT)
     w.add(p + ".drop_path", "drop_path", p="=%.7f" % dp)
     return w.add(p + ".add", "add", frm=[src, p + ".drop_path"])
 
@@ -168,7 +169,7 @@ def network(name):
 # so a timm state dict (tools/convert_weights.py) loads with `init.weights` (its classifier,
 # head.norm and head.fc, reported unexpected), and a SegFormer-style all-MLP decode head
 # (%d channels) under decode_head.*. Stochastic depth: timm's linear schedule to %g (the
-# paper's recipe; timm's model default is 0). layer_scale starts at 1 (timm: 1e-6) unless
+# paper's recipe; timm's model default is 0). layer_scale starts at 1e-6, as timm's, unless
 # loaded. Output: 1/4-scale logits resized to the input (bilinear, align_corners false).
 # Written by tools/edgenext_cfg.py; checked against timm's own model by
 # tools/edgenext_ref.py (tests/fixtures/%s.*; docs/models.md "EdgeNeXt").

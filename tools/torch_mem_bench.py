@@ -9,7 +9,7 @@ it, /proc/self/clear_refs) minus the resident memory of the runtime alone (after
 torch` and one small convolution forward/backward, so the kernels' libraries are loaded,
 before the model exists). Prints "train_bytes N".
 
-Needs torch and libconf (a venv: python3 -m venv --system-site-packages; pip install libconf).
+Needs torch and libconf (Debian: apt-get install python3-torch python3-libconf).
 """
 import argparse
 import os
@@ -19,6 +19,14 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+try:  # torch_ref writes fixtures with safetensors; building a network does not need it
+    import safetensors.numpy  # noqa: F401
+except ImportError:  # Debian has no python3-safetensors: a stand-in that is never called
+    import types
+    stub = types.ModuleType("safetensors.numpy")
+    stub.save_file = None
+    sys.modules["safetensors"] = types.ModuleType("safetensors")
+    sys.modules["safetensors.numpy"] = stub
 import torch_ref  # noqa: E402
 
 

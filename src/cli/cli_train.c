@@ -222,10 +222,14 @@ static int summary_memory(camo_config *c, camo_net *net, int quiet) {
     size_t fixed = camo_replica_mem_fixed(&m), per = camo_replica_mem_per_image(&m);
     snprintf(note, sizeof note, "= %.2f MiB + %d x %.2f MiB per image", mib(fixed), L, mib(per));
     mem_line("total", fixed + (size_t)L * per, note);
-    if (!c->model_only && c->eval.every > 0 && c->eval.batch > L) /* evaluate.c grows net */
-        printf("  replica 0 evaluates at eval.batch = %d: its activations grow to that batch, "
-               "%.2f MiB in all\n", c->eval.batch, mib(fixed + (size_t)L * m.targets_img +
-               (size_t)c->eval.batch * (camo_net_mem_per_image(&m.net) + m.targets_img)));
+    if (!c->model_only && c->eval.every > 0 && c->eval.batch > L) { /* camo_net_set_eval_size */
+        size_t E = (size_t)c->eval.batch, arena = CAMO_MAX((size_t)L * m.net.arena_img,
+                                                           E * m.net.eval_arena_img);
+        printf("  replica 0 evaluates at eval.batch = %d (forward only: %.2f MiB per image in "
+               "the shared arena): %.2f MiB in all\n", c->eval.batch,
+               mib(m.net.eval_arena_img), mib(fixed + (size_t)L * m.targets_img + arena +
+               E * (m.net.input_img + m.net.scratch_img + m.targets_img)));
+    }
     printf("  not counted: backend workspaces (the CPU's im2col buffer, cuDNN's, cuBLAS's: "
            "camotrain profile measures peaks), comm buffers, host memory (loader, data.cache)\n");
     return 0;

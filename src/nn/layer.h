@@ -81,6 +81,7 @@ struct camo_layer {
         } resize;
         struct { camo_bcast mode; } mul;
         struct { int heads; float *P, *work; } attn; /* P: (N, heads, L, S) probabilities */
+        struct { float init; } scale;  /* layer_scale: gamma's initial value */
         struct {
             int heads;
             float *P, *G;          /* (N, heads, D, D): probabilities, cosines */

@@ -151,7 +151,9 @@ void camo_net_init_weights(camo_net *net, uint64_t seed) {
         const camo_layer *l = &net->layers[p->layer];
         size_t nlen = strlen(p->name);
         int is_bias = nlen >= 4 && strcmp(p->name + nlen - 4, "bias") == 0;
-        if (l->type == CAMO_LAYER_CONV2D) {
+        if (l->type == CAMO_LAYER_LAYER_SCALE) {
+            fill_host(h, p->numel, l->u.scale.init);
+        } else if (l->type == CAMO_LAYER_CONV2D) {
             float bound = 1.0f / sqrtf((float)p->fan_in);
             uint64_t key = seed * 0x9E3779B97F4A7C15ull ^ camo_fnv1a(p->name);
             for (size_t j = 0; j < p->numel; j++)
@@ -236,6 +238,12 @@ size_t camo_net_param_count(const camo_net *net) {
 
 /* ---- activations: one planned arena (net_plan.h) ---- */
 
+static void free_plan(camo_plan **p) {
+    if (*p) camo_plan_free(*p);
+    free(*p);
+    *p = NULL;
+}
+
 static void release_activations(camo_net *net) {
     for (int i = 0; i < net->n_layers; i++) {
         camo_layer *l = &net->layers[i];
@@ -245,14 +253,26 @@ static void release_activations(camo_net *net) {
     LAYER_DROP(net, net->arena);
     LAYER_DROP(net, net->input);
     LAYER_DROP(net, net->dinput);
-    if (net->plan) camo_plan_free(net->plan);
-    free(net->plan);
-    net->plan = NULL;
+    free_plan(&net->plan);
+    free_plan(&net->plan_eval);
+    net->eval_active = 0;
 }
 
-/* layer i's tensor of kind k for the current N */
+/* layer i's tensor of kind k under the plan the layers follow now (NULL: it has none) */
 static float *plan_ptr(const camo_net *net, int i, int k) {
-    return net->arena + (size_t)net->N * plan_offset(net->plan, i, k);
+    const camo_plan *p = net->eval_active ? net->plan_eval : net->plan;
+    size_t n = (size_t)(net->eval_active ? net->N_eval : net->N_train);
+    return plan_has(p, i, k) ? net->arena + n * plan_offset(p, i, k) : NULL;
+}
+
+/* Point every layer at its output and gradient under the training plan (eval = 0) or the
+ * evaluation plan (1): the arena is shared, so switching only moves pointers. */
+static void point_layers(camo_net *net, int eval) {
+    net->eval_active = eval;
+    for (int i = 0; i < net->n_layers; i++) {
+        net->layers[i].out = plan_ptr(net, i, PLAN_OUT);
+        net->layers[i].dout = plan_ptr(net, i, PLAN_GRAD);
+    }
 }
 
 static int infer_layers(camo_net *net) {
@@ -261,14 +281,19 @@ static int infer_layers(camo_net *net) {
     return 0;
 }
 
-int camo_net_set_input_size(camo_net *net, int N, int H, int W) {
-    if (net->input && N == net->N && H == net->H && W == net->W) return 0;
-    if (N < 1 || H < 1 || W < 1) {
-        CAMO_ERR("%s: invalid input size %dx%dx%d", net->source, N, H, W);
-        return -1;
-    }
+static int make_plan(camo_net *net, camo_plan **p, int inference) {
+    *p = camo_calloc(1, sizeof **p);
+    return camo_plan_make(net, net->lean, net->plan_plain, inference, *p);
+}
+
+/* Buffers for training batches of up to N_train images and, when N_eval > 0, evaluation
+ * batches of up to N_eval (forward only, its own plan in the same arena); layer scratch
+ * for the larger. 0, or -1 + error (everything released). */
+static int size_buffers(camo_net *net, int N_train, int N_eval, int H, int W) {
     release_activations(net);
-    net->N = N; net->H = H; net->W = W;
+    int N = CAMO_MAX(N_train, N_eval);
+    net->N = N, net->N_train = N_train, net->N_eval = N_eval;
+    net->H = H, net->W = W;
     size_t in_bytes = (size_t)N * H * W * net->input_channels * sizeof(float);
     net->input = layer_alloc(net, in_bytes);
     net->dinput = layer_alloc(net, in_bytes);
@@ -276,28 +301,46 @@ int camo_net_set_input_size(camo_net *net, int N, int H, int W) {
     net->poison = getenv("CAMO_POISON") && atoi(getenv("CAMO_POISON")) > 0;
     net->plan_plain = getenv("CAMO_PLAN") && strcmp(getenv("CAMO_PLAN"), "plain") == 0;
     size_t start = net->alloc_bytes;
-    net->plan = camo_calloc(1, sizeof *net->plan);
-    if (infer_layers(net) != 0 || camo_plan_make(net, net->lean, net->plan_plain, net->plan) != 0) {
+    if (infer_layers(net) != 0 || make_plan(net, &net->plan, 0) != 0 ||
+        (N_eval > 0 && make_plan(net, &net->plan_eval, 1) != 0)) {
         release_activations(net);
-        net->N = 0;
+        net->N = net->N_train = net->N_eval = 0;
         return -1;
     }
     net->mem_scratch = net->alloc_bytes - start; /* what infer took */
-    net->mem_arena = (size_t)N * net->plan->arena_img * sizeof(float);
+    size_t train = (size_t)N_train * net->plan->arena_img;
+    size_t eval = N_eval > 0 ? (size_t)N_eval * net->plan_eval->arena_img : 0;
+    net->mem_arena = CAMO_MAX(train, eval) * sizeof(float);
     net->arena = layer_alloc(net, net->mem_arena ? net->mem_arena : sizeof(float));
-    for (int i = 0; i < net->n_layers; i++) {
-        net->layers[i].out = plan_ptr(net, i, PLAN_OUT);
-        net->layers[i].dout = plan_ptr(net, i, PLAN_GRAD);
-    }
+    point_layers(net, 0);
     return 0;
 }
 
-/* a change of plan: the next set_input_size makes a new one */
+int camo_net_set_input_size(camo_net *net, int N, int H, int W) {
+    if (net->input && N == net->N_train && !net->N_eval && H == net->H && W == net->W)
+        return 0;
+    if (N < 1 || H < 1 || W < 1) {
+        CAMO_ERR("%s: invalid input size %dx%dx%d", net->source, N, H, W);
+        return -1;
+    }
+    return size_buffers(net, N, 0, H, W);
+}
+
+int camo_net_set_eval_size(camo_net *net, int B, int H, int W) {
+    if (net->input && B == net->N_eval && H == net->H && W == net->W) return 0;
+    if (B < 1 || H < 1 || W < 1) {
+        CAMO_ERR("%s: invalid evaluation size %dx%dx%d", net->source, B, H, W);
+        return -1;
+    }
+    /* another image size: the training batch is sized for it too, as before; a net that
+     * only evaluates (camotrain eval) has no room for training at all */
+    return size_buffers(net, net->input ? net->N_train : 0, B, H, W);
+}
+
+/* a change of plan: the buffers are made again for the same sizes */
 static int replan(camo_net *net) {
     if (!net->input) return 0;
-    int N = net->N, H = net->H, W = net->W;
-    release_activations(net);
-    return camo_net_set_input_size(net, N, H, W);
+    return size_buffers(net, net->N_train, net->N_eval, net->H, net->W);
 }
 
 int camo_net_keep_layer(camo_net *net, int i) {
@@ -367,7 +410,7 @@ int camo_net_set_checkpointing(camo_net *net, int on) {
 /* Sizes at 1 and 2 images: a (per image) and b (fixed) of every a*N + b. */
 int camo_net_memory(camo_net *net, camo_net_mem *m) {
     memset(m, 0, sizeof *m);
-    int N = net->N, H = net->H, W = net->W;
+    int N = net->N_train, H = net->H, W = net->W;
     if (!net->input) {
         CAMO_ERR("%s: camo_net_memory before camo_net_set_input_size", net->source);
         return -1;
@@ -375,10 +418,15 @@ int camo_net_memory(camo_net *net, camo_net_mem *m) {
     size_t nw = net->n_weight_floats, nb = net->n_buffer_floats;
     m->weights = m->grads = (nw ? nw : 1) * sizeof(float); /* as net_alloc_params asks */
     m->buffers = (nb ? nb : 1) * sizeof(float);
+    int N_eval = net->N_eval;
     if (camo_net_set_input_size(net, 1, H, W)) return -1;
     size_t s1 = net->mem_scratch;
     if (camo_net_set_input_size(net, 2, H, W)) return -1;
     const camo_plan *p = net->plan;
+    camo_plan ev;
+    if (camo_plan_make(net, net->lean, net->plan_plain, 1, &ev)) return -1;
+    m->eval_arena_img = ev.arena_img * sizeof(float);
+    camo_plan_free(&ev);
     m->input_img = 2 * (size_t)H * W * net->input_channels * sizeof(float);
     m->arena_img = p->arena_img * sizeof(float);
     m->kept_img = p->kept_img * sizeof(float);
@@ -386,7 +434,7 @@ int camo_net_memory(camo_net *net, camo_net_mem *m) {
     m->plain_img = p->plain_img * sizeof(float);
     m->scratch_img = net->mem_scratch - s1;
     m->scratch_fixed = 2 * s1 - net->mem_scratch;
-    return camo_net_set_input_size(net, N, H, W);
+    return size_buffers(net, N, N_eval, H, W);
 }
 
 /* ---- forward / backward ---- */
@@ -400,11 +448,12 @@ static int layer_rows(const camo_net *net, const camo_layer *l, int n) {
 /* CAMO_POISON: NaN into every slot whose life ended at time t (not the outputs', which
  * live to the end of the step) */
 static void poison_dead(camo_net *net, int t) {
-    const camo_plan *p = net->plan;
+    const camo_plan *p = net->eval_active ? net->plan_eval : net->plan;
+    size_t count = (size_t)(net->eval_active ? net->N_eval : net->N_train);
     for (int s = 0; s < p->n_slots; s++) {
         if (p->slot_death[s] != t || t >= p->steps - 1) continue;
-        size_t n = (size_t)net->N * p->slot_size[s];
-        float *x = net->arena + (size_t)net->N * p->slot_off[s];
+        size_t n = count * p->slot_size[s];
+        float *x = net->arena + count * p->slot_off[s];
         net->be->zero(net->be, x, n * sizeof(float));
         net->be->scale(net->be, n, NAN, x);
     }
@@ -412,6 +461,10 @@ static void poison_dead(camo_net *net, int t) {
 
 void camo_net_forward(camo_net *net, int n, int training) {
     CAMO_ASSERT(net->input && n >= 1 && n <= net->N);
+    /* evaluation batches use the forward-only plan once camo_net_set_eval_size made one */
+    int eval = !training && net->plan_eval && n <= net->N_eval;
+    CAMO_ASSERT(eval || n <= net->N_train);
+    if (eval != net->eval_active) point_layers(net, eval);
     net->training = training;
     for (int i = 0; i < net->n_layers; i++) {
         camo_layer *l = &net->layers[i];
@@ -428,8 +481,10 @@ static int is_output_layer(const camo_net *net, int i) {
     return 0;
 }
 
+/* a layer's output or gradient under the plan the layers follow now */
 static size_t layer_bytes(const camo_net *net, const camo_layer *l) {
-    return (size_t)net->N * l->H * l->W * l->C * sizeof(float);
+    size_t n = (size_t)(net->eval_active ? net->N_eval : net->N_train);
+    return n * l->H * l->W * l->C * sizeof(float);
 }
 
 void camo_net_zero_act_grads(camo_net *net) {
@@ -483,6 +538,7 @@ static void backward_prepare(camo_net *net, int t, int n) {
 }
 
 void camo_net_backward(camo_net *net, int n) {
+    CAMO_ASSERT(!net->eval_active && n <= net->N_train); /* the evaluation plan keeps nothing */
     mark_requires_grad(net);
     int L = net->n_layers;
     for (int i = L - 1; i >= 0; i--) {

@@ -94,8 +94,11 @@ typedef struct camo_net {
     char group_name[16][32];
     char *group_prefixes[16];   /* comma-separated prefixes */
 
-    /* geometry the activations are allocated for */
+    /* geometry the activations are allocated for: N = max(N_train, N_eval) images (layer
+     * scratch, the input); training batches up to N_train, evaluation batches (forward
+     * only, their own plan: camo_net_set_eval_size) up to N_eval (0 = none) */
     int N, H, W;
+    int N_train, N_eval;
     float *input;               /* (N, H, W, input_channels), backend memory */
     int training;
     int want_input_grad;        /* tests: compute the input image's gradient */
@@ -127,7 +130,9 @@ typedef struct camo_net {
      * overlap (net_plan.h). lean: batch norms and activations are recomputed in backward
      * instead of kept (train.memory = "lean"). poison: every tensor is filled with NaN when
      * its life ends, so a read after that shows (CAMO_POISON=1, tests). */
-    camo_plan *plan;
+    camo_plan *plan;            /* training: forward and backward */
+    camo_plan *plan_eval;       /* evaluation: forward only (NULL until set_eval_size) */
+    int eval_active;            /* the layers' pointers follow plan_eval */
     float *arena;
     int lean, poison;
     char *checkpoint_blocks;    /* network file's checkpoint_blocks patterns, comma-joined */
@@ -152,6 +157,12 @@ void camo_net_free(camo_net *net);
 /* Shape inference and activation allocation for batches of up to N images of H x W.
  * Returns 0, or non-zero with an error naming the layer on a shape mismatch. */
 int camo_net_set_input_size(camo_net *net, int N, int H, int W);
+/* Room for evaluation batches of up to B images of H x W besides the training batch:
+ * forward-only (training = 0) batches of up to B images then use their own plan, in which
+ * an output lives only until its last reader, in the same arena (max of the two plans).
+ * Another H x W re-sizes the training batch too; on a net without buffers yet, there is
+ * no room for training (N_train = 0). 0, or -1 + error. */
+int camo_net_set_eval_size(camo_net *net, int B, int H, int W);
 /* Keep layer i's output valid after forward and backward (it is otherwise reused once its
  * readers are done): for tests and tools that read inner layers. Re-plans the arena. */
 int camo_net_keep_layer(camo_net *net, int i);
@@ -210,6 +221,7 @@ typedef struct camo_net_mem {
                                           activation gradients (net_plan.h) */
     size_t kept_img, grad_peak_img;    /* of which alive at the loss; gradients' peak */
     size_t plain_img;                  /* what every tensor in its own buffer would take */
+    size_t eval_arena_img;             /* per image: the evaluation (forward-only) plan's */
     size_t scratch_img, scratch_fixed; /* layer scratch: per image (max-pool indices, LN
                                           statistics), fixed (BN statistics) */
 } camo_net_mem;

@@ -672,14 +672,18 @@ static int parse_xca(parser *P, const config_setting_t *s, const char *name, con
 }
 
 /* layer_scale: y = x * gamma (C); the parameter is named as the layer itself (timm's bare
- * block parameters `gamma`, `gamma_xca`) */
+ * block parameters `gamma`, `gamma_xca`); init: gamma's initial value (timm's
+ * ls_init_value; default 1) */
 static int parse_layer_scale(parser *P, const config_setting_t *s, const char *name,
                              const int *in, int n_in, int arg) {
-    static const char *const keys[] = {"name", "type", "from", NULL};
+    static const char *const keys[] = {"name", "type", "from", "init", NULL};
     (void)n_in, (void)arg;
     if (check_keys(P, s, keys)) return -3;
+    double init = 1.0;
+    if (cfg_float(s, "init", &init) < 0) return -3;
     int C = channels_of(P, in[0]);
     int li = new_layer(P, CAMO_LAYER_LAYER_SCALE, name, in, 1, C);
+    P->net->layers[li].u.scale.init = (float)init;
     int64_t sh[1] = {C};
     camo_param *g = add_param(P, "gamma", CAMO_PARAM_WEIGHT, 1, sh);
     snprintf(g->name, sizeof g->name, "%s", name);

@@ -36,8 +36,8 @@ typedef struct {
     int *fwd_last, *consumers, *bwd_first, *bwd_last, *pinned;
 } plan_uses;
 
-/* Who reads each output, in forward and in backward. */
-static void find_uses(const camo_net *net, plan_uses *u) {
+/* Who reads each output, in forward and in backward (inference: forward only). */
+static void find_uses(const camo_net *net, int inference, plan_uses *u) {
     int L = net->n_layers;
     for (int i = 0; i < L; i++) {
         u->fwd_last[i] = i;
@@ -47,7 +47,7 @@ static void find_uses(const camo_net *net, plan_uses *u) {
     }
     for (int j = 0; j < L; j++) {
         const camo_layer *l = &net->layers[j];
-        unsigned saves = layer_saves(net, l);
+        unsigned saves = inference ? 0 : layer_saves(net, l);
         int tb = t_backward(L, j);
         for (int k = 0; k < l->n_in; k++) {
             int p = l->in[k];
@@ -102,11 +102,16 @@ static void output_lives(const camo_net *net, const plan_uses *u, int lean, camo
 }
 
 /* A gradient is born when its last consumer's backward first adds to it (an output's at
- * the loss) and dies after its own layer's backward read it. */
-static void grad_lives(const camo_net *net, const plan_uses *u, camo_plan *p) {
+ * the loss) and dies after its own layer's backward read it. Inference: the outputs' only,
+ * written by the loss and read by no one. */
+static void grad_lives(const camo_net *net, const plan_uses *u, int inference, camo_plan *p) {
     int L = net->n_layers;
     for (int i = 0; i < L; i++) {
         plan_life *g = &p->life[i][PLAN_GRAD];
+        if (inference) {
+            g->birth = is_output(net, i) ? L : 1, g->death = is_output(net, i) ? L : 0;
+            continue;
+        }
         g->death = t_backward(L, i);
         if (is_output(net, i)) g->birth = L;
         else g->birth = t_backward(L, u->consumers[i] ? u->fwd_last[i] : i);
@@ -214,7 +219,7 @@ static void plan_figures(const camo_net *net, camo_plan *p) {
     for (int i = 0; i < L; i++) p->plain_img += 2 * layer_size_img(&net->layers[i]);
 }
 
-int camo_plan_make(const camo_net *net, int lean, int plain, camo_plan *p) {
+int camo_plan_make(const camo_net *net, int lean, int plain, int inference, camo_plan *p) {
     memset(p, 0, sizeof *p);
     int L = net->n_layers;
     p->n_layers = L;
@@ -231,11 +236,13 @@ int camo_plan_make(const camo_net *net, int lean, int plain, camo_plan *p) {
     int *mem = camo_calloc(5 * (size_t)L, sizeof(int));
     u.fwd_last = mem, u.consumers = mem + L, u.bwd_first = mem + 2 * L;
     u.bwd_last = mem + 3 * L, u.pinned = mem + 4 * L;
-    find_uses(net, &u);
+    find_uses(net, inference, &u);
+    if (inference) lean = 0; /* nothing is read back: nothing to recompute */
     if (plain) /* every output pinned: no early end, nothing shared in place or recomputed */
         for (int i = 0; i < L; i++) u.pinned[i] = 1;
     output_lives(net, &u, lean, p);
-    grad_lives(net, &u, p);
+    if (inference) memset(p->recompute, 0, (size_t)L * sizeof(int)); /* no backward */
+    grad_lives(net, &u, inference, p);
     assign_slots(net, &u, p);
     place_slots(p, plain);
     plan_figures(net, p);

@@ -51,8 +51,10 @@ typedef struct camo_plan {
 /* Make the plan for the network's current shapes (after every layer's infer). lean:
  * recompute batch norms and activations in backward; plain: no sharing at all (every
  * tensor its own memory, nothing in place or recomputed: the reference the tests compare
- * the plan with). 0, or -1 + error. */
-int camo_plan_make(const camo_net *net, int lean, int plain, camo_plan *p);
+ * the plan with); inference: forward only (evaluation): an output lives to its last
+ * forward reader, and only the network outputs have gradients (the loss writes them).
+ * 0, or -1 + error. */
+int camo_plan_make(const camo_net *net, int lean, int plain, int inference, camo_plan *p);
 void camo_plan_free(camo_plan *p);
 
 /* The life of layer i's tensor of kind k exists. */

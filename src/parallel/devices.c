@@ -295,9 +295,9 @@ int camo_devices_prepare(const camo_devices *d, camo_net *net, const int *batche
     int size = d->n * CAMO_MAX(1, d->procs); /* rank is global: slices of every process */
     int k = local_batches(batches, n_batches, sync_bn, n_images, rank, size, sizes, cap);
     for (int i = 0; i < k; i++)
-        if (sizes[i] <= net->N) run_convs(net, sizes[i], 0);
+        if (sizes[i] <= net->N_train) run_convs(net, sizes[i], 0);
     int largest = k ? sizes[0] : 0;
-    for (int m = 1; m <= CAMO_MIN(largest, net->N); m++) run_convs(net, m, 1);
+    for (int m = 1; m <= CAMO_MIN(largest, net->N_train); m++) run_convs(net, m, 1);
     free(sizes);
     camo_net_zero_param_grads(net);
     camo_net_zero_act_grads(net);

@@ -203,7 +203,7 @@ int camo_evaluate_full(camo_net *net, const camo_config *c, camo_dataset *ds, in
     out->classes = K;
     camo_augment aug = c->data.aug;
     aug.train = 0;
-    if ((B > net->N || S != net->H) && camo_net_set_input_size(net, B, S, S)) return -1;
+    if (camo_net_set_eval_size(net, B, S, S)) return -1; /* forward-only plan: small */
     camo_loader *L = camo_loader_create_ex(ds, &aug, workers, B, 2,
                                            &(camo_loader_opts){.keep_gt = 1});
     int *order = camo_malloc((size_t)n * sizeof(int));
