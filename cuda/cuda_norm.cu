@@ -8,38 +8,51 @@
 
 /* ---- batch norm ---- */
 
-static void cu_bn_stats(camo_backend *be, int M, int C, float *stats, const float *x) {
-    cu_colsum<2>(
+/* the two passes of cpu_bn_stats: sum x, then sum (x - mean)^2 (exact difference in double) */
+static void cu_bn_stats(camo_backend *be, int M, int C, float *stats, const float *x,
+                        const float *mean) {
+    if (!mean) {
+        cu_colsum<1>(
+            be, M, C, [=] __device__(int m, int c, double *acc) { acc[0] += x[(size_t)m * C + c]; },
+            [=] __device__(int c, const double *s) { stats[c] = (float)s[0]; });
+        return;
+    }
+    cu_colsum<1>(
         be, M, C,
         [=] __device__(int m, int c, double *acc) {
-            float v = x[(size_t)m * C + c];
-            acc[0] += v;
-            acc[1] += (double)v * v;
+            double d = (double)x[(size_t)m * C + c] - mean[c];
+            acc[0] += d * d;
         },
-        [=] __device__(int c, const double *s) {
-            stats[c] = (float)s[0];
-            stats[C + c] = (float)s[1];
-        });
+        [=] __device__(int c, const double *s) { stats[C + c] = (float)s[0]; });
+}
+
+__global__ static void bn_mean_k(int C, const float *stats, double count, float *mean) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c < C) mean[c] = (float)(stats[c] / count);
+}
+
+static void cu_bn_mean(camo_backend *be, int C, const float *stats, double count,
+                       float *mean) {
+    bn_mean_k CU_LAUNCH(be, C)(C, stats, count, mean);
+    CU_LAUNCHED(be);
 }
 
 __global__ static void bn_finalize_k(int C, const float *stats, double count, float eps,
-                                     float momentum, float *mean, float *invstd, float *rm,
-                                     float *rv) {
+                                     float momentum, const float *mean, float *invstd,
+                                     float *rm, float *rv) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
-    double mu = stats[c] / count, var = stats[C + c] / count - mu * mu;
-    if (var < 0) var = 0;
-    mean[c] = (float)mu;
+    double var = stats[C + c] / count;
     invstd[c] = (float)(1.0 / sqrt(var + eps));
     if (rm) {
         double unbiased = count > 1 ? var * count / (count - 1) : var;
-        rm[c] = (float)((1.0 - momentum) * rm[c] + momentum * mu);
+        rm[c] = (float)((1.0 - momentum) * rm[c] + momentum * mean[c]);
         rv[c] = (float)((1.0 - momentum) * rv[c] + momentum * unbiased);
     }
 }
 
 static void cu_bn_finalize(camo_backend *be, int C, const float *stats, double count,
-                           float eps, float momentum, float *mean, float *invstd,
+                           float eps, float momentum, const float *mean, float *invstd,
                            float *running_mean, float *running_var) {
     bn_finalize_k CU_LAUNCH(be, C)(C, stats, count, eps, momentum, mean, invstd, running_mean,
                                 running_var);
@@ -211,6 +224,7 @@ static void cu_layernorm_backward(camo_backend *be, int M, int C, float *dx, flo
 
 extern "C" void cuda_register_norm(camo_backend *be) {
     be->bn_stats = cu_bn_stats;
+    be->bn_mean = cu_bn_mean;
     be->bn_finalize = cu_bn_finalize;
     be->bn_eval_params = cu_bn_eval_params;
     be->bn_apply = cu_bn_apply;

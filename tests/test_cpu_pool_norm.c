@@ -36,14 +36,22 @@ typedef struct {
     int eval;
 } bn_ctx;
 
+/* the training forward's statistics: sum x -> mean -> sum (x - mean)^2 -> finalize */
+static void bn_batch_stats(const float *x, int M, float *stats, float *mean, float *invstd,
+                           float *rm, float *rv) {
+    be->bn_stats(be, M, BN_C, stats, x, NULL);
+    be->bn_mean(be, BN_C, stats, M, mean);
+    be->bn_stats(be, M, BN_C, stats, x, mean);
+    be->bn_finalize(be, BN_C, stats, M, 1e-5f, 0.1f, mean, invstd, rm, rv);
+}
+
 /* training: stats -> finalize -> apply; eval: eval_params -> apply */
 static void bn_fwd(void *p) {
     bn_ctx *b = p;
     if (b->eval) {
         be->bn_eval_params(be, BN_C, b->rm, b->rv, 1e-5f, b->mean, b->invstd);
     } else {
-        be->bn_stats(be, BN_M, BN_C, b->stats, b->x);
-        be->bn_finalize(be, BN_C, b->stats, BN_M, 1e-5f, 0.1f, b->mean, b->invstd, NULL, NULL);
+        bn_batch_stats(b->x, BN_M, b->stats, b->mean, b->invstd, NULL, NULL);
     }
     be->bn_apply(be, BN_M, BN_C, b->y, b->x, b->mean, b->invstd, b->gamma, b->beta);
 }
@@ -80,8 +88,7 @@ static void test_bn_train_forward(void **state) {
         rm[c] = (float)(0.9 * rm[c] + 0.1 * mu);
         rv[c] = (float)(0.9 * rv[c] + 0.1 * v * BN_M / (BN_M - 1)); /* unbiased */
     }
-    be->bn_stats(be, BN_M, BN_C, b.stats, b.x);
-    be->bn_finalize(be, BN_C, b.stats, BN_M, 1e-5f, 0.1f, b.mean, b.invstd, b.rm, b.rv);
+    bn_batch_stats(b.x, BN_M, b.stats, b.mean, b.invstd, b.rm, b.rv);
     be->bn_apply(be, BN_M, BN_C, b.y, b.x, b.mean, b.invstd, b.gamma, b.beta);
     TU_ASSERT_CLOSE(b.mean, rmean, BN_C, 1.0, 1e-5, "bn mean");
     TU_ASSERT_CLOSE(b.invstd, rinv, BN_C, 1.0, 1e-5, "bn invstd");
@@ -89,11 +96,15 @@ static void test_bn_train_forward(void **state) {
     TU_ASSERT_CLOSE(b.rm, rm, BN_C, 1.0, 1e-6, "bn running_mean");
     TU_ASSERT_CLOSE(b.rv, rv, BN_C, 1.0, 1e-5, "bn running_var");
 
-    /* sync-BN: stats of two replicas' halves, added, finalize to the same statistics */
+    /* sync-BN: each pass's sums of two replicas' halves, added, give the same statistics */
     float s1[2 * BN_C], s2[2 * BN_C], mean2[BN_C], inv2[BN_C];
-    be->bn_stats(be, 30, BN_C, s1, b.x);
-    be->bn_stats(be, BN_M - 30, BN_C, s2, b.x + 30 * BN_C);
-    for (int i = 0; i < 2 * BN_C; i++) s1[i] += s2[i];
+    be->bn_stats(be, 30, BN_C, s1, b.x, NULL);
+    be->bn_stats(be, BN_M - 30, BN_C, s2, b.x + 30 * BN_C, NULL);
+    for (int i = 0; i < BN_C; i++) s1[i] += s2[i];
+    be->bn_mean(be, BN_C, s1, BN_M, mean2);
+    be->bn_stats(be, 30, BN_C, s1, b.x, mean2);
+    be->bn_stats(be, BN_M - 30, BN_C, s2, b.x + 30 * BN_C, mean2);
+    for (int i = BN_C; i < 2 * BN_C; i++) s1[i] += s2[i];
     be->bn_finalize(be, BN_C, s1, BN_M, 1e-5f, 0.1f, mean2, inv2, NULL, NULL);
     TU_ASSERT_CLOSE(mean2, rmean, BN_C, 1.0, 1e-5, "bn split mean");
     TU_ASSERT_CLOSE(inv2, rinv, BN_C, 1.0, 1e-5, "bn split invstd");

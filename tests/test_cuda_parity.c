@@ -156,7 +156,9 @@ static void test_batchnorm(void **state) {
     for (int k = 0; k < 2; k++) {
         camo_backend *be = bes[k];
 #define P(t) (k ? (t).g : (t).c)
-        be->bn_stats(be, M, C, P(stats), P(x));
+        be->bn_stats(be, M, C, P(stats), P(x), NULL);
+        be->bn_mean(be, C, P(stats), count, P(mean));
+        be->bn_stats(be, M, C, P(stats), P(x), P(mean));
         be->bn_finalize(be, C, P(stats), count, 1e-5f, 0.1f, P(mean), P(inv), P(rm), P(rv));
         be->bn_apply(be, M, C, P(y), P(x), P(mean), P(inv), P(gam), P(bet));
         be->bn_backward_reduce(be, M, C, P(sums), P(dy), P(x), P(mean), P(inv));
@@ -459,7 +461,8 @@ static void test_empty_slice(void **state) {
     gpu->loss_bce_logits(gpu, 0, 16, 16, loss, x, x, x, 1);
     gpu->loss_dice(gpu, 0, 16, 16, loss, x, x, x, 1);
     gpu->loss_cross_entropy(gpu, 0, 16, 16, 3, loss, x, x, (int *)x, 255, 1);
-    gpu->bn_stats(gpu, 0, 6, x, x);
+    gpu->bn_stats(gpu, 0, 6, x, x, NULL);
+    gpu->bn_stats(gpu, 0, 6, x, x, x);
     gpu->download(gpu, &v, loss, 4);
     assert_int_equal(camo_cuda_backend_status(gpu), 0);
     assert_true(v == 0);
@@ -535,7 +538,9 @@ static void test_norm_null(void **state) {
     for (int k = 0; k < 2; k++) {
         camo_backend *be = bes[k];
 #define P(t) (k ? (t).g : (t).c)
-        be->bn_stats(be, M, C, P(stats), P(x));
+        be->bn_stats(be, M, C, P(stats), P(x), NULL);
+        be->bn_mean(be, C, P(stats), M, P(mean));
+        be->bn_stats(be, M, C, P(stats), P(x), P(mean));
         be->bn_finalize(be, C, P(stats), M, 1e-5f, 0.1f, P(mean), P(inv), NULL, NULL);
         be->bn_apply(be, M, C, P(y), P(x), P(mean), P(inv), NULL, NULL);
         be->bn_backward_reduce(be, M, C, P(sums), P(dy), P(x), P(mean), P(inv));

@@ -12,17 +12,22 @@ the file's layers, and must have the same parameter names and shapes as the file
 
 Parameters and the input get the closed-form values of docs/models.md (computed in float64,
 rounded to float32). The forward pass (train mode, or eval with --eval) and the backward
-pass (upstream gradient of every output from the closed-form rule) run in float64 on those
-float32 values; the results are rounded to float32 and saved, so the reference's own
-rounding error is negligible. A float32 run is made too and its error against the float64
-reference is printed: it shows how much a correct float32 implementation may differ.
+pass (upstream gradient of every output from the closed-form rule; in train mode plus
+balance_weight * L_bal of every `moe` block over the batch's images, which the C test arms
+with camo_moe_set_balance_norm(net, N)) run in float64 on those float32 values; the results
+are rounded to float32 and saved, so the reference's own rounding error is negligible. A
+float32 run is made too and its error against the float64 reference is printed: it shows how
+much a correct float32 implementation may differ.
 
 Fixture contents (PyTorch layout, F32): `input`, `output.<o>` per output, `dinput`,
 `grad.<param>` (params of at most S values) or `gradsample.<param>` (values at flat
 indices (k*2654435761) mod numel, k = 0..S-1) + `gradsumsq.<param>` (shape [1]),
 `buffer.<name>` (BN running_mean / running_var after the forward pass); S = 4096, or the
 fixture's `samples` metadata (FIXTURE_SAMPLES: fewer, to keep a big network's file small).
-Metadata: config (path relative to the repository root), batch, height, width, training.
+Metadata: config (path relative to the repository root), batch, height, width, training,
+kink_margin; with a moe block route_margin (the smallest gap between a selected and an
+unselected gate probability of one image: the input is drawn again below ROUTE_MARGIN) and
+balance_loss.
 
 Regenerate (from the repository root; CI does not need PyTorch, the fixtures are committed):
     pip install torch safetensors libconf numpy
@@ -117,6 +122,11 @@ FIXTURES = [
      "tests/fixtures/segformer_b1.safetensors", "segformer_b1"),
     ("tests/fixtures/segformer_b2.cfg", 2, 64, 64, True,
      "tests/fixtures/segformer_b2.safetensors", "segformer_b2"),
+    # CamoXpert, the whole network (EdgeNeXt-small encoder, SDTA enhancement, decoder, the
+    # 7-expert top-4 moe block with its balancing loss, three outputs) interpreted from
+    # tests/fixtures/camoxpert_small.cfg less its stochastic depth (DERIVED), in train mode.
+    ("tests/fixtures/camoxpert_small_ref.cfg", 2, 64, 64, True,
+     "tests/fixtures/camoxpert_small.safetensors"),
 ]
 
 # Fixtures with fewer gradient samples than SAMPLES (written as `samples` metadata): mit-b2's
@@ -148,11 +158,25 @@ def segformer_no_drop_path(src, dst):
                 % (src, dst[:-len(".cfg")] + ".safetensors") + text)
 
 
+def no_drop_path(src, dst):
+    """A network file with every drop_path p = 0 (tests/fixtures/camoxpert_small_ref.cfg:
+    the fixture compares deterministic passes; the moe block and its balance_weight stay)."""
+    import re
+    text, n = re.subn(r'(type = "drop_path"; p = )[0-9.eE+-]+;', r"\g<1>0.0;", open(src).read())
+    assert n > 0, src + ": no drop_path layer"
+    with open(dst, "w") as f:
+        f.write("# written by tools/torch_ref.py from %s: every drop_path p = 0, for the\n"
+                "# deterministic comparison (%s)\n"
+                % (src, dst[:-len("_ref.cfg")] + ".safetensors") + text)
+
+
 # Fixture network files derived from another file before the fixture is made: path ->
 # (source, function(source, path)).
 DERIVED = {"tests/fixtures/segformer_%s.cfg" % v: ("conf/models/segformer_%s.cfg" % v,
                                                   segformer_no_drop_path)
            for v in ("b0", "b1", "b2")}
+DERIVED["tests/fixtures/camoxpert_small_ref.cfg"] = ("tests/fixtures/camoxpert_small.cfg",
+                                                     no_drop_path)
 
 
 # ---------------------------------------------------------------- closed-form values
@@ -250,6 +274,17 @@ def kink_margin(model, x):
     finally:
         h.remove()
     return worst[0]
+
+
+# A moe block's routing compares gate probabilities: a selected and an unselected p of one
+# image closer than ROUTE_MARGIN might swap in float32, so the input is drawn again then too.
+ROUTE_MARGIN = 1e-4
+
+
+def route_margin(model):
+    """Smallest gap between a selected and an unselected gate probability of one image over
+    the moe blocks of a GraphNet in its last forward (inf without any)."""
+    return min(getattr(model, "moe_margins", []) + [math.inf])
 
 
 def output_grad_value(oname, shape):
@@ -360,26 +395,95 @@ class GraphNet(nn.Module):
         super().__init__()
         self.in_ch = int(cfg.get("input_channels", 3))
         self.classes = int(cfg.get("classes", 1))
-        self.specs = []  # (name, type, inputs, fn) ; fn(list of tensors, outs dict) -> tensor
+        self.moe_terms = []  # (balance_weight, L_bal) of each moe block in the last forward
+        self.moe_margins = []  # each moe block's routing margin in the last forward
         chans = {"input": self.in_ch}
-        prev = "input"
-        for ls in cfg["layers"]:
-            name, typ = ls["name"], ls["type"]
-            assert name not in chans, "layer name used twice: " + name
-            ins = as_list(ls["from"]) if "from" in ls else [prev]
-            for s in ins:
-                assert s in chans, "unknown layer %r in %r" % (s, name)
-            cin = [chans[s] for s in ins]
-            cout, fn = self._build(name, typ, ls, cin)
-            chans[name] = cout
-            self.specs.append((name, typ, ins, fn))
-            prev = name
+        self.specs, prev = self._build_list(cfg["layers"], chans, "input")
         outs = cfg.get("outputs")
         if outs is None:
             outs = [{"name": "main", "layer": prev}]
         self.outputs = [(o["name"], o["layer"]) for o in outs]
         for _, lay in self.outputs:
             assert lay in chans, "unknown output layer " + lay
+
+    def _build_list(self, layers, chans, prev, scope="", scope_input=None):
+        """Specs of a layer list (name, type, inputs, fn); inside a moe expert (`scope`
+        NAME.experts.<e>.), names are the expert's own and "input" is scope_input."""
+        def full(s):
+            return scope_input if scope and s == "input" else scope + s
+        specs = []
+        for ls in layers:
+            name, typ = full(ls["name"]), ls["type"]
+            assert name not in chans, "layer name used twice: " + name
+            ins = [full(s) for s in as_list(ls["from"])] if "from" in ls else [prev]
+            for s in ins:
+                assert s in chans, "unknown layer %r in %r" % (s, name)
+            if scope and "like" in ls:
+                ls = dict(ls, like=full(ls["like"]))
+            cout, fn = self._build(name, typ, ls, [chans[s] for s in ins])
+            chans[name] = cout
+            specs.append((name, typ, ins, fn))
+            prev = name
+        return specs, prev
+
+    def _moe(self, name, ls, cin):
+        """camotrain's `moe` block (docs/models.md "Mixture of experts"), the same network as
+        tools/moe_ref.py's MoE written over the config: p = softmax(gate(mean over pixels)),
+        the top_k largest p per image (of equal values the lower index first), weights
+        renormalised over them; each expert runs on its routed images only and is added back
+        weighted. Records the balancing term K * sum_e f_e * P_e (f: routed fractions,
+        constants) and the routing margin (smallest gap between a selected and an unselected
+        p of one image)."""
+        K, k = int(ls["experts"]), int(ls["top_k"])
+        bw = float(ls.get("balance_weight", 0.01))
+        assert 1 <= k <= K <= 7
+        gate = self._register(name + ".gate", nn.Linear(cin[0], K))
+        experts, cout = [], None
+        for e in range(K):
+            scope = "%s.experts.%d." % (name, e)
+            chans = {scope + "dispatch": cin[0]}
+            specs, last = self._build_list(ls["expert"], chans, scope + "dispatch", scope,
+                                           scope + "dispatch")
+            assert cout in (None, chans[last]), "experts give different channel counts"
+            cout = chans[last]
+            experts.append((scope + "dispatch", specs, last))
+
+        def run_expert(e, x, o):
+            key, specs, last = experts[e]
+            loc = {key: x}
+            loc.update(o)  # (the outer maps stay readable, as resize's `like = "input"`)
+            loc[key] = x
+            for lname, _, ins, fn in specs:
+                loc[lname] = fn([loc[s] for s in ins], loc)
+            return loc[last]
+
+        def moe(xs, o):
+            x = xs[0]
+            p = torch.softmax(gate(x.mean(dim=(2, 3))), dim=-1)
+            pv = p.detach().cpu().numpy()
+            sel = torch.zeros_like(p)
+            margin = math.inf
+            for i in range(p.shape[0]):  # k passes, strict >: the lower index wins a tie
+                order = sorted(range(K), key=lambda e: (-pv[i, e], e))
+                sel[i, order[:k]] = 1
+                if k < K:
+                    margin = min(margin, float(pv[i, order[k - 1]] - pv[i, order[k]]))
+            kept = p * sel
+            w = kept / kept.sum(dim=-1, keepdim=True)
+            out = None
+            for e in range(K):
+                rows = sel[:, e].nonzero(as_tuple=True)[0]
+                if rows.numel() == 0:
+                    continue  # an idle expert runs neither way
+                y = w[rows, e].view(-1, 1, 1, 1) * run_expert(e, x.index_select(0, rows), o)
+                if out is None:
+                    out = torch.zeros((x.shape[0],) + tuple(y.shape[1:]), dtype=y.dtype)
+                out = out.index_add(0, rows, y)
+            f = sel.sum(dim=0) / (p.shape[0] * k)
+            self.moe_terms.append((bw, K * (f * p.mean(dim=0)).sum()))
+            self.moe_margins.append(margin)
+            return out
+        return cout, moe
 
     def _register(self, path, module):
         """Registers module at a dotted path, creating plain containers on the way."""
@@ -532,6 +636,8 @@ class GraphNet(nn.Module):
                 else (self._get(parent) if parent else self)
             holder.register_parameter(leaf, nn.Parameter(torch.ones(cin[0])))
             return cin[0], lambda xs, o: xs[0] * getattr(holder, leaf).view(1, -1, 1, 1)
+        if typ == "moe":
+            return self._moe(name, ls, cin)
         if typ == "slice":  # x[:, start:start+channels]
             s0 = int(ls.get("start", 0))
             n = int(ls.get("channels", cin[0] - s0))
@@ -557,6 +663,7 @@ class GraphNet(nn.Module):
             return False
 
     def forward(self, x):
+        self.moe_terms, self.moe_margins = [], []
         o = {"input": x}
         for name, _, ins, fn in self.specs:
             o[name] = fn([o[s] for s in ins], o)
@@ -576,6 +683,8 @@ def run(model, dtype, x, grads, training):
     xi = torch.tensor(x, dtype=dtype, requires_grad=True)
     outs = model(xi)
     total = sum((y * torch.tensor(g, dtype=dtype)).sum() for y, g in zip(outs, grads))
+    if training:  # + balance_weight * L_bal of every moe block (the C test arms it, norm N)
+        total = total + sum(bw * t for bw, t in getattr(model, "moe_terms", []))
     model.zero_grad(set_to_none=True)
     total.backward()
     res = {"out": [y.detach().float().numpy() for y in outs], "dinput": xi.grad.float().numpy()}
@@ -583,6 +692,7 @@ def run(model, dtype, x, grads, training):
                    for n, p in model.named_parameters()}
     res["buffer"] = {n: b.detach().float().numpy() for n, b in model.named_buffers()
                      if n.endswith(".running_mean") or n.endswith(".running_var")}
+    res["balance"] = [float(t) for _, t in getattr(model, "moe_terms", [])]
     return res
 
 
@@ -650,16 +760,21 @@ def make_fixture(config, batch, height, width, training, out, quiet=False, ref_n
     probe64 = build()
     probe64.load_state_dict(model.state_dict())
     probe64 = probe64.double().train(training)
-    best = (-1.0, 0)
+    best = (-1.0, 0, math.inf)
     for salt in range(KINK_TRIES):
-        margin = kink_margin(probe64, input_value((batch, model.in_ch, height, width), salt))
-        best = max(best, (margin, salt))
-        if margin >= KINK_MARGIN:
+        xs = input_value((batch, model.in_ch, height, width), salt)
+        margin = kink_margin(probe64, xs)
+        route = route_margin(probe64)  # (of kink_margin's forward)
+        # (a routing near a tie counts as a kink at margin 0)
+        best = max(best, (margin if route >= ROUTE_MARGIN else 0.0, salt, route))
+        if margin >= KINK_MARGIN and route >= ROUTE_MARGIN:
             break
     if best[0] < KINK_MARGIN:
         raise SystemExit("%s %dx%dx%d: no input among %d keeps every ReLU/max-pool decision "
-                         "%.0e from its kink (best %.2e): use a smaller size"
-                         % (config, batch, height, width, KINK_TRIES, KINK_MARGIN, best[0]))
+                         "%.0e from its kink and every moe routing %.0e from a tie (best "
+                         "%.2e): use a smaller size" % (config, batch, height, width,
+                                                        KINK_TRIES, KINK_MARGIN, ROUTE_MARGIN,
+                                                        best[0]))
     x = input_value((batch, model.in_ch, height, width), best[1])
 
     # output shapes: one no-grad eval-free pass on a throwaway copy
@@ -723,6 +838,9 @@ def make_fixture(config, batch, height, width, training, out, quiet=False, ref_n
     rel = os.path.relpath(os.path.abspath(config), ROOT)
     meta.update({"config": rel, "batch": str(batch), "height": str(height), "width": str(width),
                  "training": "1" if training else "0", "kink_margin": "%.3g" % best[0]})
+    if math.isfinite(best[2]):  # a moe network: its routing margin and balancing loss
+        meta["route_margin"] = "%.3g" % best[2]
+        meta["balance_loss"] = ",".join("%.9g" % t for t in ref["balance"])
     if ref_name:
         meta["reference"] = "tools/ref_nets.py:" + ref_name
     if samples != SAMPLES:
@@ -733,10 +851,12 @@ def make_fixture(config, batch, height, width, training, out, quiet=False, ref_n
     if not quiet:
         ntol = sum(1 for k in meta if k.startswith("tol."))
         print("%s: %s%s %dx%dx%d %s, %d tensors, %d bytes; float32 torch vs reference: worst "
-              "%s %.2e; %d tensors with a looser tol; kink margin %.2g (input salt %d)"
+              "%s %.2e; %d tensors with a looser tol; kink margin %.2g (input salt %d)%s"
               % (out, rel, " (%s)" % ref_name if ref_name else "", batch, height, width,
                  "train" if training else "eval", len(tensors), os.path.getsize(out), worst[0],
-                 worst[1], ntol, best[0], best[1]), flush=True)
+                 worst[1], ntol, best[0], best[1],
+                 "; routing margin %.3g" % best[2] if math.isfinite(best[2]) else ""),
+              flush=True)
     return model
 
 

@@ -100,12 +100,17 @@ struct camo_backend {
                                    float *dbias, const float *dout, const float *in);
 
     /* ---- batch norm, split so sync-BN can all-reduce the sums between the steps ---- */
-    /* stats (2C) = [sum_c x, sum_c x^2] over M rows of x (M, C) */
-    void (*bn_stats)(camo_backend *be, int M, int C, float *stats, const float *x);
-    /* From global sums over `count` rows: mean, invstd = 1/sqrt(var_biased + eps); if
-     * running_mean != NULL also running = (1-momentum)*running + momentum*batch (unbiased var). */
+    /* Two passes over M rows of x (M, C), as E[x^2] - mean^2 cancels when mean^2 >> var:
+     * mean NULL: stats[0:C] = sum_c x; else stats[C:2C] = sum_c (x - mean_c)^2 */
+    void (*bn_stats)(camo_backend *be, int M, int C, float *stats, const float *x,
+                     const float *mean);
+    /* mean (C) = stats[0:C] / count: the global mean from the first pass's global sums */
+    void (*bn_mean)(camo_backend *be, int C, const float *stats, double count, float *mean);
+    /* From mean and the global second-pass sums stats[C:2C] over `count` rows:
+     * invstd = 1/sqrt(var_biased + eps); if running_mean != NULL also
+     * running = (1-momentum)*running + momentum*batch (unbiased var). */
     void (*bn_finalize)(camo_backend *be, int C, const float *stats, double count, float eps,
-                        float momentum, float *mean, float *invstd, float *running_mean,
+                        float momentum, const float *mean, float *invstd, float *running_mean,
                         float *running_var);
     /* running stats -> mean, invstd for eval mode */
     void (*bn_eval_params)(camo_backend *be, int C, const float *running_mean,

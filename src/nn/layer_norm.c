@@ -23,6 +23,24 @@ static void batchnorm_release(camo_net *net, camo_layer *l) {
     LAYER_DROP(net, l->u.bn.stats);
 }
 
+/* Batch mean (l->u.bn.mean), sum of squared deviations (stats[C:2C]) and row count, global
+ * under sync-BN, in two passes: E[x^2] - mean^2 cancels when mean^2 >> var (few rows after
+ * global pooling). Every replica, ghost passes included, makes the same two bn_sync calls;
+ * both pass a count (a forward call): with NULL (backward) the hook would hand a ghost zero
+ * sums back, variance 0, instead of the global statistics. */
+static void batchnorm_batch_stats(camo_net *net, camo_layer *l, int M, const float *x) {
+    camo_backend *be = net->be;
+    int C = l->C;
+    float *stats = l->u.bn.stats;
+    double count = M, count2 = M;
+    be->bn_stats(be, M, C, stats, x, NULL);
+    if (net->bn_sync) net->bn_sync(net->bn_sync_ctx, stats, (size_t)C, &count);
+    be->bn_mean(be, C, stats, count, l->u.bn.mean);
+    be->bn_stats(be, M, C, stats, x, l->u.bn.mean);
+    if (net->bn_sync) net->bn_sync(net->bn_sync_ctx, stats + C, (size_t)C, &count2);
+    l->u.bn.count = count;
+}
+
 static void batchnorm_forward(camo_net *net, camo_layer *l, int n, int training) {
     camo_backend *be = net->be;
     int C = l->C, M = n * l->H * l->W;
@@ -35,12 +53,8 @@ static void batchnorm_forward(camo_net *net, camo_layer *l, int n, int training)
     }
     l->u.bn.eval_stats = !training;
     if (training) {
-        be->bn_stats(be, M, C, l->u.bn.stats, x);
-        double count = M;
-        /* sync-BN: global sums and count across replicas before normalising */
-        if (net->bn_sync) net->bn_sync(net->bn_sync_ctx, l->u.bn.stats, 2 * (size_t)C, &count);
-        l->u.bn.count = count;
-        be->bn_finalize(be, C, l->u.bn.stats, count, l->u.bn.eps, l->u.bn.momentum,
+        batchnorm_batch_stats(net, l, M, x);
+        be->bn_finalize(be, C, l->u.bn.stats, l->u.bn.count, l->u.bn.eps, l->u.bn.momentum,
                         l->u.bn.mean, l->u.bn.invstd, rm->data, rv->data);
         l->u.bn.num_batches++;
     } else {

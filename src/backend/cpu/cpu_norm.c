@@ -14,43 +14,54 @@
 
 /* ---- batch norm ---- */
 
-/* stats (2C) = [sum_c x, sum_c x^2] over the M rows of x (M, C) */
-static void cpu_bn_stats(camo_backend *be, int M, int C, float *stats, const float *x) {
+/* Pass 1 (mean NULL): stats[0:C] = sum_c x. Pass 2: stats[C:2C] = sum_c (x - mean_c)^2, the
+ * two-pass variance: E[x^2] - mean^2 in float cancels to noise when mean^2 >> var (a few
+ * rows after global pooling). x - mean of two floats is exact in double. */
+static void cpu_bn_stats(camo_backend *be, int M, int C, float *stats, const float *x,
+                         const float *mean) {
     int T = cpu_threads(be);
-    double *part = camo_calloc((size_t)T * 2 * C, sizeof(double));
+    double *part = camo_calloc((size_t)T * C, sizeof(double));
 #pragma omp parallel for num_threads(T)
     for (int t = 0; t < T; t++) {
-        double *s = part + (size_t)t * 2 * C, *ss = s + C;
+        double *s = part + (size_t)t * C;
         for (size_t m = (size_t)M * t / T; m < (size_t)M * (t + 1) / T; m++) {
             const float *xr = x + m * C;
-            for (int c = 0; c < C; c++) {
-                s[c] += xr[c];
-                ss[c] += (double)xr[c] * xr[c];
+            if (!mean) {
+                for (int c = 0; c < C; c++) s[c] += xr[c];
+            } else {
+                for (int c = 0; c < C; c++) {
+                    double d = (double)xr[c] - mean[c];
+                    s[c] += d * d;
+                }
             }
         }
     }
-    for (int i = 0; i < 2 * C; i++) {
+    float *out = mean ? stats + C : stats;
+    for (int c = 0; c < C; c++) {
         double s = 0;
-        for (int t = 0; t < T; t++) s += part[(size_t)t * 2 * C + i];
-        stats[i] = (float)s;
+        for (int t = 0; t < T; t++) s += part[(size_t)t * C + c];
+        out[c] = (float)s;
     }
     free(part);
 }
 
+static void cpu_bn_mean(camo_backend *be, int C, const float *stats, double count,
+                        float *mean) {
+    (void)be;
+    for (int c = 0; c < C; c++) mean[c] = (float)(stats[c] / count);
+}
+
 static void cpu_bn_finalize(camo_backend *be, int C, const float *stats, double count,
-                            float eps, float momentum, float *mean, float *invstd,
+                            float eps, float momentum, const float *mean, float *invstd,
                             float *running_mean, float *running_var) {
     (void)be;
     for (int c = 0; c < C; c++) {
-        double mu = stats[c] / count;
-        double var = stats[C + c] / count - mu * mu;
-        if (var < 0) var = 0; /* E[x^2] - mean^2 can dip below zero by rounding */
-        mean[c] = (float)mu;
+        double var = stats[C + c] / count;
         invstd[c] = (float)(1.0 / sqrt(var + eps));
         if (running_mean) {
             /* PyTorch refuses count == 1 in training; keep the biased value there */
             double unbiased = count > 1 ? var * count / (count - 1) : var;
-            running_mean[c] = (float)((1.0 - momentum) * running_mean[c] + momentum * mu);
+            running_mean[c] = (float)((1.0 - momentum) * running_mean[c] + momentum * mean[c]);
             running_var[c] = (float)((1.0 - momentum) * running_var[c] + momentum * unbiased);
         }
     }
@@ -216,6 +227,7 @@ static void cpu_layernorm_backward(camo_backend *be, int M, int C, float *dx, fl
 
 void cpu_register_norm(camo_backend *be) {
     be->bn_stats = cpu_bn_stats;
+    be->bn_mean = cpu_bn_mean;
     be->bn_finalize = cpu_bn_finalize;
     be->bn_eval_params = cpu_bn_eval_params;
     be->bn_apply = cpu_bn_apply;
