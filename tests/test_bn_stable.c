@@ -135,7 +135,7 @@ static float *dev_upload(camo_backend *be, const float *h, size_t n) {
 static double run_ops(camo_backend *be, const char *what, int reps, int rows,
                       const bn_ref *ref) {
     int n = reps * rows;
-    float x[MAXR * C], zero[C] = {0}, one[C] = {1, 1, 1, 1}, h[2 * C], h2[2 * C];
+    float x[MAXR * C], zero[2 * C] = {0}, one[C] = {1, 1, 1, 1}, h[2 * C], h2[2 * C];
     fill_x(x, 0, n);
     dev_bufs b = {dev_upload(be, x, (size_t)n * C), dev_upload(be, zero, 2 * C),
                   dev_upload(be, zero, 2 * C), dev_upload(be, zero, C),
