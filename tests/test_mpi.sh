@@ -15,6 +15,12 @@ if ! command -v mpirun > /dev/null 2>&1; then
 fi
 # tests run as root; 4 processes on a 2-core machine
 MPI="mpirun --allow-run-as-root --oversubscribe"
+# A sanitizer build (make test SAN=1): OpenMPI's plugins leak at MPI_Finalize, from modules
+# unloaded before exit that LeakSanitizer cannot even name, and its report would fail every
+# run here. ASan's memory checks stay on; only the leak report is off, for this script.
+if ldd "$BIN" 2> /dev/null | grep -q libasan; then
+    export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
+fi
 BUILD=${BUILD:-build}
 
 DATA=$TMP/synth
