@@ -192,7 +192,7 @@ $(BUILD)/tools/%: tools/%.c $(BUILD)/libcamo.a
 ifeq ($(CUDA),emu)
 CUEMU_BUILD := $(BUILD)
 cuemu-bins: $(BIN) $(BUILD)/tests/test_cuda_parity $(BUILD)/tests/test_parallel $(BUILD)/tests/test_moe \
-            $(BUILD)/tools/test_multi_gpu
+            $(BUILD)/tools/test_multi_gpu $(BUILD)/tests/test_nccl_mpi
 else ifneq ($(TSAN),1)
 CUEMU_BUILD := $(if $(filter 1,$(SAN)),build-cuemu-san,build-cuemu)
 cuemu-bins:

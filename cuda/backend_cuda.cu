@@ -180,6 +180,24 @@ static void cu_sync(camo_backend *be) {
     CU_OP(be, CUDA_CHECK(cudaStreamSynchronize(cu_stream(be))));
 }
 
+static void cu_fence(camo_backend *be, int k) {
+    CU_OP(be, CUDA_CHECK(cudaEventRecord(cu_ctx(be)->fences[k], cu_stream(be))));
+}
+
+static void cu_fence_wait(camo_backend *be, int k) {
+    cu_bind(be);
+    CU_OP(be, CUDA_CHECK(cudaEventSynchronize(cu_ctx(be)->fences[k])));
+}
+
+/* NaN-filled on a failed backend, as download() */
+static void cu_download_async(camo_backend *be, void *dst, const void *src, size_t bytes) {
+    if (!bytes) return;
+    if (!cu_ctx(be)->failed)
+        CU_OP(be, CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost,
+                                             cu_stream(be))));
+    if (cu_ctx(be)->failed) memset(dst, 0xff, bytes);
+}
+
 static void cu_destroy(camo_backend *be) {
     if (!be) return;
     cuda_ctx *ctx = cu_ctx(be);
@@ -191,6 +209,8 @@ static void cu_destroy(camo_backend *be) {
         if (ctx->blas) cublasDestroy(ctx->blas);
         for (int i = 0; i < ctx->pool.n; i++) cudaFree(ctx->pool.blocks[i].ptr);
         if (ctx->bounce) cudaFreeHost(ctx->bounce);
+        for (int k = 0; k < CAMO_FENCES; k++)
+            if (ctx->fences[k]) cudaEventDestroy(ctx->fences[k]);
         free(ctx->pool.blocks);
         pthread_mutex_destroy(&ctx->pool.mu);
         if (ctx->stream) cudaStreamDestroy(ctx->stream);
@@ -217,6 +237,9 @@ static int cu_init_handles(camo_backend *be) {
     if (CUDNN_CHECK(cudnnCreate(&ctx->dnn))) return -1;
     if (CUDNN_CHECK(cudnnSetStream(ctx->dnn, ctx->stream))) return -1;
     if (CUDA_CHECK(cudaHostAlloc(&ctx->bounce, CU_BOUNCE, cudaHostAllocPortable))) return -1;
+    for (int k = 0; k < CAMO_FENCES; k++)
+        if (CUDA_CHECK(cudaEventCreateWithFlags(&ctx->fences[k], cudaEventDisableTiming)))
+            return -1;
     return 0;
 }
 
@@ -254,6 +277,9 @@ extern "C" camo_backend *camo_backend_cuda_create(int device) {
     be->copy = cu_copy;
     be->zero = cu_zero;
     be->sync = cu_sync;
+    be->fence = cu_fence;
+    be->fence_wait = cu_fence_wait;
+    be->download_async = cu_download_async;
     be->destroy = cu_destroy;
     cuda_register_conv(be);
     cuda_register_norm(be);

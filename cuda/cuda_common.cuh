@@ -77,6 +77,7 @@ typedef struct cuda_ctx {
     void *half_ws;                /* AMP: half-precision copies of conv operands */
     size_t half_ws_cap;
     void *bounce;                 /* pinned host buffer for small downloads (the loss) */
+    cudaEvent_t fences[CAMO_FENCES]; /* backend.fence; created with the stream */
     conv_plan *plans;             /* algorithm cache, one entry per (op, shape, precision) */
     int n_plans, cap_plans;
     camo_cuda_amp amp;

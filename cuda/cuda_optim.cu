@@ -39,6 +39,36 @@ static void cu_sumsq(camo_backend *be, size_t n, float *out, const float *x) {
     CU_LAUNCHED(be);
 }
 
+/* ---- clipping on the device (formulas of cpu_optim.c) ---- */
+
+__global__ static void clip_factor_k(int n, const float *sumsq, double clip, double loss_scale,
+                                     float *factor, double *norm_out) {
+    if (blockIdx.x || threadIdx.x) return;
+    double total = 0;
+    for (int i = 0; i < n; i++) total += sumsq[i];
+    double norm = sqrt(total) / loss_scale, scale = 1.0;
+    if (clip > 0 && norm > clip) scale = clip / (norm + 1e-6);
+    *factor = (float)(scale / loss_scale);
+    *norm_out = norm;
+}
+
+static void cu_clip_factor(camo_backend *be, int n, const float *sumsq, double clip,
+                           double loss_scale, float *factor, double *norm_out) {
+    clip_factor_k<<<1, 1, 0, cu_stream(be)>>>(n, sumsq, clip, loss_scale, factor, norm_out);
+    CU_LAUNCHED(be);
+}
+
+__global__ static void scale_by_k(size_t n, const float *alpha, float *x) {
+    float a = alpha[0];
+    CU_GRID_LOOP(i, n) x[i] *= a;
+}
+
+static void cu_scale_by(camo_backend *be, size_t n, const float *alpha, float *x) {
+    if (!n) return;
+    scale_by_k CU_LAUNCH(be, n)(n, alpha, x);
+    CU_LAUNCHED(be);
+}
+
 /* ---- optimizer steps (formulas of cpu_optim.c) ---- */
 
 __global__ static void sgd_k(size_t n, float *w, const float *g, float *buf, float lr,
@@ -114,6 +144,8 @@ static void cu_ema_update(camo_backend *be, size_t n, float *ema, const float *w
 
 extern "C" void cuda_register_optim(camo_backend *be) {
     be->sumsq = cu_sumsq;
+    be->clip_factor = cu_clip_factor;
+    be->scale_by = cu_scale_by;
     be->sgd_step = cu_sgd_step;
     be->adamw_step = cu_adamw_step;
     be->ema_update = cu_ema_update;

@@ -445,6 +445,34 @@ static void test_optim(void **state) {
     tt_free(&w), tt_free(&g), tt_free(&m), tt_free(&v), tt_free(&ema), tt_free(&s);
 }
 
+/* Clipping on the device: the same double arithmetic on both backends, so the same bits;
+ * then the gradients scaled in place. */
+static void test_clip_factor(void **state) {
+    (void)state;
+    NEED_GPU();
+    const double cases[][2] = {{0, 1}, {1e9, 1}, {0.5, 1}, {1e-4, 1024}}; /* norm ~1.9 */
+    tt s = tt_new(37, 131, 0, 0.2f), g = tt_new(5000, 132, -1, 1);
+    float fc, fg;
+    double nc, ng;
+    float *fdev = gpu->alloc(gpu, sizeof(float));
+    double *ndev = gpu->alloc(gpu, sizeof(double));
+    for (int k = 0; k < 4; k++) {
+        cpu->clip_factor(cpu, 37, s.c, cases[k][0], cases[k][1], &fc, &nc);
+        gpu->clip_factor(gpu, 37, s.g, cases[k][0], cases[k][1], fdev, ndev);
+        gpu->download(gpu, &fg, fdev, sizeof fg);
+        gpu->download(gpu, &ng, ndev, sizeof ng);
+        assert_memory_equal(&fc, &fg, sizeof fc);
+        assert_memory_equal(&nc, &ng, sizeof nc);
+        assert_true(k < 2 ? fc == (float)(1 / cases[k][1]) : fc < 1 / cases[k][1]);
+    }
+    cpu->scale_by(cpu, g.n, &fc, g.c);
+    gpu->scale_by(gpu, g.n, fdev, g.g);
+    tt_check(&g, 0, "scale_by");
+    gpu->free(gpu, fdev);
+    gpu->free(gpu, ndev);
+    tt_free(&s), tt_free(&g);
+}
+
 /* A replica with an empty slice (n = 0) still runs every op: nothing may fail. */
 static void test_empty_slice(void **state) {
     (void)state;
@@ -1523,6 +1551,7 @@ int main(void) {
         cmocka_unit_test(test_mul),           cmocka_unit_test(test_slice_softmax),
         cmocka_unit_test(test_pool),          cmocka_unit_test(test_adaptive_resize),
         cmocka_unit_test(test_losses),        cmocka_unit_test(test_optim),
+        cmocka_unit_test(test_clip_factor),
         cmocka_unit_test(test_empty_slice),   cmocka_unit_test(test_conv_more),
         cmocka_unit_test(test_gemm_ld),       cmocka_unit_test(test_norm_null),
         cmocka_unit_test(test_losses_more),   cmocka_unit_test(test_optim_more),

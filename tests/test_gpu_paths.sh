@@ -226,6 +226,25 @@ if [ $MODE = cuemu ]; then
           --set parallel.timeout_s=2 --out "$TMP/stall_named" 2>&1); rc=$?
     [ $rc = 1 ] && echo "$out" | grep -q 'timed out after 2 s: replica 1 did not join' \
         && pass cuemu_stall_names_replica || fail cuemu_stall_names_replica "exit $rc: $(echo "$out" | tail -1)"
+
+    # training steps never drain the stream (docs/cuda.md "Host waits"): the host waits on
+    # fences only, for a batch's uploads and for the previous step's loss, so the GPU always
+    # has the next step queued. Runs of 3 and 9 steps (11 a epoch, same start and end) make
+    # the same full-stream waits, with gradient clipping too (on the device, its norm sent
+    # with the loss)
+    waits() { sed -n "s/^host_waits .*$2=\([0-9]*\).*/\1/p" "$TMP/$1.rep"; }
+    W="--set train.batch=2 --set train.epochs=1"
+    rep w3 0 $W --set train.max_steps=3 --set train.clip_grad_norm=0
+    rep w9 0 $W --set train.max_steps=9 --set train.clip_grad_norm=0
+    rep c3 0 $W --set train.max_steps=3 --set train.clip_grad_norm=1
+    rep c9 0 $W --set train.max_steps=9 --set train.clip_grad_norm=1
+    ds=$(( $(waits w9 stream_sync) - $(waits w3 stream_sync) ))
+    de=$(( $(waits w9 event_sync) - $(waits w3 event_sync) ))
+    dc=$(( $(waits c9 stream_sync) - $(waits c3 stream_sync) ))
+    db=$(( $(waits w9 blocking_copy) - $(waits w3 blocking_copy) ))
+    [ "$ds" = 0 ] && [ "$db" = 0 ] && [ "$de" -le 12 ] && [ "$dc" = 0 ] && [ -n "$(waits w3 stream_sync)" ] \
+        && pass cuemu_no_stream_wait_per_step \
+        || fail cuemu_no_stream_wait_per_step "6 more steps: +$ds stream syncs, +$db blocking copies, +$de fence waits; clipped: +$dc stream syncs"
 fi
 
 # camotrain profile on a GPU: peaks are the caching allocator's, the headroom is taken of

@@ -6,54 +6,21 @@
 # over windows, a signal in one process only, a 2x2 checkpoint resumed as 1x4 and as 4x1, a
 # process killed (kill -9) or hung mid-step (the others exit non-zero within
 # parallel.timeout_s, last.ckpt intact), processes that disagree, the comm test across
-# processes, and no MPI at all without a launcher. PASS/FAIL/SKIP lines for tests/run.sh;
-# all SKIP without mpirun (tools/install_deps.sh installs openmpi-bin).
+# processes, process 0 hung in evaluation (the others give up after
+# parallel.eval_timeout_s), --devices auto split among the processes of a machine and a GPU
+# shared by two processes refused (on the cuemu build, $CUEMU_BUILD, else SKIP), and no MPI
+# at all without a launcher. PASS/FAIL/SKIP lines for tests/run.sh; all SKIP without
+# mpirun (tools/install_deps.sh installs openmpi-bin).
 . "$(dirname "$0")/lib.sh" mpi_sh
 
 if ! command -v mpirun > /dev/null 2>&1; then
     skip mpi "mpirun not found (openmpi-bin; tools/install_deps.sh)"; exit 0
 fi
-# tests run as root; 4 processes on a 2-core machine
-MPI="mpirun --allow-run-as-root --oversubscribe"
-# A sanitizer build (make test SAN=1): OpenMPI's plugins leak at MPI_Finalize, from modules
-# unloaded before exit that LeakSanitizer cannot even name, and its report would fail every
-# run here. ASan's memory checks stay on; only the leak report is off, for this script.
-if ldd "$BIN" 2> /dev/null | grep -q libasan; then
-    export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
-fi
+RB=$BIN
+. "$(dirname "$0")/mpi_recipe.sh"
 BUILD=${BUILD:-build}
 
-DATA=$TMP/synth
-if ! $BIN synth --out "$DATA" --train 22 --test 4 --size 32 --seed 3 > "$TMP/synth.log" 2>&1; then
-    fail synth "$(tail -3 "$TMP/synth.log")"; exit 0
-fi
-smooth_net conf/models/unet_s.cfg "$TMP/unet_s_smooth.cfg"
-# tests/test_parallel.c's UNET recipe (sync-BN, deep supervision, clipping, small buckets)
-cat > "$TMP/unet.cfg" <<EOF
-model = "$TMP/unet_s_smooth.cfg";
-seed = 5;
-data = { root = "$DATA"; img_size = 32; classes = 1; workers = 1;
-         augment = { hflip = true; scale_min = 0.9; scale_max = 1.1; jitter = 0.1; }; };
-train = { epochs = 2; batch = 8; optimizer = "sgd"; lr = 0.05; momentum = 0.9;
-          weight_decay = 1e-4; loss = "structure"; deep_supervision = true; threads = 1;
-          clip_grad_norm = 1.0; warmup_epochs = 0.0; };
-eval = { every = 0; };
-parallel = { sync_bn = true; bucket_mb = 0.02; };
-log = { every = 1000; };
-EOF
-C="--conf $TMP/unet.cfg --quiet"
-
-rel() { $BIN inspect "$1" --compare "$2" 2>&1 | sed -n 's/^relative L2 difference: //p'; }
-worst() { $BIN inspect "$1" --compare "$2" 2>&1 | sed -n 's/^worst tensor: .*relative L2 //p'; }
-# close NAME A B: A within tests/test_parallel.c's bounds of B (model 1e-6, any tensor 1e-4)
-close() {
-    local e w
-    e=$(rel "$2" "$3"); w=$(worst "$2" "$3")
-    if awk -v e="$e" -v w="$w" \
-           'BEGIN { exit !(e != "" && w != "" && e + 0 <= 1e-6 && w + 0 <= 1e-4) }'; then
-        pass "$1 (relative L2 $e, worst tensor $w)"
-    else fail "$1" "relative L2 '$e' (bound 1e-6), worst tensor '$w' (bound 1e-4)"; fi
-}
+mpi_recipe synth || exit 0
 same() { [ -n "$(hashes "$1")" ] && [ "$(hashes "$1")" = "$(hashes "$2")" ]; }
 one() { $BIN $C "$@" > "$TMP/last.log" 2>&1; }             # one process
 procs() { local p=$1; shift; $MPI -np "$p" $BIN $C "$@" > "$TMP/last.log" 2>&1; }
@@ -168,6 +135,83 @@ out=$(timeout 120 $MPI -np 1 $BIN $C --devices cpu:1 --out "$TMP/differ" : \
       -np 1 $BIN $C --devices cpu:1 --set train.lr=0.01 --out "$TMP/differ" 2>&1); rc=$?
 [ $rc != 0 ] && echo "$out" | grep -q 'process 1 of 2 differs from process 0: another config' \
     && pass mpi_processes_differ || fail mpi_processes_differ "exit $rc: $(echo "$out" | tail -2)"
+
+# ---- process 0 evaluates for all; the others wait for it at most parallel.eval_timeout_s ----
+E="--devices cpu:1 --set eval.every=1 --set checkpoint.every_steps=1 --set parallel.timeout_s=60"
+procs 2 $E --set parallel.eval_timeout_s=3 --out "$TMP/eval"; rc=$?
+n=$(grep -c '"type":"eval"' "$TMP/eval/metrics.jsonl" 2>/dev/null)
+[ $rc = 0 ] && [ "$n" = 2 ] && pass mpi_eval_by_process0 \
+    || fail mpi_eval_by_process0 "exit $rc, $n eval records: $(tail -2 "$TMP/last.log")"
+# process 0 hangs in its first evaluation (CAMO_TEST_EVAL_STALL): process 1 gives up after
+# eval_timeout_s (3 s, not timeout_s = 60), names process 0's evaluation, MPI_Abort ends both
+start=$(date +%s)
+CAMO_TEST_EVAL_STALL=1 timeout 120 $MPI -np 2 $BIN $C $E --set parallel.eval_timeout_s=3 \
+    --out "$TMP/eval_stall" > "$TMP/eval_stall.log" 2>&1
+rc=$? took=$(( $(date +%s) - start )) step=$(meta step "$TMP/eval_stall/last.ckpt")
+if [ $rc != 0 ] && [ $rc != 124 ] && [ $took -lt 30 ] && [ "$step" = 3 ] && grep -q \
+       "process 1 of 2: .*waited 3 s for process 0's evaluation (parallel.eval_timeout_s)" \
+       "$TMP/eval_stall.log"; then
+    pass "mpi_eval_hang_process0 (exit $rc after ${took}s)"
+else fail mpi_eval_hang_process0 \
+    "exit $rc after ${took}s, last.ckpt step '$step': $(grep -m1 error "$TMP/eval_stall.log")"; fi
+
+# ---- --devices auto with several processes on one machine ----
+# no GPU (hidden): auto keeps its meaning, one CPU replica per process
+out=$(CUDA_VISIBLE_DEVICES= $MPI -np 2 $BIN --conf "$TMP/unet.cfg" --devices auto \
+      --set train.max_steps=1 --out "$TMP/auto_cpu" 2>&1); rc=$?
+[ $rc = 0 ] && echo "$out" | grep -q 'auto -> cpu' &&
+    echo "$out" | grep -q 'parallel: 2 processes x 1 CPU replica = 2 (auto' \
+    && pass mpi_devices_auto_cpu || fail mpi_devices_auto_cpu "exit $rc: $(echo "$out" | tail -2)"
+# GPUs: on the cuemu build (4 emulated GPUs). Each run stops at the start-up check (process 1
+# runs another train.lr) right after the devices are chosen: these test the choice, not NCCL
+# across processes (tests/test_mpi_gpu.sh). vis.sh "A B" CMD: process p sees word p + 1.
+G=${CUEMU_BUILD:-}
+if [ -n "$G" ] && [ -x "$G/camotrain" ] && ldd "$G/camotrain" | grep -q libmpi; then
+    cat > "$TMP/vis.sh" <<'EOF'
+#!/bin/sh
+v=$1; shift
+CUDA_VISIBLE_DEVICES=$(echo "$v" | cut -d' ' -f$((${OMPI_COMM_WORLD_RANK:-0} + 1)))
+export CUDA_VISIBLE_DEVICES; exec "$@"
+EOF
+    chmod +x "$TMP/vis.sh"
+    # gpus NAME GPUS SPEC [VIS]: 2 processes on GPUS emulated GPUs with --devices SPEC (and
+    # VIS: each its own CUDA_VISIBLE_DEVICES); the output in $out
+    gpus() {
+        local w=(); [ -n "${4:-}" ] && w=("$TMP/vis.sh" "$4")
+        out=$(env -u CUDA_VISIBLE_DEVICES CAMO_CUEMU_DEVICES=$2 timeout 120 $MPI \
+              -np 1 "${w[@]}" "$G/camotrain" --conf "$TMP/unet.cfg" --devices "$3" --out "$TMP/$1" : \
+              -np 1 "${w[@]}" "$G/camotrain" --conf "$TMP/unet.cfg" --devices "$3" --set train.lr=0.01 \
+              --out "$TMP/$1" 2>&1)
+    }
+    has() { echo "$out" | grep -q -- "$1"; }
+    gpus auto4 4 auto
+    has 'auto on .*: 4 GPUs shared out among its 2 processes, 2 each: process 0 -> 0\.\.1; process 1 -> 2\.\.3' &&
+        has 'auto -> 2 GPUs (ids 0\.\.1 of CUDA_VISIBLE_DEVICES=unset)' &&
+        has 'process 1 of 2 differs from process 0' \
+        && pass mpi_devices_auto_split || fail mpi_devices_auto_split "$(echo "$out" | head -4)"
+    # and trains on those shares: one NCCL communicator over the 4 GPUs (cuemu's NCCL, like
+    # NCCL, refuses a GPU joined twice), process 0's checkpoint at step 2
+    out=$(env -u CUDA_VISIBLE_DEVICES CAMO_CUEMU_DEVICES=4 timeout 300 $MPI -np 2 "$G/camotrain" \
+          $C --devices auto --set train.max_steps=2 --out "$TMP/auto_train" 2>&1); rc=$?
+    [ $rc = 0 ] && [ "$(meta step "$TMP/auto_train/last.ckpt")" = 2 ] \
+        && pass mpi_devices_auto_trains || fail mpi_devices_auto_trains "exit $rc: $(echo "$out" | grep -m2 -i error)"
+    gpus auto3 3 auto
+    has '"auto": 3 GPUs visible (CUDA_VISIBLE_DEVICES=unset) to each of the 2 processes .*3 GPUs do not divide among 2 processes' &&
+        ! has 'differs from process 0' \
+        && pass mpi_devices_auto_uneven_refused || fail mpi_devices_auto_uneven_refused "$(echo "$out" | head -3)"
+    gpus own 4 auto "0,1 2,3" # each its own GPUs: auto takes all it sees
+    has 'auto -> 2 GPUs (ids 0\.\.1 of CUDA_VISIBLE_DEVICES=0,1)' && ! has 'shared out' &&
+        has 'differs from process 0' \
+        && pass mpi_devices_auto_own_visible || fail mpi_devices_auto_own_visible "$(echo "$out" | head -3)"
+    gpus overlap 4 auto "0,1 1,2"
+    has 'processes 0 and 1 of 2, both on .*, would use the same GPU 1 (CUDA_VISIBLE_DEVICES 0,1 and 1,2)' &&
+        ! has 'differs from process 0' \
+        && pass mpi_devices_auto_overlap_refused || fail mpi_devices_auto_overlap_refused "$(echo "$out" | head -3)"
+    gpus list 4 0,1 # one explicit list in two processes: refused before NCCL
+    has '"0,1": processes 0 and 1 of 2, both on .*, would use the same GPU 0 (CUDA_VISIBLE_DEVICES unset and unset)' &&
+        ! has 'differs from process 0' \
+        && pass mpi_devices_same_gpu_refused || fail mpi_devices_same_gpu_refused "$(echo "$out" | head -3)"
+else skip mpi_devices_gpus "no cuemu build with MPI (\$CUEMU_BUILD; make test builds build-cuemu)"; fi
 
 # ---- without a launcher no MPI is started (a singleton MPI_Init leaves $TMPDIR/ompi.*) ----
 mkdir -p "$TMP/tmpdir"

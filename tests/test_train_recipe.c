@@ -194,6 +194,60 @@ static void test_frozen_norm_and_clip(void **state) {
     destroy(&f);
 }
 
+/* Clipping on the device (camo_clip_grads_dev, no host wait) moves every weight exactly as
+ * the host path (camo_grad_norm, then the update's grad_scale) does, and finds the same
+ * norm: clipped and not, with an fp16 loss scale, a frozen layer, AdamW (whose moments see
+ * the scaled gradient). */
+static void test_clip_on_device_equals_host(void **state) {
+    (void)state;
+    const double cases[][2] = {{0.05, 1}, {1e9, 1}, {0.05, 1024}, {0.3, 8}};
+    for (int k = 0; k < 4; k++) {
+        double clip = cases[k][0], S = cases[k][1];
+        fixture f[2];
+        camo_optim *o[2];
+        float *w[2];
+        double norm[2];
+        for (int j = 0; j < 2; j++) {
+            build(&f[j], NET_TEXT);
+            o[j] = make_opt(&f[j], "adamw", 1e-2, 0);
+            camo_net_find_param(f[j].net, "aux.weight")->frozen = 1;
+            size_t n = f[j].net->n_weight_floats;
+            float *g = calloc(n, sizeof(float));
+            assert_non_null(g);
+            for (int i = 0; i < f[j].net->n_params; i++) { /* no padding: it stays zero */
+                camo_param *p = &f[j].net->params[i];
+                if (p->kind == CAMO_PARAM_WEIGHT)
+                    tu_fill(g + (p->grad - f[j].net->grad_block), p->numel, 7 + i, -0.1f, 0.1f);
+            }
+            for (size_t i = 0; i < n; i++) g[i] *= (float)S;
+            f[j].be->upload(f[j].be, f[j].net->grad_block, g, n * sizeof(float));
+            free(g);
+        }
+        norm[0] = camo_grad_norm(f[0].net, o[0]) / S;
+        double scale = norm[0] > clip ? clip / (norm[0] + 1e-6) : 1.0;
+        camo_optim_step(f[0].net, o[0], 0.1, scale / S);
+        double *norm_dev = f[1].be->alloc(f[1].be, sizeof(double));
+        camo_clip_grads_dev(f[1].net, o[1], clip, S, norm_dev);
+        camo_optim_step(f[1].net, o[1], 0.1, 1.0);
+        f[1].be->download(f[1].be, &norm[1], norm_dev, sizeof(double));
+        f[1].be->free(f[1].be, norm_dev);
+        assert_memory_equal(&norm[0], &norm[1], sizeof(double));
+        assert_true(k == 1 ? scale == 1.0 : scale < 1.0); /* the cases clip but one */
+        for (int j = 0; j < 2; j++) w[j] = get(&f[j], "head.weight");
+        assert_memory_equal(w[0], w[1], 4 * sizeof(float));
+        for (int j = 0; j < 2; j++) {
+            free(w[j]);
+            w[j] = get(&f[j], "body.conv.weight");
+        }
+        assert_memory_equal(w[0], w[1], 4 * 27 * sizeof(float));
+        for (int j = 0; j < 2; j++) {
+            free(w[j]);
+            camo_optim_free(f[j].net, o[j]);
+            destroy(&f[j]);
+        }
+    }
+}
+
 /* EMA after one step: decay * w0 + (1 - decay) * w1; swap puts it in the weights */
 static void test_ema_update_and_swap(void **state) {
     (void)state;
@@ -267,6 +321,7 @@ int main(void) {
         cmocka_unit_test(test_stage_lr_and_batch),
         cmocka_unit_test(test_no_decay_on_norms_and_biases),
         cmocka_unit_test(test_frozen_norm_and_clip),
+        cmocka_unit_test(test_clip_on_device_equals_host),
         cmocka_unit_test(test_ema_update_and_swap),
         cmocka_unit_test(test_deep_supervision_weights),
     };

@@ -59,26 +59,11 @@ import transformers
 from transformers import SegformerConfig
 from transformers.models.segformer import modeling_segformer as hf
 
-M32, M64 = 0xFFFFFFFF, (1 << 64) - 1
+from ref_hash import fnv1a32, hash_uniform  # the closed-form values (tools/torch_ref.py's)
+
+M64 = (1 << 64) - 1
 
 # ---- closed-form values (tests/test_torch_ref.c, docs/models.md) ----
-
-
-def fnv1a32(s):
-    h = 2166136261
-    for b in s.encode():
-        h = ((h ^ b) * 16777619) & M32
-    return h
-
-
-def hash_uniform(seed, n):
-    x = (np.uint64(seed) + np.arange(n, dtype=np.uint64) * np.uint64(0x9E3779B9)) & np.uint64(M32)
-    x ^= x >> np.uint64(16)
-    x = (x * np.uint64(0x85EBCA6B)) & np.uint64(M32)
-    x ^= x >> np.uint64(13)
-    x = (x * np.uint64(0xC2B2AE35)) & np.uint64(M32)
-    x ^= x >> np.uint64(16)
-    return x.astype(np.float64) / 2147483648.0 - 1.0
 
 
 def param_value(name, shape):

@@ -59,16 +59,22 @@ class Writer:
         self.lines.append("  # " + text)
 
 
-def conv_block(w, p, src, C, ks, dp, ratio):
-    """timm's ConvBlock: dwconv, LayerNorm, Mlp (fc1, GELU, fc2), gamma, drop_path, residual."""
-    w.add(p + ".conv_dw", "conv", filters=C, size=ks, groups=C, frm=src)
-    w.add(p + ".norm", "layernorm", eps=EPS)
+def mlp_residual(w, p, src, C, dp, ratio):
+    """The end both blocks share, after their `norm`: Mlp (fc1, GELU, fc2), gamma, drop_path,
+    and the add to the block's input src."""
     w.add(p + ".mlp.fc1", "linear", filters=ratio * C)
     w.add(p + ".mlp.act", "gelu")
     w.add(p + ".mlp.fc2", "linear", filters=C)
     w.add(p + ".gamma", "layer_scale", init=LS_INIT)
     w.add(p + ".drop_path", "drop_path", p="=%.7f" % dp)
     return w.add(p + ".add", "add", frm=[src, p + ".drop_path"])
+
+
+def conv_block(w, p, src, C, ks, dp, ratio):
+    """timm's ConvBlock: dwconv, LayerNorm, Mlp (fc1, GELU, fc2), gamma, drop_path, residual."""
+    w.add(p + ".conv_dw", "conv", filters=C, size=ks, groups=C, frm=src)
+    w.add(p + ".norm", "layernorm", eps=EPS)
+    return mlp_residual(w, p, src, C, dp, ratio)
 
 
 def sdta_block(w, p, src, C, scales, heads, pos, dp, ratio):
@@ -102,12 +108,7 @@ def sdta_block(w, p, src, C, scales, heads, pos, dp, ratio):
     w.add(p + ".drop_path_xca", "drop_path", p="=%.7f" % dp)
     x = w.add(p + ".add_xca", "add", frm=[x, p + ".drop_path_xca"])
     w.add(p + ".norm", "layernorm", eps=EPS, frm=x)
-    w.add(p + ".mlp.fc1", "linear", filters=ratio * C)
-    w.add(p + ".mlp.act", "gelu")
-    w.add(p + ".mlp.fc2", "linear", filters=C)
-    w.add(p + ".gamma", "layer_scale", init=LS_INIT)
-    w.add(p + ".drop_path", "drop_path", p="=%.7f" % dp)
-    return w.add(p + ".add", "add", frm=[src, p + ".drop_path"])
+    return mlp_residual(w, p, src, C, dp, ratio)
 
 
 def encoder(w, name):

@@ -38,14 +38,19 @@ saved, so the reference's own rounding is negligible. Keys (float32, NCHW):
   ce.logits, ce.labels (as float), ce.loss [1], ce.dlogits,
   opt.w0, opt.grads [5, n], sgd.w, sgd.buf, sgd_nesterov.w, sgd_nesterov.buf,
   adamw.w, adamw.m, adamw.v
-Regenerate (from the repository root): python3 tools/loss_ref.py
+Regenerate (from the repository root): python3 tools/loss_ref.py [--out FILE]
 """
+import argparse
 import math
 import os
+import sys
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_losses import structure_loss  # noqa: E402  (the formula the benchmarks train with)
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 OUT = os.path.join(ROOT, "tests", "fixtures", "loss_ref.safetensors")
@@ -77,17 +82,6 @@ def ce_labels():
     return torch.tensor([IGNORE if v == 4 else v for v in lab]).reshape(CN, CH, CW)
 
 
-def structure_loss(x, t):
-    weit = 1 + 5 * torch.abs(F.avg_pool2d(t, kernel_size=31, stride=1, padding=15) - t)
-    bce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
-    wbce = (weit * bce).sum(dim=(2, 3)) / weit.sum(dim=(2, 3))
-    p = torch.sigmoid(x)
-    inter = (p * t * weit).sum(dim=(2, 3))
-    union = ((p + t) * weit).sum(dim=(2, 3))
-    wiou = 1 - (inter + 1) / (union - inter + 1)
-    return (wbce + wiou).mean()
-
-
 def dice_loss(x, t):
     p = torch.sigmoid(x)
     inter = (p * t).sum(dim=(1, 2, 3))
@@ -111,6 +105,9 @@ def run_optim(make, grad_scale, w0, grads):
 
 
 def main():
+    ap = argparse.ArgumentParser(description="tests/fixtures/loss_ref.safetensors")
+    ap.add_argument("--out", default=OUT, help="where to write (default: the fixture)")
+    path = ap.parse_args().out
     out = {}
     x, t = logits((BN, 1, BH, BW)), binary_target()
     out["bin.logits"], out["bin.target"] = x, t
@@ -137,10 +134,10 @@ def main():
     out["adamw.w"], out["adamw.m"], out["adamw.v"] = w, st["exp_avg"], st["exp_avg_sq"]
 
     out = {k: v.detach().float().contiguous() for k, v in out.items()}
-    save_file(out, OUT, metadata={"generator": "tools/loss_ref.py", "torch": torch.__version__})
+    save_file(out, path, metadata={"generator": "tools/loss_ref.py", "torch": torch.__version__})
     for k in ("bce.loss", "structure.loss", "dice.loss", "ce.loss"):
         print(f"{k} = {out[k].item():.7g}")
-    print("wrote", os.path.relpath(OUT, ROOT))
+    print("wrote", os.path.relpath(path, ROOT))
 
 
 if __name__ == "__main__":

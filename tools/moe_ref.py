@@ -31,11 +31,12 @@ import argparse
 import math
 import os
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
+
+from ref_hash import fnv1a32, hash_uniform  # the closed-form values (tools/torch_ref.py's)
 
 CASES = {
     # CamoXpert's shape: 7 experts, 4 per image
@@ -61,25 +62,6 @@ layers = (
     ); }}
 );
 """
-
-
-def fnv1a32(s):
-    h = 2166136261
-    for b in s.encode("utf-8"):
-        h = ((h ^ b) * 16777619) & 0xFFFFFFFF
-    return h
-
-
-def r(seed, n):
-    """n values in [-1, 1): murmur3's fmix32 of (seed + i * 0x9E3779B9) mod 2^32."""
-    m = np.uint64(0xFFFFFFFF)
-    x = (np.uint64(seed & 0xFFFFFFFF) + np.arange(n, dtype=np.uint64) * np.uint64(0x9E3779B9)) & m
-    x ^= x >> np.uint64(16)
-    x = (x * np.uint64(0x85EBCA6B)) & m
-    x ^= x >> np.uint64(13)
-    x = (x * np.uint64(0xC2B2AE35)) & m
-    x ^= x >> np.uint64(16)
-    return x.astype(np.float64) / 2147483648.0 - 1.0
 
 
 class ConvAct(nn.Module):
@@ -142,7 +124,7 @@ class Net(nn.Module):
 def fill(net, c):
     with torch.no_grad():
         for name, t in net.named_parameters():
-            v = r(fnv1a32(name), t.numel())
+            v = hash_uniform(fnv1a32(name), t.numel())
             if t.dim() >= 2:
                 v = v * math.sqrt(3.0 / (t.numel() // t.shape[0]))
                 if name == "moe.gate.weight":
@@ -164,7 +146,7 @@ def make(name, c, out_dir):
     N, H, W = c["batch"], c["height"], c["width"]
     numel = N * 3 * H * W
     for salt in range(1000):
-        x = torch.from_numpy(r(fnv1a32("input") + salt, numel)).view(N, 3, H, W)
+        x = torch.from_numpy(hash_uniform(fnv1a32("input") + salt, numel)).view(N, 3, H, W)
         with torch.no_grad():
             _, _, _, p, _ = net(x)
         margin = margin_of(p, c["top_k"])
@@ -175,7 +157,8 @@ def make(name, c, out_dir):
         for t in net.parameters():
             t.copy_(t.float().double())
     out, balance, dense, p, top_i = net(x)
-    gout = torch.from_numpy(r(fnv1a32("grad.main"), out.numel())).view_as(out).float().double()
+    gout = torch.from_numpy(hash_uniform(fnv1a32("grad.main"), out.numel()))
+    gout = gout.view_as(out).float().double()
     obj = (out * gout).sum() + c["balance_weight"] * balance
     obj.backward()
     t = {"input": x.detach(), "grad_output": gout, "output": out.detach(),

@@ -50,28 +50,9 @@ OUT_DIR = os.path.join(ROOT, "tests", "fixtures", "pretrained")
 CONVERT = os.path.join(HERE, "convert_weights.py")
 sys.path.insert(0, HERE)
 from convert_weights import write_safetensors  # noqa: E402  (the same writer)
+from ref_hash import fnv1a32, hash_uniform  # noqa: E402  (tools/torch_ref.py's values)
 
-MASK32 = 0xFFFFFFFF
 SIZES = {"resnet18": (2, 64, 64), "resnet50": (1, 64, 64)}  # input N, H, W of the fixture
-
-
-def fnv1a32(s):
-    h = 2166136261
-    for b in s.encode():
-        h = ((h ^ b) * 16777619) & MASK32
-    return h
-
-
-def hash_uniform(seed, n):
-    """n values in [-1, 1): murmur3's fmix32 of (seed + i * 0x9E3779B9) mod 2^32 / 2^31 - 1."""
-    i = np.arange(n, dtype=np.uint64)
-    x = (np.uint64(seed) + i * np.uint64(0x9E3779B9)) & np.uint64(MASK32)
-    x ^= x >> np.uint64(16)
-    x = (x * np.uint64(0x85EBCA6B)) & np.uint64(MASK32)
-    x ^= x >> np.uint64(13)
-    x = (x * np.uint64(0xC2B2AE35)) & np.uint64(MASK32)
-    x ^= x >> np.uint64(16)
-    return x.astype(np.float64) / 2147483648.0 - 1.0
 
 
 def rule_value(name, shape):

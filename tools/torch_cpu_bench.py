@@ -13,21 +13,10 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ref_nets  # noqa: E402
-
-
-def structure_loss(x, t):
-    """SINet-V2 / F3Net structure loss, as src/backend/cpu/cpu_loss.c."""
-    weit = 1 + 5 * torch.abs(F.avg_pool2d(t, kernel_size=31, stride=1, padding=15) - t)
-    bce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
-    wbce = (weit * bce).sum(dim=(2, 3)) / weit.sum(dim=(2, 3))
-    p = torch.sigmoid(x)
-    inter = (p * t * weit).sum(dim=(2, 3))
-    union = ((p + t) * weit).sum(dim=(2, 3))
-    return (wbce + 1 - (inter + 1) / (union - inter + 1)).mean()
+from torch_losses import structure_loss  # noqa: E402
 
 
 def main():

@@ -16,7 +16,6 @@ import os
 import sys
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 try:  # torch_ref writes fixtures with safetensors; building a network does not need it
@@ -28,6 +27,7 @@ except ImportError:  # Debian has no python3-safetensors: a stand-in that is nev
     sys.modules["safetensors"] = types.ModuleType("safetensors")
     sys.modules["safetensors.numpy"] = stub
 import torch_ref  # noqa: E402
+from torch_losses import structure_loss  # noqa: E402
 
 
 def rss_field(name):
@@ -41,17 +41,6 @@ def rss_field(name):
 def reset_peak():
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
-
-
-def structure_loss(x, t):
-    """SINet-V2 / F3Net structure loss, as src/backend/cpu/cpu_loss.c."""
-    weit = 1 + 5 * torch.abs(F.avg_pool2d(t, kernel_size=31, stride=1, padding=15) - t)
-    bce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
-    wbce = (weit * bce).sum(dim=(2, 3)) / weit.sum(dim=(2, 3))
-    p = torch.sigmoid(x)
-    inter = (p * t * weit).sum(dim=(2, 3))
-    union = ((p + t) * weit).sum(dim=(2, 3))
-    return (wbce + 1 - (inter + 1) / (union - inter + 1)).mean()
 
 
 def main():

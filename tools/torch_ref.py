@@ -55,6 +55,7 @@ from safetensors.numpy import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ref_nets  # noqa: E402
+from ref_hash import fnv1a32, hash_uniform  # noqa: E402  (the closed-form values)
 
 ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 SAMPLES = 4096
@@ -180,33 +181,6 @@ DERIVED["tests/fixtures/camoxpert_small_ref.cfg"] = ("tests/fixtures/camoxpert_s
 
 
 # ---------------------------------------------------------------- closed-form values
-
-def fnv1a32(s):
-    h = 2166136261
-    for b in s.encode("utf-8"):
-        h ^= b
-        h = (h * 16777619) & 0xFFFFFFFF
-    return h
-
-
-MASK32 = 0xFFFFFFFF
-
-
-def hash_uniform(seed, n):
-    """n values in [-1, 1): murmur3's fmix32 of (seed + i * 0x9E3779B9) mod 2^32, / 2^31 - 1.
-    Integer arithmetic, so C computes exactly the same values. Hashed, not smooth: a rule
-    such as sin(a*i + phase) makes every conv weight matrix rank 2 (each row a shifted
-    sinusoid), and a train-mode BN network built on it is so ill-conditioned that float32
-    PyTorch itself is off by 10-100% from float64 after eight resblocks."""
-    i = np.arange(n, dtype=np.uint64)
-    x = (np.uint64(seed) + i * np.uint64(0x9E3779B9)) & np.uint64(MASK32)
-    x ^= x >> np.uint64(16)
-    x = (x * np.uint64(0x85EBCA6B)) & np.uint64(MASK32)
-    x ^= x >> np.uint64(13)
-    x = (x * np.uint64(0xC2B2AE35)) & np.uint64(MASK32)
-    x ^= x >> np.uint64(16)
-    return x.astype(np.float64) / 2147483648.0 - 1.0
-
 
 def param_value(name, shape):
     """Closed-form value of a parameter or buffer (float64 array rounded to float32)."""

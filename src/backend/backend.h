@@ -68,6 +68,9 @@ static inline size_t camo_xca_work_floats(const camo_attn_desc *d) {
     return (size_t)d->N * d->C * (d->C / d->heads + 3);
 }
 
+/* fences of a backend (backend.fence): what replica.c waits on */
+enum { CAMO_FENCE_UPLOAD, CAMO_FENCE_STATS0, CAMO_FENCE_STATS1, CAMO_FENCES };
+
 struct camo_backend {
     const char *name;  /* "cpu", "cuda" */
     int device;        /* GPU ordinal, -1 for the CPU */
@@ -82,6 +85,14 @@ struct camo_backend {
     void (*copy)(camo_backend *be, void *dst, const void *src, size_t bytes);
     void (*zero)(camo_backend *be, void *dst, size_t bytes);
     void (*sync)(camo_backend *be);                        /* wait for queued work */
+    /* Host-side fences, so that the host waits only for what it needs: fence(be, k) marks
+     * the work queued so far; fence_wait(be, k) returns once the work before the latest
+     * fence(be, k) is done (k < CAMO_FENCES). download_async copies into host memory from
+     * camo_cuda_host_alloc without waiting: the data is there once a fence placed after it
+     * has been waited. On the CPU every op is done when it returns. */
+    void (*fence)(camo_backend *be, int k);
+    void (*fence_wait)(camo_backend *be, int k);
+    void (*download_async)(camo_backend *be, void *pinned_dst, const void *src, size_t bytes);
     void (*destroy)(camo_backend *be);
 
     /* ---- dense algebra, row-major: C = alpha * op(A) op(B) + beta * C ---- */
@@ -269,6 +280,13 @@ struct camo_backend {
     /* ---- optimizer and reductions ---- */
     /* out[0] = sum of x^2 (backend memory); used for the global grad norm */
     void (*sumsq)(camo_backend *be, size_t n, float *out, const float *x);
+    /* Gradient clipping without a host wait, all in backend memory: norm = sqrt(sum of
+     * sumsq[0..n), in double, in order) / loss_scale; *factor = (clip > 0 && norm > clip ?
+     * clip / (norm + 1e-6) : 1) / loss_scale, as a float; *norm_out = norm. */
+    void (*clip_factor)(camo_backend *be, int n, const float *sumsq, double clip,
+                        double loss_scale, float *factor, double *norm_out);
+    /* x (n) *= alpha[0], alpha in backend memory */
+    void (*scale_by)(camo_backend *be, size_t n, const float *alpha, float *x);
     /* SGD (PyTorch semantics): g' = g + wd*w; buf = momentum*buf + g' (buf = g' at t=1);
      * step = nesterov ? g' + momentum*buf : buf; w -= lr*step. grad_scale multiplies g first. */
     void (*sgd_step)(camo_backend *be, size_t n, float *w, const float *g, float *buf,

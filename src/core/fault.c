@@ -4,10 +4,11 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 static struct {
     int fail_replica, fail_stall, fail_kill, corrupt_replica, signal, loss_scale;
-    int64_t fail_step, grad_overflow, signal_at_step;
+    int64_t fail_step, grad_overflow, signal_at_step, eval_stall;
 } F;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
@@ -28,6 +29,7 @@ static void read_env(void) {
     int sig = (int)env_int("CAMO_TEST_SIGNAL", 0);
     F.signal = sig > 0 ? sig : SIGTERM;
     F.loss_scale = env_int("CAMO_TEST_LOSS_SCALE", 0) == 1;
+    F.eval_stall = env_int("CAMO_TEST_EVAL_STALL", 0);
 }
 
 static void load(void) { pthread_once(&once, read_env); }
@@ -57,4 +59,14 @@ int camo_fault_signal_at(int64_t step) {
 int camo_fault_loss_scale_on_cpu(void) {
     load();
     return F.loss_scale;
+}
+
+int camo_fault_eval_stall(void) {
+    static int64_t evals; /* evaluations run on the main thread, one at a time */
+    load();
+    return F.eval_stall > 0 && ++evals == F.eval_stall;
+}
+
+void camo_fault_hang(void) {
+    for (;;) sleep(1);
 }

@@ -26,5 +26,13 @@ int camo_fault_grad_overflow(int64_t replica_step);
 int camo_fault_signal_at(int64_t step);
 /* CAMO_TEST_LOSS_SCALE=1: fp16 loss scaling on CPU replicas (exact in fp32). */
 int camo_fault_loss_scale_on_cpu(void);
+/* CAMO_TEST_EVAL_STALL=n: the process's n-th evaluation (1 = its first) stops responding
+ * at its first batch (camo_fault_hang): process 0 of a multi-process run hung inside
+ * evaluation, for the others' parallel.eval_timeout_s (tests/test_mpi.sh). Call once per
+ * evaluation. */
+int camo_fault_eval_stall(void);
+/* Never returns: sleeps until the process is killed (a stalled evaluation; signals that
+ * the process handles do not end it, as they would not end a real hang). */
+void camo_fault_hang(void);
 
 #endif

@@ -9,20 +9,30 @@
 #include <mpi.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "core/common.h"
 
+/* A process of this machine as camo_mpi_init exchanged it (camo_mpi_local_peer). */
+typedef struct peer {
+    int rank, visible_set;
+    char visible[1024]; /* CUDA_VISIBLE_DEVICES: 8 MIG UUIDs fit */
+} peer;
+
 static struct {
     pthread_mutex_t mu;
-    int inited, rank, size, local_size;
+    int inited, rank, size, local_size, local_rank;
+    peer *peers; /* local_size of them, in local rank order */
     char lib[80];
-} M = {PTHREAD_MUTEX_INITIALIZER, 0, 0, 1, 1, "OpenMPI"};
+} M = {PTHREAD_MUTEX_INITIALIZER, 0, 0, 1, 1, 0, NULL, "OpenMPI"};
 
 struct camo_mpi_group {
     MPI_Comm comm;
     double timeout_s;
+    int root;           /* camo_mpi_group_create_await: whose task the others wait for */
+    char what[160];     /* ... named thus in their timeout error ("" for other groups) */
     int *counts, *displs, *rcounts, *rdispls; /* per process, for the v-collectives */
     void *scratch;                            /* the chunks this process reduces */
     size_t scratch_bytes;
@@ -48,6 +58,8 @@ static int mpi_fail(int code, const char *what, camo_barrier *bar) {
     return -1;
 }
 
+static int find_local_peers(void);
+
 int camo_mpi_init(void) {
     if (M.inited || !camo_mpi_launched()) return 0;
     int provided = 0, rc = MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided);
@@ -61,12 +73,7 @@ int camo_mpi_init(void) {
                  provided, MPI_THREAD_SERIALIZED);
         return -1;
     }
-    MPI_Comm node; /* the processes sharing this machine's memory */
-    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) ==
-        MPI_SUCCESS) {
-        MPI_Comm_size(node, &M.local_size);
-        MPI_Comm_free(&node);
-    }
+    if (find_local_peers()) return -1;
     char v[MPI_MAX_LIBRARY_VERSION_STRING];
     int len = 0;
     if (MPI_Get_library_version(v, &len) == MPI_SUCCESS) {
@@ -79,6 +86,16 @@ int camo_mpi_init(void) {
 int camo_mpi_rank(void) { return M.rank; }
 int camo_mpi_size(void) { return M.size; }
 int camo_mpi_local_size(void) { return M.local_size; }
+int camo_mpi_local_rank(void) { return M.local_rank; }
+
+int camo_mpi_local_peer(int l, const char **visible) {
+    if (!M.peers || l < 0 || l >= M.local_size) { /* no exchange: like this process */
+        *visible = getenv("CUDA_VISIBLE_DEVICES");
+        return M.rank - M.local_rank + l;
+    }
+    *visible = M.peers[l].visible_set ? M.peers[l].visible : NULL;
+    return M.peers[l].rank;
+}
 const char *camo_mpi_library(void) { return M.lib; }
 
 void camo_mpi_finalize(void) {
@@ -106,9 +123,15 @@ static int give_up(camo_mpi_group *g, int rc, const char *what, camo_barrier *ba
     g->pending = 1;
     if (rc != MPI_SUCCESS) return mpi_fail(rc, what, bar);
     if (bar && camo_barrier_aborted(bar)) return camo_barrier_fail(bar);
-    char why[256];
-    snprintf(why, sizeof why, "collective timed out after %g s: process %d of %d waited in an "
-             "MPI %s; another process did not join", g->timeout_s, M.rank, M.size, what);
+    char why[512];
+    if (g->what[0] && M.rank != g->root) { /* camo_mpi_group_create_await's group */
+        snprintf(why, sizeof why, "waited %g s for %s without an answer: process %d hangs, or "
+                 "takes longer than that (the bound is for hangs; raise it if a slow task is "
+                 "expected)", g->timeout_s, g->what, g->root);
+    } else {
+        snprintf(why, sizeof why, "collective timed out after %g s: process %d of %d waited in "
+                 "an MPI %s; another process did not join", g->timeout_s, M.rank, M.size, what);
+    }
     if (bar) camo_barrier_abort(bar, why);
     CAMO_ERR("%s", why);
     return -1;
@@ -136,6 +159,52 @@ static int wait_req(camo_mpi_group *g, MPI_Request *req, const char *what, camo_
             if (nap_ns < 500000) nap_ns *= 2;
         }
     }
+}
+
+/* ---- the processes of this machine ---- */
+
+/* The launcher's word when MPI cannot split (rank and size on this machine, -1: unknown). */
+static int env_local(const char *const *names) {
+    for (; *names; names++) {
+        const char *v = getenv(*names);
+        if (v && *v) return atoi(v);
+    }
+    return -1;
+}
+
+/* The processes sharing this machine's memory (MPI_COMM_TYPE_SHARED: one per machine,
+ * ordered by rank), and each one's CUDA_VISIBLE_DEVICES. Right after MPI_Init, where every
+ * process is anyway, so the bound only catches a broken launch. -1 + error. */
+static int find_local_peers(void) {
+    MPI_Comm node;
+    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node) !=
+        MPI_SUCCESS) {
+        static const char *const rank[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID",
+                                           "MPI_LOCALRANKID", NULL};
+        static const char *const size[] = {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS",
+                                           NULL};
+        int r = env_local(rank), n = env_local(size);
+        if (r >= 0 && n > r) M.local_rank = r, M.local_size = n;
+        return 0; /* peers unknown: camo_mpi_local_peer answers for this process */
+    }
+    MPI_Comm_size(node, &M.local_size);
+    MPI_Comm_rank(node, &M.local_rank);
+    M.peers = camo_calloc((size_t)M.local_size, sizeof *M.peers);
+    peer *me = &M.peers[M.local_rank];
+    const char *vis = getenv("CUDA_VISIBLE_DEVICES");
+    me->rank = M.rank;
+    me->visible_set = vis != NULL;
+    snprintf(me->visible, sizeof me->visible, "%s", vis ? vis : "");
+    camo_mpi_group g = {.comm = node, .timeout_s = 60, .what = ""};
+    MPI_Request req;
+    lock();
+    int rc = MPI_Iallgather(MPI_IN_PLACE, 0, MPI_BYTE, M.peers, (int)sizeof *me, MPI_BYTE, node,
+                            &req);
+    unlock();
+    if (rc != MPI_SUCCESS) return mpi_fail(rc, "exchange of CUDA_VISIBLE_DEVICES", NULL);
+    if (wait_req(&g, &req, "exchange of CUDA_VISIBLE_DEVICES", NULL)) return -1;
+    MPI_Comm_free(&node);
+    return 0;
 }
 
 /* ---- groups ---- */
@@ -173,6 +242,16 @@ void camo_mpi_group_free(camo_mpi_group *g) {
 }
 
 double camo_mpi_group_timeout(const camo_mpi_group *g) { return g ? g->timeout_s : 0; }
+
+camo_mpi_group *camo_mpi_group_create_await(double timeout_s, int root, double wait_s,
+                                            const char *what) {
+    camo_mpi_group *g = camo_mpi_group_create(timeout_s);
+    if (!g) return NULL;
+    g->root = root;
+    snprintf(g->what, sizeof g->what, "%s", what);
+    if (M.rank != root) g->timeout_s = wait_s;
+    return g;
+}
 
 /* ---- sums in process order ---- */
 

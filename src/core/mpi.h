@@ -35,9 +35,16 @@ int camo_mpi_init(void);
 /* This process and the processes of the run (0 and 1 without MPI). */
 int camo_mpi_rank(void);
 int camo_mpi_size(void);
-/* Processes of the run on this machine (OMPI_COMM_WORLD_LOCAL_SIZE, SLURM_NTASKS_PER_NODE
- * style variables; 1 when unknown): CPU threads are shared among them. */
+/* Processes of the run on this machine, and this one's index among them (0 .. size - 1, in
+ * rank order): MPI's shared-memory split (MPI_COMM_TYPE_SHARED), which is what the
+ * launcher's OMPI_COMM_WORLD_LOCAL_RANK or SLURM_LOCALID say (those are read only if the
+ * split fails); 1 and 0 without MPI. CPU threads and `auto`'s GPUs are shared among them. */
 int camo_mpi_local_size(void);
+int camo_mpi_local_rank(void);
+/* Local process l (0 .. camo_mpi_local_size() - 1): its rank in the run, and in *visible
+ * its CUDA_VISIBLE_DEVICES at start (NULL: unset), exchanged once by camo_mpi_init so that
+ * src/parallel/devices.c can see which GPUs the processes of one machine share. */
+int camo_mpi_local_peer(int l, const char **visible);
 /* "OpenMPI 4.1.4" or "none" (a build without MPI). */
 const char *camo_mpi_library(void);
 /* MPI_Finalize after a successful run (no-op for one process). */
@@ -75,5 +82,12 @@ int camo_mpi_all_gather(camo_mpi_group *g, void *out, size_t n, camo_barrier *ba
 int camo_mpi_barrier(camo_mpi_group *g, camo_barrier *bar);
 /* The run's decisions (train.c): v = the largest v of any process (stop flags, status). */
 int camo_mpi_max_int(camo_mpi_group *g, int *v, camo_barrier *bar);
+
+/* A group whose collectives wait for a long task of process `root` (process 0's
+ * evaluation): every other process waits at most wait_s and then fails naming `what`
+ * ("process 0's evaluation (parallel.eval_timeout_s)"); root itself, which arrives last
+ * when the others are waiting already, at most timeout_s. NULL as camo_mpi_group_create. */
+camo_mpi_group *camo_mpi_group_create_await(double timeout_s, int root, double wait_s,
+                                            const char *what);
 
 #endif

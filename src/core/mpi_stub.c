@@ -38,12 +38,22 @@ int camo_mpi_init(void) {
 int camo_mpi_rank(void) { return 0; }
 int camo_mpi_size(void) { return 1; }
 int camo_mpi_local_size(void) { return 1; }
+int camo_mpi_local_rank(void) { return 0; }
+int camo_mpi_local_peer(int l, const char **visible) {
+    *visible = getenv("CUDA_VISIBLE_DEVICES");
+    return l;
+}
 const char *camo_mpi_library(void) { return "none"; }
 void camo_mpi_finalize(void) {}
 void camo_mpi_abort(int code) { (void)code; }
 
 camo_mpi_group *camo_mpi_group_create(double timeout_s) {
     (void)timeout_s;
+    return NULL;
+}
+camo_mpi_group *camo_mpi_group_create_await(double timeout_s, int root, double wait_s,
+                                            const char *what) {
+    (void)timeout_s, (void)root, (void)wait_s, (void)what;
     return NULL;
 }
 void camo_mpi_group_free(camo_mpi_group *g) { (void)g; }

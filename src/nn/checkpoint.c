@@ -182,13 +182,6 @@ void camo_ckpt_close(camo_ckpt *ck) {
     free(ck);
 }
 
-static void shape_str(char *buf, size_t n, int ndim, const int64_t *shape) {
-    size_t k = (size_t)snprintf(buf, n, "[");
-    for (int i = 0; i < ndim && k < n; i++)
-        k += (size_t)snprintf(buf + k, n - k, i ? ", %lld" : "%lld", (long long)shape[i]);
-    if (k < n) snprintf(buf + k, n - k, "]");
-}
-
 /* The tensor `name`, checked against p's shape and dtype. */
 static const camo_st_tensor *find_checked(const camo_ckpt *ck, const camo_net *net,
                                           const camo_param *p, const char *name) {
@@ -202,8 +195,8 @@ static const camo_st_tensor *find_checked(const camo_ckpt *ck, const camo_net *n
     for (int i = 0; same && i < p->ndim; i++) same = t->shape[i] == p->shape[i];
     if (!same) {
         char a[96], b[96];
-        shape_str(a, sizeof a, t->ndim, t->shape);
-        shape_str(b, sizeof b, p->ndim, p->shape);
+        camo_shape_str(a, sizeof a, t->ndim, t->shape);
+        camo_shape_str(b, sizeof b, p->ndim, p->shape);
         CAMO_ERR("%s: tensor '%s' has shape %s, network '%s' needs %s", ck->path, name, a,
                  net->name, b);
         return NULL;

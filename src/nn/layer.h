@@ -152,6 +152,9 @@ void layer_free(camo_net *net, void *p);
 unsigned layer_saves_nothing(const camo_net *net, const camo_layer *l);
 unsigned layer_saves_input0(const camo_net *net, const camo_layer *l);
 unsigned layer_saves_inputs(const camo_net *net, const camo_layer *l);
+/* camo_layer_ops.infer of a layer whose output has its input 0's height and width (the
+ * channels are the parser's): activations, softmax, slice, layer_scale */
+int layer_infer_same_size(camo_net *net, camo_layer *l);
 /* flops of one operation per output value (activations, softmax, concat, add, mul) */
 double layer_elementwise_flops(const camo_net *net, const camo_layer *l);
 /* infer's error when a descriptor (conv, pool) rejected the input: the descriptor's message

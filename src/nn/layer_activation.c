@@ -3,12 +3,6 @@
  * the channels of each pixel. */
 #include "layer.h"
 
-static int same_size_infer(camo_net *net, camo_layer *l) {
-    int C;
-    layer_input_shape(net, l, 0, &l->H, &l->W, &C);
-    return 0;
-}
-
 /* ---- activation ---- */
 
 static void activation_forward(camo_net *net, camo_layer *l, int n, int training) {
@@ -43,7 +37,7 @@ static void activation_backward(camo_net *net, camo_layer *l, int n) {
 }
 
 const camo_layer_ops activation_layer_ops = {
-    .infer = same_size_infer, .forward = activation_forward,
+    .infer = layer_infer_same_size, .forward = activation_forward,
     .backward = activation_backward, .flops = layer_elementwise_flops,
     .saves = activation_saves, .in_place = 1, .recomputable = 1,
 };
@@ -66,6 +60,6 @@ static unsigned softmax_saves(const camo_net *net, const camo_layer *l) {
 }
 
 const camo_layer_ops softmax_layer_ops = {
-    .infer = same_size_infer, .forward = softmax_forward, .backward = softmax_backward,
+    .infer = layer_infer_same_size, .forward = softmax_forward, .backward = softmax_backward,
     .flops = layer_elementwise_flops, .saves = softmax_saves, .recomputable = 1,
 };

@@ -8,12 +8,6 @@
 
 #include "core/common.h"
 
-static int same_size_infer(camo_net *net, camo_layer *l) {
-    int C;
-    layer_input_shape(net, l, 0, &l->H, &l->W, &C);
-    return 0;
-}
-
 /* ---- layer_scale: y = x * gamma, gamma (C) named after the layer itself (timm's bare
  * nn.Parameter `gamma` / `gamma_xca` of a block) ---- */
 
@@ -32,7 +26,7 @@ static void layer_scale_backward(camo_net *net, camo_layer *l, int n) {
 }
 
 const camo_layer_ops layer_scale_layer_ops = {
-    .infer = same_size_infer, .forward = layer_scale_forward,
+    .infer = layer_infer_same_size, .forward = layer_scale_forward,
     .backward = layer_scale_backward, .flops = layer_elementwise_flops,
     .saves = layer_saves_input0, .recomputable = 1,
 };
@@ -40,7 +34,7 @@ const camo_layer_ops layer_scale_layer_ops = {
 /* ---- drop_path ---- */
 
 static int drop_path_infer(camo_net *net, camo_layer *l) {
-    same_size_infer(net, l);
+    layer_infer_same_size(net, l);
     free(l->u.drop.keep); /* host memory: one factor per image */
     l->u.drop.keep = camo_calloc((size_t)net->N, sizeof(float));
     return 0;

@@ -5,12 +5,6 @@
 
 #include "core/common.h"
 
-static int slice_infer(camo_net *net, camo_layer *l) {
-    int C;
-    layer_input_shape(net, l, 0, &l->H, &l->W, &C);
-    return 0;
-}
-
 static int input_channels(const camo_net *net, const camo_layer *l) {
     int H, W, C;
     layer_input_shape(net, l, 0, &H, &W, &C);
@@ -33,6 +27,6 @@ static void slice_backward(camo_net *net, camo_layer *l, int n) {
 }
 
 const camo_layer_ops slice_layer_ops = {
-    .infer = slice_infer, .forward = slice_forward, .backward = slice_backward,
+    .infer = layer_infer_same_size, .forward = slice_forward, .backward = slice_backward,
     .flops = layer_elementwise_flops, .saves = layer_saves_nothing, .recomputable = 1,
 };

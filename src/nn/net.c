@@ -85,6 +85,12 @@ unsigned layer_saves_inputs(const camo_net *net, const camo_layer *l) {
     return (1u << l->n_in) - 1u;
 }
 
+int layer_infer_same_size(camo_net *net, camo_layer *l) {
+    int C;
+    layer_input_shape(net, l, 0, &l->H, &l->W, &C);
+    return 0;
+}
+
 double layer_elementwise_flops(const camo_net *net, const camo_layer *l) {
     (void)net;
     return (double)l->H * l->W * l->C;
@@ -226,6 +232,13 @@ camo_param *camo_net_find_param(camo_net *net, const char *name) {
     for (int i = 0; i < net->n_params; i++)
         if (strcmp(net->params[i].name, name) == 0) return &net->params[i];
     return NULL;
+}
+
+void camo_shape_str(char *buf, size_t n, int ndim, const int64_t *shape) {
+    size_t k = (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < ndim && k < n; i++)
+        k += (size_t)snprintf(buf + k, n - k, i ? ", %lld" : "%lld", (long long)shape[i]);
+    if (k < n) snprintf(buf + k, n - k, "]");
 }
 
 /* the trainable values themselves: n_weight_floats also counts the alignment gaps */
@@ -475,12 +488,6 @@ void camo_net_forward(camo_net *net, int n, int training) {
     }
 }
 
-static int is_output_layer(const camo_net *net, int i) {
-    for (int o = 0; o < net->n_outputs; o++)
-        if (net->outputs[o].layer == i) return 1;
-    return 0;
-}
-
 /* a layer's output or gradient under the plan the layers follow now */
 static size_t layer_bytes(const camo_net *net, const camo_layer *l) {
     size_t n = (size_t)(net->eval_active ? net->N_eval : net->N_train);
@@ -488,9 +495,10 @@ static size_t layer_bytes(const camo_net *net, const camo_layer *l) {
 }
 
 void camo_net_zero_act_grads(camo_net *net) {
-    for (int i = 0; i < net->n_layers; i++)
-        if (is_output_layer(net, i))
-            net->be->zero(net->be, net->layers[i].dout, layer_bytes(net, &net->layers[i]));
+    for (int o = 0; o < net->n_outputs; o++) {
+        camo_layer *l = &net->layers[net->outputs[o].layer];
+        net->be->zero(net->be, l->dout, layer_bytes(net, l));
+    }
     net->be->zero(net->be, net->dinput,
                   (size_t)net->N * net->H * net->W * net->input_channels * sizeof(float));
 }
@@ -520,14 +528,15 @@ static void mark_requires_grad(camo_net *net) {
  * (a regenerated layer's inputs are there: kept, or regenerated just before). */
 static void backward_prepare(camo_net *net, int t, int n) {
     const camo_plan *p = net->plan;
-    for (int i = 0; i < net->n_layers; i++) {
-        camo_layer *l = &net->layers[i];
-        if (p->life[i][PLAN_GRAD].birth == t && l->requires_grad && !is_output_layer(net, i))
-            net->be->zero(net->be, l->dout, layer_bytes(net, l));
+    int count;
+    const int *born = plan_at(&p->grad_born, t, &count);
+    for (int k = 0; k < count; k++) {
+        camo_layer *l = &net->layers[born[k]];
+        if (l->requires_grad) net->be->zero(net->be, l->dout, layer_bytes(net, l));
     }
-    for (int i = 0; i < net->n_layers; i++) {
-        if (!p->recompute[i] || !plan_has(p, i, PLAN_REC) || p->life[i][PLAN_REC].birth != t)
-            continue;
+    const int *regen = plan_at(&p->regen, t, &count);
+    for (int k = 0; k < count; k++) {
+        int i = regen[k];
         camo_layer *l = &net->layers[i];
         l->out = plan_ptr(net, i, PLAN_REC);
         int m = layer_rows(net, l, n);

@@ -207,6 +207,9 @@ void camo_param_grad_get(camo_net *net, const camo_param *p, float *host_torch_l
 void camo_param_read(camo_net *net, const camo_param *p, const float *dev, float *host);
 void camo_param_write(camo_net *net, const camo_param *p, float *dev, const float *host);
 
+/* A shape as PyTorch prints it, "[64, 3, 7, 7]", cut to fit n bytes (messages). */
+void camo_shape_str(char *buf, size_t n, int ndim, const int64_t *shape);
+
 size_t camo_net_param_count(const camo_net *net);   /* trainable values */
 double camo_net_forward_flops(const camo_net *net); /* per image at the current H x W */
 /* Table of layers, output shapes, parameters and FLOPs. */

@@ -219,6 +219,35 @@ static void plan_figures(const camo_net *net, camo_plan *p) {
     for (int i = 0; i < L; i++) p->plain_img += 2 * layer_size_img(&net->layers[i]);
 }
 
+/* Bucket the layers by step[i] (-1: in no step), keeping layer order within a step. */
+static void bucket_steps(int steps, int L, const int *step, plan_steps *s) {
+    s->first = camo_calloc((size_t)steps + 1, sizeof(int));
+    s->layer = camo_calloc((size_t)L + 1, sizeof(int));
+    for (int i = 0; i < L; i++)
+        if (step[i] >= 0) s->first[step[i] + 1]++;
+    for (int t = 0; t < steps; t++) s->first[t + 1] += s->first[t];
+    int *next = camo_malloc((size_t)steps * sizeof *next);
+    memcpy(next, s->first, (size_t)steps * sizeof *next);
+    for (int i = 0; i < L; i++)
+        if (step[i] >= 0) s->layer[next[step[i]]++] = i;
+    free(next);
+}
+
+/* What backward does before each step: zero the gradients born then, regenerate the
+ * recomputed outputs whose second life begins then. */
+static void step_lists(const camo_net *net, camo_plan *p) {
+    int L = p->n_layers;
+    int *step = camo_malloc((size_t)(L + 1) * sizeof *step);
+    for (int i = 0; i < L; i++)
+        step[i] = plan_has(p, i, PLAN_GRAD) && !is_output(net, i) ?
+                  p->life[i][PLAN_GRAD].birth : -1;
+    bucket_steps(p->steps, L, step, &p->grad_born);
+    for (int i = 0; i < L; i++)
+        step[i] = p->recompute[i] && plan_has(p, i, PLAN_REC) ? p->life[i][PLAN_REC].birth : -1;
+    bucket_steps(p->steps, L, step, &p->regen);
+    free(step);
+}
+
 int camo_plan_make(const camo_net *net, int lean, int plain, int inference, camo_plan *p) {
     memset(p, 0, sizeof *p);
     int L = net->n_layers;
@@ -246,6 +275,7 @@ int camo_plan_make(const camo_net *net, int lean, int plain, int inference, camo
     assign_slots(net, &u, p);
     place_slots(p, plain);
     plan_figures(net, p);
+    step_lists(net, p);
     free(mem);
     return 0;
 }
@@ -258,5 +288,9 @@ void camo_plan_free(camo_plan *p) {
     free(p->slot_size);
     free(p->slot_birth);
     free(p->slot_death);
+    free(p->grad_born.first);
+    free(p->grad_born.layer);
+    free(p->regen.first);
+    free(p->regen.layer);
     memset(p, 0, sizeof *p);
 }

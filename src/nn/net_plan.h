@@ -34,6 +34,13 @@ typedef struct plan_life {
     int slot;           /* lives written in place over each other share a slot */
 } plan_life;
 
+/* Layers grouped by time step: those of step t are layer[first[t]] .. layer[first[t+1]-1],
+ * in layer order. Made once per plan, so backward does not scan every layer at each step. */
+typedef struct plan_steps {
+    int *first;                   /* steps + 1 */
+    int *layer;
+} plan_steps;
+
 typedef struct camo_plan {
     int n_layers, steps;          /* steps = 2L + 1 */
     plan_life (*life)[PLAN_KINDS]; /* per layer */
@@ -46,6 +53,10 @@ typedef struct camo_plan {
     size_t kept_img;              /* floats per image alive at the loss (time L) */
     size_t grad_peak_img;         /* most gradient floats per image alive at once */
     size_t plain_img;             /* every output and gradient in its own buffer */
+    plan_steps grad_born;         /* gradients whose life begins (backward adds into them,
+                                     so they are zeroed then); not the network outputs',
+                                     which the loss writes */
+    plan_steps regen;             /* recomputed outputs regenerated (their second life) */
 } camo_plan;
 
 /* Make the plan for the network's current shapes (after every layer's infer). lean:
@@ -63,6 +74,11 @@ static inline int plan_has(const camo_plan *p, int i, int k) {
 }
 static inline size_t plan_offset(const camo_plan *p, int i, int k) {
     return p->slot_off[p->life[i][k].slot];
+}
+/* The layers of list s at time step t; *n: how many. */
+static inline const int *plan_at(const plan_steps *s, int t, int *n) {
+    *n = s->first[t + 1] - s->first[t];
+    return s->layer + s->first[t];
 }
 
 #endif

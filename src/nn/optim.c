@@ -2,6 +2,7 @@
 #include "nn/optim.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/common.h"
@@ -35,7 +36,8 @@ camo_optim *camo_optim_create(camo_net *net, const camo_optim_opts *opts) {
         o->ema = alloc_block(net, net->n_weight_floats);
         net->be->copy(net->be, o->ema, net->param_block, net->n_weight_floats * sizeof(float));
     }
-    o->scratch = alloc_block(net, 4);
+    o->scratch = alloc_block(net, camo_optim_scratch_floats(net));
+    o->scratch_host = camo_malloc(camo_optim_scratch_floats(net) * sizeof(float));
     return o;
 }
 
@@ -44,6 +46,7 @@ void camo_optim_free(camo_net *net, camo_optim *o) {
     for (int s = 0; s < o->n_slots; s++) net->be->free(net->be, o->slot[s]);
     if (o->ema) net->be->free(net->be, o->ema);
     net->be->free(net->be, o->scratch);
+    free(o->scratch_host);
     free(o);
 }
 
@@ -51,18 +54,41 @@ static size_t offset_of(const camo_net *net, const camo_param *p) {
     return (size_t)(p->data - net->param_block);
 }
 
-double camo_grad_norm(camo_net *net, camo_optim *o) {
+size_t camo_optim_scratch_floats(const camo_net *net) {
+    return (size_t)CAMO_MAX(net->n_params + 1, 4);
+}
+
+/* Each tensor's sum of squares lands in its own scratch float; one download for all (a
+ * download per tensor would make the host wait for the GPU hundreds of times a step). */
+static int grad_sumsq(camo_net *net, camo_optim *o) {
     camo_backend *be = net->be;
-    double total = 0;
+    int n = 0;
     for (int i = 0; i < net->n_params; i++) {
         camo_param *p = &net->params[i];
         if (p->kind != CAMO_PARAM_WEIGHT || p->frozen) continue;
-        float v = 0;
-        be->sumsq(be, p->numel, o->scratch, p->grad);
-        be->download(be, &v, o->scratch, sizeof v);
-        total += v;
+        be->sumsq(be, p->numel, o->scratch + n++, p->grad);
     }
+    return n;
+}
+
+double camo_grad_norm(camo_net *net, camo_optim *o) {
+    camo_backend *be = net->be;
+    int n = grad_sumsq(net, o);
+    be->download(be, o->scratch_host, o->scratch, (size_t)n * sizeof(float));
+    double total = 0;
+    for (int i = 0; i < n; i++) total += o->scratch_host[i]; /* tensor order, as always */
     return sqrt(total);
+}
+
+/* The factor lands after the sums in the scratch; multiplying the gradients by it first
+ * gives the bits of the host path (an update multiplies g by grad_scale before anything). */
+void camo_clip_grads_dev(camo_net *net, camo_optim *o, double clip, double loss_scale,
+                         double *norm_out) {
+    camo_backend *be = net->be;
+    int n = grad_sumsq(net, o);
+    float *factor = o->scratch + net->n_params;
+    be->clip_factor(be, n, o->scratch, clip, loss_scale, factor, norm_out);
+    be->scale_by(be, net->n_weight_floats, factor, net->grad_block);
 }
 
 void camo_optim_step(camo_net *net, camo_optim *o, double lr, double grad_scale) {

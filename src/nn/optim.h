@@ -26,7 +26,8 @@ typedef struct camo_optim {
     int64_t t;                  /* optimizer steps taken (AdamW bias correction) */
     float *ema;                 /* EMA of the weights (param_block layout) or NULL */
     double ema_decay;
-    float *scratch;             /* backend float for reductions */
+    float *scratch;             /* backend floats for reductions (one per tensor) */
+    float *scratch_host;        /* their host copy */
 } camo_optim;
 
 camo_optim *camo_optim_create(camo_net *net, const camo_optim_opts *opts);
@@ -34,6 +35,14 @@ void camo_optim_free(camo_net *net, camo_optim *o);
 
 /* Global L2 norm of the gradients of unfrozen weights (host sync). */
 double camo_grad_norm(camo_net *net, camo_optim *o);
+/* Clips the gradients of unfrozen weights to norm `clip` (and divides them by loss_scale)
+ * on the device, with no host wait: then camo_optim_step with grad_scale 1 updates as the
+ * host path (camo_grad_norm, grad_scale) would, bit for bit. *norm_out (backend memory, a
+ * double) = the norm / loss_scale. */
+void camo_clip_grads_dev(camo_net *net, camo_optim *o, double clip, double loss_scale,
+                         double *norm_out);
+/* Backend floats of the optimizer's reduction scratch (one per parameter tensor + 1, >= 4). */
+size_t camo_optim_scratch_floats(const camo_net *net);
 /* One update of every unfrozen weight with learning rate lr; gradients are multiplied by
  * grad_scale first (clipping). Also updates the EMA when enabled. */
 void camo_optim_step(camo_net *net, camo_optim *o, double lr, double grad_scale);

@@ -15,13 +15,6 @@ static int is_float(camo_st_dtype d) {
     return d == CAMO_ST_F32 || d == CAMO_ST_F16 || d == CAMO_ST_BF16;
 }
 
-static void shape_str(char *buf, size_t n, int ndim, const int64_t *shape) {
-    size_t k = (size_t)snprintf(buf, n, "[");
-    for (int i = 0; i < ndim && k < n; i++)
-        k += (size_t)snprintf(buf + k, n - k, i ? ", %lld" : "%lld", (long long)shape[i]);
-    if (k < n) snprintf(buf + k, n - k, "]");
-}
-
 /* Adds name to a report list (the first CAMO_PRETRAINED_LIST of *count). */
 static void list_add(char *list, size_t n, int *count, const char *name) {
     if ((*count)++ >= CAMO_PRETRAINED_LIST) return;
@@ -49,8 +42,8 @@ static int check_tensor(const camo_net *net, const camo_pretrained_report *rep,
     for (int i = 0; same && i < p->ndim; i++) same = t->shape[i] == p->shape[i];
     if (same) return 0;
     char a[128], b[128];
-    shape_str(a, sizeof a, t->ndim, t->shape);
-    shape_str(b, sizeof b, p->ndim, p->shape);
+    camo_shape_str(a, sizeof a, t->ndim, t->shape);
+    camo_shape_str(b, sizeof b, p->ndim, p->shape);
     CAMO_ERR("init.weights: %s: tensor '%s' has shape %s, but '%s' of network '%s' is %s",
              rep->path, t->name, a, p->name, net->name, b);
     return -1;

@@ -81,6 +81,125 @@ static int distinct_gpus(const camo_devices *d) {
     return gpus_unshared(d) && (d->n >= 2 || d->procs > 1);
 }
 
+/* ---- the processes of one machine (several processes of a run, core/mpi.h) ---- */
+
+/* How the machine names GPU ordinal i of a process whose CUDA_VISIBLE_DEVICES is `visible`
+ * (NULL: unset): entry i of that list, else the ordinal. Two processes naming a GPU alike
+ * hold the same GPU (unless one lists it by UUID and the other by ordinal: not caught). */
+static void gpu_name(const char *visible, int i, char *out, size_t n) {
+    if (!visible) {
+        snprintf(out, n, "%d", i);
+        return;
+    }
+    const char *p = visible;
+    for (int k = 0; k < i && *p; k++) {
+        p += strcspn(p, ",");
+        if (*p) p++;
+    }
+    snprintf(out, n, "%.*s", (int)strcspn(p, ","), p);
+}
+
+/* Every process of this machine sees the same GPUs (the same CUDA_VISIBLE_DEVICES, or none). */
+static int same_visibility(int L) {
+    const char *v0, *v;
+    camo_mpi_local_peer(0, &v0);
+    for (int l = 1; l < L; l++) {
+        camo_mpi_local_peer(l, &v);
+        if ((v == NULL) != (v0 == NULL) || (v && strcmp(v, v0))) return 0;
+    }
+    return 1;
+}
+
+/* `auto` over L processes that see the same g GPUs: local process l takes g / L of them,
+ * from l * g / L (g must divide: equal replica counts). */
+static void auto_share(int g, int L, int l, int *first, int *n) {
+    *n = g / L;
+    *first = l * *n;
+}
+
+/* The GPU ordinals local process l uses (every process parses the same spec): the list in
+ * d (all = 0), or for auto (all = 1) every GPU it sees (with an unset CUDA_VISIBLE_DEVICES
+ * every GPU of the machine, up to the cap). */
+static int peer_ids(const camo_devices *d, int l, int all, int *ids) {
+    const char *vis;
+    camo_mpi_local_peer(l, &vis);
+    int n = !all ? d->n : vis ? visible_count(vis) : CAMO_MAX_REPLICAS;
+    n = CAMO_MIN(n, CAMO_MAX_REPLICAS);
+    for (int i = 0; i < n; i++) ids[i] = all ? i : d->id[i];
+    return n;
+}
+
+static const char *host(void) {
+    static char name[256];
+    if (gethostname(name, sizeof name - 1)) snprintf(name, sizeof name, "this machine");
+    return name;
+}
+
+/* NCCL takes one rank per GPU: no GPU may serve two processes of this machine (a GPU
+ * shared by replicas of one process is the local comm's, and nccl_span refuses it).
+ * all: as peer_ids. Every process finds the same answer. */
+static int gpus_unshared_by_processes(const camo_devices *d, const char *spec, int all) {
+    int L = camo_mpi_local_size(), ia[CAMO_MAX_REPLICAS], ib[CAMO_MAX_REPLICAS];
+    char na[1024], nb[1024];
+    for (int a = 0; a < L; a++) {
+        int n_a = peer_ids(d, a, all, ia);
+        for (int b = a + 1; b < L; b++) {
+            int n_b = peer_ids(d, b, all, ib);
+            const char *va, *vb;
+            int pa = camo_mpi_local_peer(a, &va), pb = camo_mpi_local_peer(b, &vb);
+            for (int i = 0; i < n_a; i++)
+                for (int j = 0; j < n_b; j++) {
+                    gpu_name(va, ia[i], na, sizeof na);
+                    gpu_name(vb, ib[j], nb, sizeof nb);
+                    if (strcmp(na, nb) || !na[0]) continue;
+                    CAMO_ERR("parallel.devices = \"%s\": processes %d and %d of %d, both on %s, "
+                             "would use the same GPU %s (CUDA_VISIBLE_DEVICES %s and %s); NCCL "
+                             "takes one rank per GPU. Give each process its own GPUs: "
+                             "--devices auto shares this machine's GPUs out among its %d "
+                             "processes, or set CUDA_VISIBLE_DEVICES per process", spec, pa, pb,
+                             d->procs, host(), na, va ? va : "unset", vb ? vb : "unset", L);
+                    return -1;
+                }
+        }
+    }
+    return 0;
+}
+
+/* `auto` with L > 1 processes on this machine, g GPUs visible here: this process's first
+ * GPU and count. 0, or -1 + error. */
+static int auto_local(const camo_devices *d, int g, int *first, int *n) {
+    int L = camo_mpi_local_size(), l = camo_mpi_local_rank();
+    const char *vis = getenv("CUDA_VISIBLE_DEVICES");
+    if (!same_visibility(L)) { /* each was given its own GPUs: all it sees */
+        *first = 0;
+        *n = g;
+        return gpus_unshared_by_processes(d, "auto", 1);
+    }
+    if (g % L) {
+        CAMO_ERR("parallel.devices = \"auto\": %d GPU%s visible (CUDA_VISIBLE_DEVICES=%s) to each "
+                 "of the %d processes of this run on %s, and auto gives each process an equal "
+                 "share: %d GPU%s do%s not divide among %d processes. Start a process count "
+                 "that divides %d on this machine, give each process its own GPUs with "
+                 "CUDA_VISIBLE_DEVICES (auto then takes all a process sees), or name them with "
+                 "--devices", g, g == 1 ? "" : "s", vis ? vis : "unset", L, host(), g,
+                 g == 1 ? "" : "s", g == 1 ? "es" : "", L, g);
+        return -1;
+    }
+    auto_share(g, L, l, first, n);
+    char line[1024];
+    int len = snprintf(line, sizeof line, "devices: auto on %s: %d GPUs shared out among its %d "
+                       "processes, %d each:", host(), g, L, *n);
+    for (int p = 0; p < L && len < (int)sizeof line; p++) {
+        const char *v;
+        int f, k, rank = camo_mpi_local_peer(p, &v);
+        auto_share(g, L, p, &f, &k);
+        len += snprintf(line + len, sizeof line - (size_t)len, "%s process %d -> %d..%d",
+                        p ? ";" : "", rank, f, f + k - 1);
+    }
+    camo_info("%s", line);
+    return 0;
+}
+
 /* ---- parsing ---- */
 
 /* "0,1,1": GPU ordinals */
@@ -100,6 +219,7 @@ static int parse_gpu_list(const char *spec, camo_devices *d) {
         if (*end && !*p) goto bad;
     }
     if (d->n == 0) goto bad;
+    if (camo_mpi_local_size() > 1 && gpus_unshared_by_processes(d, spec, 0)) return -1;
     if (distinct_gpus(d)) eager_loading_for_nccl("NCCL over distinct GPUs"); /* before CUDA */
     int have = camo_cuda_device_count();
     for (int i = 0; i < d->n; i++) {
@@ -116,7 +236,8 @@ bad:
     return -1;
 }
 
-/* "auto": every GPU, else one CPU replica. 1 when it found GPUs, 0 for the CPU. */
+/* "auto": every GPU (with several processes on this machine, this one's share), else one
+ * CPU replica. 1 when it found GPUs, 0 for the CPU, -1 + error. */
 static int parse_auto(camo_devices *d) {
     int before = gpus_before_cuda(); /* counting with CUDA would initialise it */
     if (before < 0 || before >= 2 || d->procs > 1)
@@ -126,12 +247,14 @@ static int parse_auto(camo_devices *d) {
         camo_info("devices: auto -> cpu (no usable GPU)");
         return 0;
     }
+    int first = 0, n = g;
+    if (camo_mpi_local_size() > 1 && auto_local(d, g, &first, &n)) return -1;
     d->gpu = 1;
-    d->n = CAMO_MIN(g, CAMO_MAX_REPLICAS);
-    for (int i = 0; i < d->n; i++) d->id[i] = i;
+    d->n = CAMO_MIN(n, CAMO_MAX_REPLICAS);
+    for (int i = 0; i < d->n; i++) d->id[i] = first + i;
     const char *vis = getenv("CUDA_VISIBLE_DEVICES");
-    camo_info("devices: auto -> %d GPU%s (ids 0..%d of CUDA_VISIBLE_DEVICES=%s)", d->n,
-              d->n == 1 ? "" : "s", d->n - 1, vis ? vis : "unset");
+    camo_info("devices: auto -> %d GPU%s (ids %d..%d of CUDA_VISIBLE_DEVICES=%s)", d->n,
+              d->n == 1 ? "" : "s", first, first + d->n - 1, vis ? vis : "unset");
     return 1;
 }
 
@@ -141,7 +264,8 @@ static int parse_devices(const char *spec, int threads, camo_devices *d) {
     d->procs = camo_mpi_size();
     int total = threads > 0 ? threads : CAMO_MAX(1, cores() / camo_mpi_local_size());
     if (!strcmp(spec, "auto")) {
-        if (parse_auto(d)) return 0;
+        int found = parse_auto(d);
+        if (found) return found < 0 ? -1 : 0;
         spec = "cpu";
     }
     if (!strcmp(spec, "cpu") || !strncmp(spec, "cpu:", 4)) {

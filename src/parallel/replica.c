@@ -5,18 +5,26 @@
 #include "parallel/replica.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "backend/cuda.h"
 #include "core/common.h"
 #include "core/fault.h"
 
 /* r->loss_dev is the block of backend memory where a step's measurements add up on the
  * device, read back with one download per step: the loss (a float at byte 0, what the loss
  * ops add to), then from byte 8 the main output's pixel counts [correct, counted] as doubles
- * (pixel_correct adds to them; integer counts stay exact). */
-#define STATS_BYTES (3 * sizeof(double))
+ * (pixel_correct adds to them; integer counts stay exact), then the gradient norm when
+ * clipping ran on the device (a double at byte 24). The download is queued behind
+ * the step into one of two pinned blocks and read a step later, so that the host never
+ * waits for the GPU to drain (only for the previous step's end). */
+#define STATS_BYTES (4 * sizeof(double))
 static double *pixel_counts(camo_replica *r) {
     return (double *)((char *)r->loss_dev + sizeof(double));
+}
+static double *grad_norm_slot(camo_replica *r) {
+    return (double *)((char *)r->loss_dev + 3 * sizeof(double));
 }
 
 int camo_replica_init(camo_replica *r, const camo_replica_opts *opts, const camo_ckpt *ck,
@@ -57,6 +65,9 @@ int camo_replica_init(camo_replica *r, const camo_replica_opts *opts, const camo
     r->target = be->alloc(be, nb * plane * sizeof(float));
     r->labels = be->alloc(be, nb * plane * sizeof(int32_t));
     r->loss_dev = be->alloc(be, STATS_BYTES);
+    for (int k = 0; k < 2; k++) /* pinned only on GPUs: no CUDA context for CPU runs */
+        r->stats_host[k] = camo_backend_on_gpu(be) ? camo_cuda_host_alloc(STATS_BYTES)
+                                                   : camo_malloc(STATS_BYTES);
     return r->target && r->labels && r->loss_dev ? 0 : -1;
 }
 
@@ -228,6 +239,7 @@ int camo_replica_micro_batch(camo_replica *r, const camo_batch *b, double norm_i
      * computes is exactly zero. */
     if (n == 0 && r->sync_bn) {
         be->upload(be, net->input, b->image, plane * 3 * sizeof(float));
+        be->fence(be, CAMO_FENCE_UPLOAD);
         r->ghost = 1;
         camo_net_forward(net, 1, 1);
         camo_net_zero_act_grads(net);
@@ -238,6 +250,7 @@ int camo_replica_micro_batch(camo_replica *r, const camo_batch *b, double norm_i
         be->upload(be, net->input, b->image + off * 3, px * 3 * sizeof(float));
         if (r->o.loss == LOSS_CE) be->upload(be, r->labels, b->labels + off, px * sizeof(int32_t));
         else be->upload(be, r->target, b->mask + off, px * sizeof(float));
+        be->fence(be, CAMO_FENCE_UPLOAD);
         camo_net_forward(net, n, 1);
         camo_net_zero_act_grads(net);
         /* fp16: loss (and every gradient) times S, exactly (S is a power of two) */
@@ -251,6 +264,8 @@ int camo_replica_micro_batch(camo_replica *r, const camo_batch *b, double norm_i
     if (r->bn_error) return -1;
     return 0;
 }
+
+void camo_replica_uploads_wait(camo_replica *r) { r->be->fence_wait(r->be, CAMO_FENCE_UPLOAD); }
 
 /* ---- the step ---- */
 
@@ -277,6 +292,12 @@ static int exchange_grads(camo_replica *r) {
 static void update(camo_replica *r, double lr, double norm, double *grad_norm) {
     double S = r->scaling ? r->ls.scale : 1.0, scale = 1.0, clip = r->o.clip_grad_norm;
     *grad_norm = NAN;
+    if (clip > 0 && norm < 0) { /* on the device: its norm travels with the step's loss */
+        camo_clip_grads_dev(r->net, r->opt, clip, S, grad_norm_slot(r));
+        camo_optim_step(r->net, r->opt, lr, 1.0);
+        r->norm_on_device = 1;
+        return;
+    }
     if (clip > 0 || norm >= 0) {
         *grad_norm = (norm >= 0 ? norm : camo_grad_norm(r->net, r->opt)) / S;
         if (clip > 0 && *grad_norm > clip) scale = clip / (*grad_norm + 1e-6);
@@ -309,32 +330,55 @@ static int grads_finite(camo_replica *r, double *norm) {
     return bad == 0;
 }
 
-/* The step's loss and pixel counts, summed over the replicas in one host all-reduce (the
- * cpu comm adds in rank order: the counts are exact, the loss the same for any replica
- * count up to the rounding of the per-replica float sums). */
-static int step_measures(camo_replica *r, camo_step_stats *st) {
-    unsigned char block[STATS_BYTES];
+/* Queues the step's measurements for the host (a pinned block, a fence) and clears them
+ * for the next step, in stream order: no wait. */
+static void queue_measures(camo_replica *r, double loss_scale) {
+    int k = (int)(r->stats_queued % 2);
+    r->be->download_async(r->be, r->stats_host[k], r->loss_dev, STATS_BYTES);
+    r->be->zero(r->be, r->loss_dev, STATS_BYTES);
+    r->be->fence(r->be, CAMO_FENCE_STATS0 + k);
+    r->stats_scale[k] = loss_scale;
+    r->stats_step[k] = r->pos_step;
+    r->stats_norm[k] = r->norm_on_device;
+    r->norm_on_device = 0;
+    r->stats_queued++;
+}
+
+int camo_replica_pending(const camo_replica *r) {
+    return (int)(r->stats_queued - r->stats_taken);
+}
+
+/* The loss and pixel counts are summed over the replicas in one host all-reduce (the cpu
+ * comm adds in rank order: the counts are exact, the loss the same for any replica count up
+ * to the rounding of the per-replica float sums). */
+int camo_replica_measures(camo_replica *r, camo_step_stats *st) {
+    memset(st, 0, sizeof *st);
+    st->loss = NAN;
+    if (r->stats_taken == r->stats_queued) return 0;
+    int k = (int)(r->stats_taken % 2);
+    r->be->fence_wait(r->be, CAMO_FENCE_STATS0 + k);
+    r->stats_taken++;
+    const unsigned char *block = r->stats_host[k];
     float l;
     double v[3];
-    r->be->download(r->be, block, r->loss_dev, STATS_BYTES);
-    r->be->zero(r->be, r->loss_dev, STATS_BYTES);
     memcpy(&l, block, sizeof l);
     memcpy(v + 1, block + sizeof(double), 2 * sizeof(double));
-    v[0] = r->scaling ? l / r->ls.scale : l; /* exact: S is a power of two */
+    v[0] = l / r->stats_scale[k]; /* exact: S is a power of two */
     if (r->size > 1 && r->ctl->all_reduce_host(r->ctl, v, 3)) return -1;
+    st->grad_norm = NAN; /* this replica's: the same on all that updated (not summed) */
+    if (r->stats_norm[k]) memcpy(&st->grad_norm, block + 3 * sizeof(double), sizeof(double));
+    st->step = r->stats_step[k];
     st->loss = v[0];
     st->pixels_correct = v[1];
     st->pixels_counted = v[2];
-    return 0;
+    return 1;
 }
 
-int camo_replica_step(camo_replica *r, double lr, camo_step_stats *st, double *grad_norm) {
+int camo_replica_step(camo_replica *r, double lr, double *grad_norm) {
     camo_net *net = r->net;
     *grad_norm = NAN;
-    memset(st, 0, sizeof *st);
-    st->loss = NAN;
     if (r->size > 1 && exchange_grads(r)) return -1;
-    if (step_measures(r, st)) return -1;
+    double S = r->scaling ? r->ls.scale : 1.0; /* this step's, before the update changes it */
     double norm = -1;
     r->skipped = 0;
     if (r->scaling) { /* S of this step stays in force for the update; then the new S */
@@ -345,6 +389,7 @@ int camo_replica_step(camo_replica *r, double lr, camo_step_stats *st, double *g
     }
     if (!r->skipped && (!r->dp || r->rank == 0 || r->size == 1))
         update(r, lr, norm, grad_norm);
+    queue_measures(r, S);
     if (r->scaling) camo_loss_scale_update(&r->ls, !r->skipped);
     camo_net_zero_param_grads(net);
     if (r->dp && r->size > 1) { /* DP: replica 0 stepped; everyone takes its weights */
@@ -365,6 +410,11 @@ void camo_replica_free(camo_replica *r) {
         if (r->target) r->be->free(r->be, r->target);
         if (r->labels) r->be->free(r->be, r->labels);
         if (r->loss_dev) r->be->free(r->be, r->loss_dev);
+        r->be->sync(r->be); /* no download into the blocks still in flight */
+        for (int k = 0; k < 2; k++) {
+            if (camo_backend_on_gpu(r->be)) camo_cuda_host_free(r->stats_host[k]);
+            else free(r->stats_host[k]);
+        }
         if (r->net) camo_optim_free(r->net, r->opt);
         camo_net_free(r->net);
         r->be->destroy(r->be);
@@ -382,7 +432,7 @@ int camo_replica_memory(camo_net *net, const camo_replica_opts *opts, camo_repli
     m->optim_slots = opts->optim.type == CAMO_OPT_SGD ? 1 : 2;
     m->optim = (size_t)m->optim_slots * net->n_weight_floats * sizeof(float);
     m->ema = opts->optim.ema_decay > 0 ? net->n_weight_floats * sizeof(float) : 0;
-    m->other = 4 * sizeof(float) + STATS_BYTES;
+    m->other = camo_optim_scratch_floats(net) * sizeof(float) + STATS_BYTES;
     m->targets_img = (size_t)opts->img_size * opts->img_size * (sizeof(float) + sizeof(int32_t));
     return 0;
 }

@@ -59,9 +59,11 @@ typedef struct camo_replica_opts {
 /* What one optimizer step measured on its training batch, summed over every replica the
  * way the loss is (one host all-reduce of all three, in rank order). */
 typedef struct camo_step_stats {
+    int64_t step;           /* the optimizer step measured (camo_replica_set_position) */
     double loss;            /* the step's global loss (the configured loss, mean) */
     double pixels_correct;  /* main-output pixels predicted right (backend.h pixel_correct) */
     double pixels_counted;  /* pixels counted (multi-class: those not ignored) */
+    double grad_norm;       /* clipping on the device: the norm it clipped, else NaN */
 } camo_step_stats;
 
 typedef struct camo_replica {
@@ -73,6 +75,12 @@ typedef struct camo_replica {
     camo_net *net;
     camo_optim *opt;
     float *target, *loss_dev;   /* backend memory */
+    void *stats_host[2];    /* pinned: the last steps' loss_dev, on their way to the host */
+    double stats_scale[2];  /* their fp16 loss scale */
+    int64_t stats_step[2];  /* their optimizer step */
+    int stats_norm[2];      /* whether they hold a gradient norm */
+    int norm_on_device;     /* this step clipped on the device (camo_clip_grads_dev) */
+    int64_t stats_queued, stats_taken; /* steps queued / taken (camo_replica_measures) */
     int32_t *labels;
     camo_comm *comm;        /* gradients and parameters (the DDP comm thread's in backward) */
     camo_comm *ctl;         /* losses, sync-BN sums, start-up checks (the compute thread's) */
@@ -118,10 +126,20 @@ void camo_replica_slice(int n, int rank, int size, int *lo, int *count);
 void camo_replica_set_position(camo_replica *r, int64_t step, int64_t step_image0);
 int camo_replica_micro_batch(camo_replica *r, const camo_batch *b, double norm_images,
                              double norm_pixels, int last_micro);
-/* Gradient exchange, clipping and update with learning rate lr; *st: the step's global
- * loss and pixel counts, *grad_norm: the clipped-over norm (NaN without clipping). 0, or
- * -1 + error. */
-int camo_replica_step(camo_replica *r, double lr, camo_step_stats *st, double *grad_norm);
+/* Waits until the last micro-batch's uploads are done (not its compute): b may then be
+ * refilled. */
+void camo_replica_uploads_wait(camo_replica *r);
+/* Gradient exchange, clipping and update with learning rate lr; *grad_norm: the
+ * clipped-over norm (NaN without clipping). The step's loss and pixel counts are queued
+ * for the host, not waited for (camo_replica_measures). 0, or -1 + error. */
+int camo_replica_step(camo_replica *r, double lr, double *grad_norm);
+/* Steps whose measurements are queued and not yet taken (0, 1 or 2). */
+int camo_replica_pending(const camo_replica *r);
+/* Collective, from every replica thread when camo_replica_pending is the same on all: *st
+ * = the global loss and pixel counts of the oldest step not yet taken, waiting for its
+ * download only (the GPU may go on with later steps). 1 when a step was taken, 0 when none
+ * was pending, -1 + error. */
+int camo_replica_measures(camo_replica *r, camo_step_stats *st);
 void camo_replica_free(camo_replica *r);
 
 /* Backend memory one replica allocates for training (camo_replica_init: network,

@@ -411,7 +411,8 @@ static int load_rest(camo_config *c) {
     if (rc) return -1;
     static const char *const ekeys[] = {"every", "batch", "threshold", NULL};
     static const char *const kkeys[] = {"every_steps", "metric", NULL};
-    static const char *const pkeys[] = {"devices", "mode", "bucket_mb", "sync_bn", "timeout_s", NULL};
+    static const char *const pkeys[] = {"devices", "mode", "bucket_mb", "sync_bn", "timeout_s",
+                                        "eval_timeout_s", NULL};
     static const char *const lkeys[] = {"every", "tensorboard", NULL};
     c->eval.every = 1;
     c->eval.batch = c->train.stages[0].batch;
@@ -421,6 +422,7 @@ static int load_rest(camo_config *c) {
     snprintf(c->parallel.mode, sizeof c->parallel.mode, "ddp");
     c->parallel.bucket_mb = 25;
     c->parallel.timeout_s = 300;
+    c->parallel.eval_timeout_s = 3600; /* a bound for hangs: docs/parallel.md says why */
     c->log.every = 10;
     c->log.tensorboard = 1;
     if ((e && cfg_check_keys(e, ekeys, "eval")) || (k && cfg_check_keys(k, kkeys, "checkpoint")) ||
@@ -437,6 +439,7 @@ static int load_rest(camo_config *c) {
         get_num(p, "bucket_mb", &c->parallel.bucket_mb, 0.001, 1e6) ||
         get_flag(p, "sync_bn", &c->parallel.sync_bn) ||
         get_num(p, "timeout_s", &c->parallel.timeout_s, 1, 1e6) ||
+        get_num(p, "eval_timeout_s", &c->parallel.eval_timeout_s, 1, 1e7) ||
         get_int(l, "every", &c->log.every, 1, 1000000) ||
         get_flag(l, "tensorboard", &c->log.tensorboard))
         return -1;

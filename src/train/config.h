@@ -66,7 +66,12 @@ typedef struct camo_config {
 
     struct { int every, batch; char metric[16]; double threshold; } eval;
     struct { int every_steps; char metric[16]; } checkpoint;
-    struct { char devices[64], mode[8]; double bucket_mb, timeout_s; int sync_bn; } parallel;
+    /* eval_timeout_s: how long the other processes wait for process 0's evaluation */
+    struct {
+        char devices[64], mode[8];
+        double bucket_mb, timeout_s, eval_timeout_s;
+        int sync_bn;
+    } parallel;
     struct { int every, tensorboard; } log; /* tensorboard: write events.out.tfevents.* */
     /* init: pretrained weights loaded by name before training (nn/pretrained.h); weights
      * "" = none; resolved like `model` (the config's folder first, else as given) */

@@ -11,6 +11,7 @@
 #endif
 
 #include "core/common.h"
+#include "core/fault.h"
 #include "data/data.h"
 #include "nn/loss.h"
 #include "train/tensorboard.h"
@@ -217,9 +218,10 @@ int camo_evaluate_full(camo_net *net, const camo_config *c, camo_dataset *ds, in
     E.logits = camo_malloc((size_t)B * plane * K * sizeof(float));
     state_init(&E, K, B, camo_dataset_ignore_index(ds));
     camo_loss_kind kind = c->train.loss_kind;
-    int rc = 0;
+    int rc = 0, stall = camo_fault_eval_stall();
     camo_batch *b;
     while (!rc && (b = camo_loader_next(L)) != NULL) {
+        if (stall) camo_fault_hang(); /* tests: process 0 hung inside evaluation */
         be->upload(be, net->input, b->image, (size_t)b->n * plane * 3 * sizeof(float));
         camo_net_forward(net, b->n, 0);
         be->download(be, E.logits, camo_net_output(net, 0, NULL, NULL, NULL),

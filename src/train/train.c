@@ -46,7 +46,7 @@ static volatile sig_atomic_t stop_signal;
 static void on_signal(int sig) { stop_signal = sig; }
 
 /* What replica 0 asks every replica to do next. */
-typedef enum { CMD_MICRO, CMD_STOP } command_kind;
+typedef enum { CMD_MICRO, CMD_FLUSH, CMD_STOP } command_kind; /* FLUSH: camo_replica_measures */
 typedef struct command {
     command_kind kind;
     const camo_batch *b;        /* the global micro-batch (host memory, read-only) */
@@ -71,6 +71,18 @@ typedef struct board {
     int fail_rank;              /* -1 = none */
     char fail_msg[1024];
 } board;
+
+/* A step whose measurements are still on their way to the host (they travel one step
+ * behind, replica.h): what its records need that was known when it ran. */
+typedef struct step_record {
+    int64_t step;               /* 0: none pending */
+    int epoch, batch, n_batches;
+    double lr, gnorm, norm_images, time; /* gnorm: NaN, or as clipped on the host */
+    int64_t images;             /* images trained on at its end */
+    int skipped;                /* fp16 overflow: no update, its loss may be inf */
+    char *json;                 /* its metrics.jsonl fields after the gradient norm (NULL: no
+                                   file) */
+} step_record;
 
 /* The epoch's training sums (camo_epoch_sums, kept in checkpoints), and where they start:
  * 0, or after a resume from a checkpoint without them, the batch resumed at. */
@@ -108,13 +120,14 @@ typedef struct trainer {
     double loss_sum;      /* host sum of step losses since the last log line */
     int loss_count;
     epoch_sums ep;        /* the training measures of the epoch in progress */
+    step_record pending;  /* the last step, until its measurements arrive */
     int max_batch;
     /* several processes (core/mpi.h): procs = 1 and proc = 0 otherwise; world = replicas
      * of all processes, base = global rank of this process's replica 0 */
     int proc, procs, world, base;
     int windowed;               /* the loader reads this process's window of each batch */
     camo_mpi_group *mpi_ctl;    /* the main thread's exchanges (parallel.timeout_s) */
-    camo_mpi_group *mpi_wait;   /* the wait for process 0's evaluation (no time limit) */
+    camo_mpi_group *mpi_wait;   /* the wait for process 0's evaluation (eval_timeout_s) */
 } trainer;
 
 /* ---- run folder and logging ---- */
@@ -281,12 +294,14 @@ static int run_command(trainer *T, camo_replica *r, const command *cmd, camo_ste
     int rc = camo_replica_micro_batch(r, cmd->b, cmd->norm_images, cmd->norm_pixels,
                                       cmd->last_micro);
     /* GPU batches are pinned and uploads from them asynchronous: the batch may go back to
-     * the loader (and be refilled) only once this replica's uploads are done (after a
-     * failure the batch is never released, see run_epoch) */
-    if (T->dev.gpu && rc == 0) r->be->sync(r->be);
+     * the loader (and be refilled) once this replica's uploads are done, while its compute
+     * goes on (after a failure the batch is never released, see run_epoch) */
+    if (rc == 0) camo_replica_uploads_wait(r);
     if (r->rank != T->base) board_take(T); /* replica 0 may release the batch now */
     if (rc || !cmd->last_micro) return rc;
-    return camo_replica_step(r, cmd->lr, ss, gnorm);
+    if (camo_replica_step(r, cmd->lr, gnorm)) return -1;
+    /* one step in flight at most: the previous step's measurements now */
+    return camo_replica_pending(r) > 1 && camo_replica_measures(r, ss) < 0 ? -1 : 0;
 }
 
 static void *replica_thread(void *arg) {
@@ -295,10 +310,12 @@ static void *replica_thread(void *arg) {
     if (camo_replica_sync_start(r)) { run_fail(T, r->rank); return NULL; }
     unsigned long seen = 0;
     command cmd;
-    while (board_next(T, &seen, &cmd) == 0 && cmd.kind == CMD_MICRO) {
+    while (board_next(T, &seen, &cmd) == 0 && cmd.kind != CMD_STOP) {
         camo_step_stats ss;
         double gnorm;
-        if (run_command(T, r, &cmd, &ss, &gnorm)) { run_fail(T, r->rank); break; }
+        int rc = cmd.kind == CMD_FLUSH ? camo_replica_measures(r, &ss) < 0
+                                       : run_command(T, r, &cmd, &ss, &gnorm);
+        if (rc) { run_fail(T, r->rank); break; }
     }
     return NULL;
 }
@@ -357,28 +374,27 @@ static int save_checkpoint(trainer *T, const char *file) {
 /* GPU replicas: replica 0's device memory (MiB reserved by the caching allocator, its peak)
  * and the count of cudaMalloc calls so far, which stays flat after the first epoch (every
  * batch size seen) when steps allocate nothing. */
-static void log_gpu_memory(trainer *T) {
+static void log_gpu_memory(trainer *T, FILE *f) {
     size_t reserved, peak, mallocs;
     if (!T->dev.gpu) { /* CPU: replica 0's backend blocks, now and at their peak */
         camo_cpu_mem_stats(T->be, &reserved, &peak);
-        fprintf(T->jsonl, ",\"mem_mb\":%.1f,\"peak_mb\":%.1f", reserved / 1048576.0,
+        fprintf(f, ",\"mem_mb\":%.1f,\"peak_mb\":%.1f", reserved / 1048576.0,
                 peak / 1048576.0);
         return;
     }
     camo_cuda_mem_stats(T->be, &reserved, &peak, &mallocs);
-    fprintf(T->jsonl, ",\"gpu_mem_mb\":%.1f,\"gpu_peak_mb\":%.1f,\"gpu_mallocs\":%zu"
+    fprintf(f, ",\"gpu_mem_mb\":%.1f,\"gpu_peak_mb\":%.1f,\"gpu_mallocs\":%zu"
             ",\"direct_convs\":%d", reserved / 1048576.0, peak / 1048576.0, mallocs,
             camo_cuda_direct_conv_count(T->be));
 }
 
-/* The step's scalars in TensorBoard: what its metrics.jsonl record holds, plus the step's
- * own img/s (the console's is over log.every steps). */
-static void tb_step(trainer *T, double lr, double loss, double gnorm, double now) {
+/* The step's scalars in TensorBoard but its loss and gradient norm (log_step): what its
+ * metrics.jsonl record holds, plus the step's own img/s (the console's is over log.every
+ * steps). */
+static void tb_step(trainer *T, double lr, double now) {
     int64_t s = T->st.step;
     double dt = now - T->tb_last_t;
-    camo_tb_scalar(T->tb, "train/loss", s, loss);
     camo_tb_scalar(T->tb, "train/lr", s, lr);
-    if (isfinite(gnorm)) camo_tb_scalar(T->tb, "train/grad_norm", s, gnorm);
     if (dt > 0) camo_tb_scalar(T->tb, "train/img_per_s", s, (T->images - T->tb_last_images) / dt);
     if (T->rep[0].scaling) camo_tb_scalar(T->tb, "train/loss_scale", s, T->rep[0].ls.scale);
     if (T->world > 1) {
@@ -395,42 +411,69 @@ static void tb_step(trainer *T, double lr, double loss, double gnorm, double now
     T->tb_last_images = T->images;
 }
 
-static void log_step(trainer *T, int epoch, int batch, int n_batches, double lr, double loss,
-                     double gnorm, int64_t steps_total) {
+/* The step's metrics.jsonl fields after its gradient norm, as known when it ran (malloc'ed). */
+static char *step_json(trainer *T, double now) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f) return NULL;
+    camo_moe_log_json(f, T->net); /* mixture of experts: balance, usage */
+    if (T->rep[0].scaling) /* the scale for the next step, after this one's update */
+        fprintf(f, ",\"loss_scale\":%.9g,\"skipped\":%s,\"skipped_total\":%lld",
+                T->rep[0].ls.scale, T->rep[0].skipped ? "true" : "false",
+                (long long)T->rep[0].ls.skipped);
+    if (T->world > 1)
+        fprintf(f, ",\"replicas\":%d,\"comm_time\":%.6f,\"comm_wait\":%.6f", T->world,
+                T->rep[0].comm_s, T->rep[0].wait_s);
+    log_gpu_memory(T, f);
+    fprintf(f, ",\"images\":%lld,\"time\":%.3f}", (long long)T->images, now - T->t0);
+    fclose(f);
+    return buf;
+}
+
+/* Step T->st.step is queued: keeps what its records need until its measurements arrive
+ * (TensorBoard gets all but the loss now). */
+static void step_begin(trainer *T, int epoch, int batch, int n_batches, double lr,
+                       double gnorm, double norm_images) {
     double now = camo_now();
     T->rss_steps = camo_rss_bytes(1);
-    if (T->tb) tb_step(T, lr, loss, gnorm, now);
+    if (T->tb) tb_step(T, lr, now);
+    T->pending = (step_record){.step = T->st.step, .epoch = epoch, .batch = batch,
+                               .n_batches = n_batches, .lr = lr, .gnorm = gnorm,
+                               .norm_images = norm_images, .time = now, .images = T->images,
+                               .skipped = T->rep[0].skipped};
+    if (T->jsonl) T->pending.json = step_json(T, now);
+}
+
+/* The pending step's records with its loss and gradient norm (clipped on the host: known
+ * when it ran; on the device: arrived with the loss; else NaN): metrics.jsonl, TensorBoard,
+ * and every log.every steps (and at an epoch's last batch) the console line. */
+static void log_step(trainer *T, const step_record *p, double loss, double gnorm,
+                     int64_t steps_total) {
+    if (T->tb) camo_tb_scalar(T->tb, "train/loss", p->step, loss);
+    if (T->tb && isfinite(gnorm)) camo_tb_scalar(T->tb, "train/grad_norm", p->step, gnorm);
     T->loss_sum += loss;
     T->loss_count++;
-    if (T->jsonl) {
-        fprintf(T->jsonl, "{\"type\":\"step\",\"epoch\":%d,\"step\":%lld,\"loss\":%.6g,\"lr\":%.6g",
-                epoch + 1, (long long)T->st.step, loss, lr);
-        if (!isnan(gnorm) && !isinf(gnorm)) fprintf(T->jsonl, ",\"grad_norm\":%.6g", gnorm);
-        camo_moe_log_json(T->jsonl, T->net); /* mixture of experts: balance, usage */
-        if (T->rep[0].scaling) /* the scale for the next step, after this one's update */
-            fprintf(T->jsonl, ",\"loss_scale\":%.9g,\"skipped\":%s,\"skipped_total\":%lld",
-                    T->rep[0].ls.scale, T->rep[0].skipped ? "true" : "false",
-                    (long long)T->rep[0].ls.skipped);
-        if (T->world > 1)
-            fprintf(T->jsonl, ",\"replicas\":%d,\"comm_time\":%.6f,\"comm_wait\":%.6f", T->world,
-                    T->rep[0].comm_s, T->rep[0].wait_s);
-        log_gpu_memory(T);
-        fprintf(T->jsonl, ",\"images\":%lld,\"time\":%.3f}\n", (long long)T->images, now - T->t0);
+    if (T->jsonl && p->json) {
+        fprintf(T->jsonl, "{\"type\":\"step\",\"epoch\":%d,\"step\":%lld,\"loss\":%.6g,"
+                "\"lr\":%.6g", p->epoch + 1, (long long)p->step, loss, p->lr);
+        if (isfinite(gnorm)) fprintf(T->jsonl, ",\"grad_norm\":%.6g", gnorm);
+        fprintf(T->jsonl, "%s\n", p->json);
     }
-    if (T->st.step % T->c->log.every != 0 && batch != n_batches) return;
-    double dt = now - T->last_log_t;
-    double ips = dt > 0 ? (T->images - T->last_log_images) / dt : 0;
+    if (p->step % T->c->log.every != 0 && p->batch != p->n_batches) return;
+    double dt = p->time - T->last_log_t;
+    double ips = dt > 0 ? (p->images - T->last_log_images) / dt : 0;
     double steps_per_s = dt > 0 ? T->loss_count / dt : 0;
     char eta[32];
-    fmt_duration(steps_per_s > 0 ? (steps_total - T->st.step) / steps_per_s : -1, eta, sizeof eta);
+    fmt_duration(steps_per_s > 0 ? (steps_total - p->step) / steps_per_s : -1, eta, sizeof eta);
     /* on a terminal, redrawn in place; epoch and eval lines scroll above it */
     camo_progress("epoch %d/%d  batch %d/%d  step %lld  loss %.4f  lr %.2e  %.1f img/s  ETA %s",
-              epoch + 1, T->c->train.epochs, batch, n_batches, (long long)T->st.step,
-              T->loss_sum / T->loss_count, lr, ips, eta);
+              p->epoch + 1, T->c->train.epochs, p->batch, p->n_batches, (long long)p->step,
+              T->loss_sum / T->loss_count, p->lr, ips, eta);
     T->loss_sum = 0;
     T->loss_count = 0;
-    T->last_log_t = now;
-    T->last_log_images = T->images;
+    T->last_log_t = p->time;
+    T->last_log_images = p->images;
     if (T->jsonl) fflush(T->jsonl);
     camo_tb_flush(T->tb);
 }
@@ -446,6 +489,43 @@ static void epoch_add(trainer *T, const camo_step_stats *ss, double images) {
     e->correct += ss->pixels_correct;
     e->counted += ss->pixels_counted;
     e->steps++;
+}
+
+/* The measurements *ss of the pending step arrived: its records, the divergence check and
+ * the epoch's sums. 0, or -2 + error (training diverged). */
+static int step_finish(trainer *T, const camo_step_stats *ss, int64_t steps_total) {
+    step_record *p = &T->pending;
+    int rc = 0;
+    if (ss->step != p->step) {
+        CAMO_ERR("internal: the measurements of step %lld arrived for step %lld",
+                 (long long)ss->step, (long long)p->step);
+        rc = -4;
+    } else if (!isfinite(ss->loss) && !p->skipped) {
+        CAMO_ERR("loss is %g at epoch %d, step %lld: training diverged (lower train.lr or "
+                 "set train.clip_grad_norm); the last good checkpoint is kept",
+                 ss->loss, p->epoch + 1, (long long)p->step);
+        rc = -2;
+    } else {
+        log_step(T, p, ss->loss, isfinite(p->gnorm) ? p->gnorm : ss->grad_norm, steps_total);
+        epoch_add(T, ss, p->norm_images);
+    }
+    free(p->json);
+    memset(p, 0, sizeof *p);
+    return rc;
+}
+
+/* Takes the pending step's measurements now, on every replica (the board's FLUSH): before
+ * a checkpoint and at the end of an epoch or a run. 0, -2 (diverged) or -4 (a replica
+ * failed). */
+static int flush_measures(trainer *T, int64_t steps_total) {
+    if (!camo_replica_pending(&T->rep[0])) return 0;
+    if (T->n_rep > 1) {
+        command cmd = {.kind = CMD_FLUSH};
+        board_post(T, &cmd);
+    }
+    camo_step_stats ss;
+    if (camo_replica_measures(&T->rep[0], &ss) < 0) return -4;
+    return step_finish(T, &ss, steps_total);
 }
 
 /* The epoch's training measures: a log line and an "epoch" record in metrics.jsonl. */
@@ -572,7 +652,7 @@ static int run_epoch(trainer *T, int epoch, int64_t steps_total, int *stop) {
             break;
         }
         cmd.lr = camo_lr_at(c, s, (epoch - e0) + (double)(b + 1) / nb);
-        camo_step_stats ss = {.loss = NAN};
+        camo_step_stats ss = {.step = 0, .loss = NAN}; /* the previous step's, if any */
         double gnorm = NAN, lr = cmd.lr;
         if (train_micro_batch(T, &cmd, &ss, &gnorm)) {
             rc = -4; /* a replica failed; others may still read bt: it is never released */
@@ -581,9 +661,9 @@ static int run_epoch(trainer *T, int epoch, int64_t steps_total, int *stop) {
         T->images += bt->total;
         camo_loader_release(T->loader, bt);
         if (!cmd.last_micro) continue;
-        double loss = ss.loss;
         T->st.step++;
         T->st.batch = b + 1;
+        if (ss.step && (rc = step_finish(T, &ss, steps_total))) break;
         const camo_replica *r0 = &T->rep[0];
         if (r0->skipped) /* fp16 overflow: no update; the data and the schedule move on */
             camo_info("step %lld skipped: fp16 gradient overflow, loss scale now %g",
@@ -595,17 +675,11 @@ static int run_epoch(trainer *T, int epoch, int64_t steps_total, int *stop) {
             rc = -2;
             break;
         }
-        if (!isfinite(loss) && !r0->skipped) {
-            CAMO_ERR("loss is %g at epoch %d, step %lld: training diverged (lower train.lr or "
-                     "set train.clip_grad_norm); the last good checkpoint is kept",
-                     loss, epoch + 1, (long long)T->st.step);
-            rc = -2;
-            break;
-        }
-        log_step(T, epoch, b + 1, nb, lr, loss, gnorm, steps_total);
-        epoch_add(T, &ss, cmd.norm_images);
-        if (c->checkpoint.every_steps > 0 && T->st.step % c->checkpoint.every_steps == 0)
+        step_begin(T, epoch, b + 1, nb, lr, gnorm, cmd.norm_images);
+        if (c->checkpoint.every_steps > 0 && T->st.step % c->checkpoint.every_steps == 0) {
+            if ((rc = flush_measures(T, steps_total))) break;
             save_checkpoint(T, "last.ckpt");
+        }
         int sig = camo_fault_signal_at(T->st.step);
         if (sig) raise(sig);
         if (stop_signal || (c->train.max_steps > 0 && T->st.step >= c->train.max_steps)) *stop = 1;
@@ -614,6 +688,7 @@ static int run_epoch(trainer *T, int epoch, int64_t steps_total, int *stop) {
             break;
         }
     }
+    if (!rc) rc = flush_measures(T, steps_total);
     if (rc == -1 && camo_loader_failed(T->loader))
         rc = -3; /* bad input data: the message names the file */
     free(order);
@@ -857,6 +932,7 @@ static void teardown(trainer *T) {
     free(T->comms);
     free(T->ctls);
     free(T->rep);
+    free(T->pending.json); /* a step whose measurements a failure left unread */
     if (T->jsonl) fclose(T->jsonl);
     camo_tb_close(T->tb);
     free(T->network_text);
@@ -953,7 +1029,8 @@ static int mpi_start(trainer *T) {
     if (T->procs == 1) return 0;
     if (T->proc != 0) camo_log_set_quiet(1);
     T->mpi_ctl = camo_mpi_group_create(T->c->parallel.timeout_s);
-    T->mpi_wait = T->mpi_ctl ? camo_mpi_group_create(0) : NULL;
+    T->mpi_wait = T->mpi_ctl ? camo_mpi_group_create_await(T->c->parallel.timeout_s, 0,
+        T->c->parallel.eval_timeout_s, "process 0's evaluation (parallel.eval_timeout_s)") : NULL;
     return T->mpi_wait ? 0 : -1;
 }
 
@@ -1036,7 +1113,7 @@ int camo_train_run(camo_config *c, const char *resume_path) {
             /* not after a signal: an extra eval would change best/early stopping on resume */
             if (run_eval(&T, epoch, &early)) { rc = CAMO_ERR_INPUT; break; }
         }
-        /* process 0's early stop for all; the others wait for its evaluation unbounded */
+        /* process 0's early stop for all; the others wait for its evaluation (bounded) */
         if (T.procs > 1 && camo_mpi_max_int(T.mpi_wait, &early, NULL)) {
             rc = CAMO_ERR_RUNTIME;
             break;

@@ -8,12 +8,15 @@
  * OWN communicator is aborted; ranks that disagree on a collective get the asynchronous error
  * ncclInvalidUsage. Ownership: a communicator handle, every queued operation and every
  * pending group operation hold the clique by shared_ptr, so an operation still queued or
- * blocked when its communicator is destroyed or aborted stays valid. */
+ * blocked when its communicator is destroyed or aborted stays valid. ncclCommInitRank calls
+ * that cover only some ranks of an id make a clique over processes of this machine, which
+ * meet through files ("cliques over processes" below); the semantics stay those above. */
 #include "cuemu_internal.h"
 
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -22,8 +25,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -100,17 +107,39 @@ bool same_collective(const Args &a, const Args &b) {
            a.root == b.root;
 }
 
-/* one collective (by sequence number) of a clique */
+/* a peer process's contribution file, mapped read-only */
+struct Mapped {
+    void *p = MAP_FAILED;
+    size_t len = 0;
+    ~Mapped() {
+        if (p != MAP_FAILED) munmap(p, len);
+    }
+};
+
+/* one collective (by sequence number) of a clique; over processes, a remote rank is present
+ * once its contribution file was seen (its `in` then points into the mapped file) */
 struct Coll {
     std::vector<Args> in;
     std::vector<char> present;
+    std::vector<std::unique_ptr<Mapped>> maps;
     int arrived = 0, departed = 0, withdrawn = 0;
     bool computing = false, done = false, mismatch = false;
 };
 
+/* what a clique over processes shares with the other processes (its directory; see
+ * "cliques over processes" below) */
+struct Xproc {
+    std::string dir;
+    int me = 0;    /* this process's name in the directory: its lowest rank */
+    int procs = 0; /* processes that joined */
+    ~Xproc();      /* leaves: the last process to leave removes the directory */
+};
+
 struct Clique {
-    int id = 0, n = 0;
-    std::vector<int> dev;
+    int id = 0, n = 0, nlocal = 0; /* ranks in all; of them in this process */
+    std::vector<int> dev;          /* device of each local rank (-1: another process's) */
+    std::vector<char> local;       /* rank lives in this process */
+    std::unique_ptr<Xproc> xp;     /* the directory shared with the other processes, or null */
     std::mutex mu; /* everything below */
     std::condition_variable cv;
     std::vector<long> issued, finished; /* per rank: queued / ended stream operations */
@@ -262,18 +291,33 @@ ncclResult_t dead_comm(const char *fn, const void *c, ncclResult_t r) {
 }
 
 /* Waits on the clique's condition until ok(), or dies after CAMO_CUEMU_HANG_S seconds with
- * "<what()>" so that a test never hangs silently. */
-template <class Ok, class What>
-void wait_or_die(Clique &cl, std::unique_lock<std::mutex> &lk, Ok ok, What what) {
-    auto deadline = std::chrono::steady_clock::now() +
-                    std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                        std::chrono::duration<double>(hang_seconds()));
+ * "<what()>" so that a test never hangs silently. A clique over processes also wakes every
+ * 20 us to 2 ms (doubling) and calls poll(), which looks for the other processes' files and
+ * returns true when it changed something (ok() is then asked again at once). */
+template <class Ok, class What, class Poll>
+void wait_or_die(Clique &cl, std::unique_lock<std::mutex> &lk, Ok ok, What what, Poll poll) {
+    typedef std::chrono::steady_clock clock;
+    auto deadline = clock::now() + std::chrono::duration_cast<clock::duration>(
+                                       std::chrono::duration<double>(hang_seconds()));
+    std::chrono::microseconds step(20);
     while (!ok()) {
-        if (cl.cv.wait_until(lk, deadline) == std::cv_status::timeout && !ok()) {
+        if (poll()) continue;
+        if (clock::now() >= deadline) {
             std::string m = what();
             cuemu::fatal("%s", m.c_str());
         }
+        auto until = deadline;
+        if (cl.xp) {
+            until = std::min(deadline, clock::now() + step);
+            step = std::min(step * 2, std::chrono::microseconds(2000));
+        }
+        cl.cv.wait_until(lk, until);
     }
+}
+
+template <class Ok, class What>
+void wait_or_die(Clique &cl, std::unique_lock<std::mutex> &lk, Ok ok, What what) {
+    wait_or_die(cl, lk, ok, what, [] { return false; });
 }
 
 /* ---- reductions ---- */
@@ -339,9 +383,10 @@ void reduce(void *acc, const std::vector<const void *> &in, size_t count, ncclDa
     }
 }
 
-/* every buffer the collective touches must still be allocated when it runs */
+/* every buffer the collective touches must still be allocated when it runs (a rank of
+ * another process: its input is a mapped file, its output not ours to write) */
 void recheck(const Clique &cl, long seq, int r, const char *which, const void *p, size_t bytes) {
-    if (!cuemu::is_device_range(p, bytes, cl.dev[r]))
+    if (cl.local[r] && !cuemu::is_device_range(p, bytes, cl.dev[r]))
         cuemu::fatal("nccl collective #%ld: rank %d's %s %p (%zu bytes on device %d) was freed "
                      "while the collective was queued or in flight", seq, r, which, p, bytes,
                      cl.dev[r]);
@@ -349,7 +394,9 @@ void recheck(const Clique &cl, long seq, int r, const char *which, const void *p
 
 /* The last contributor computes; called without the lock (the inputs are complete and no
  * rank leaves while `computing`). Inputs are copied or reduced into a scratch buffer first,
- * then written to every output: in-place and overlapping buffers work. */
+ * then written to every output: in-place and overlapping buffers work. Over processes each
+ * process computes the same result from every rank's input and writes its own ranks'
+ * outputs. */
 void compute(const Clique &cl, const Coll &c, long seq) {
     const Args &a = c.in[0];
     int n = cl.n;
@@ -363,7 +410,7 @@ void compute(const Clique &cl, const Coll &c, long seq) {
         std::unique_ptr<unsigned char[]> tmp(new unsigned char[bytes]);
         reduce(tmp.get(), in, a.count, a.type, a.op);
         for (int r = 0; r < n; r++) {
-            if (a.kind == K_REDUCE && r != a.root) continue;
+            if (!cl.local[r] || (a.kind == K_REDUCE && r != a.root)) continue;
             recheck(cl, seq, r, "recvbuff", c.in[r].recv, bytes);
             memcpy(c.in[r].recv, tmp.get(), bytes);
         }
@@ -374,6 +421,7 @@ void compute(const Clique &cl, const Coll &c, long seq) {
         std::unique_ptr<unsigned char[]> tmp(new unsigned char[bytes]);
         memcpy(tmp.get(), in[a.root], bytes);
         for (int r = 0; r < n; r++) {
+            if (!cl.local[r]) continue;
             recheck(cl, seq, r, "recvbuff", c.in[r].recv, bytes);
             memcpy(c.in[r].recv, tmp.get(), bytes);
         }
@@ -386,6 +434,7 @@ void compute(const Clique &cl, const Coll &c, long seq) {
             memcpy(tmp.get() + (size_t)r * bytes, in[r], bytes);
         }
         for (int r = 0; r < n; r++) {
+            if (!cl.local[r]) continue;
             recheck(cl, seq, r, "recvbuff", c.in[r].recv, bytes * n);
             memcpy(c.in[r].recv, tmp.get(), bytes * n);
         }
@@ -404,27 +453,75 @@ std::string rank_list(const Coll &c, int n, bool want_present) {
     return s;
 }
 
-/* The stream operation of rank r's collective #seq (runs on the stream's worker). */
-void run_op(Clique &cl, int r, long seq, const Args &a) {
-    std::unique_lock<std::mutex> lk(cl.mu);
-    /* NCCL orders a communicator's kernels across streams: #seq starts after #seq-1 ended */
-    wait_or_die(cl, lk, [&] { return cl.finished[r] >= seq || cl.aborted[r]; }, [&] {
-        char m[300];
-        snprintf(m, sizeof m, "nccl collective #%ld on rank %d waited %g s: the previous "
-                 "collective of this communicator (queued on another stream) never ended",
-                 seq, r, hang_seconds());
-        return std::string(m);
-    });
-    if (cl.aborted[r]) { /* kernels of an aborted communicator do nothing */
-        cl.finished[r]++;
-        cl.cv.notify_all();
-        return;
+/* ---- cliques over processes: the collectives ----
+ * Each rank of this process writes its input of collective #seq to the file p<seq>.<rank>
+ * of the clique's directory (under a temporary name, then renamed: a file that exists is
+ * whole). Every process reads every other rank's file and computes the result for its own
+ * ranks from all inputs in global rank order: the bits of the one-process emulation. Nobody
+ * writes another process's memory, so a process that leaves (abort) or dies cannot corrupt
+ * a peer: its peers wait as for a rank that never comes, until their own abort. Once every
+ * rank has contributed to #seq, every process has read #seq-1 (a rank contributes only after
+ * its previous collective ended): each process then deletes its ranks' files of #seq-1. */
+
+struct PartHead {
+    char magic[8];                              /* "cuemuNC" */
+    int32_t kind, type, op, root, rank, unused;
+    uint64_t count, bytes;                      /* bytes: the data after this head */
+    char fill[16];
+};
+static_assert(sizeof(PartHead) == 64, "the data of a part file starts at byte 64");
+
+std::string part_name(long seq, int r) {
+    return "p" + std::to_string(seq) + "." + std::to_string(r);
+}
+
+void write_all(int fd, const void *p, size_t n, const std::string &path) {
+    const char *b = (const char *)p;
+    while (n) {
+        ssize_t w = write(fd, b, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) cuemu::fatal("nccl: writing %s: %s", path.c_str(), strerror(errno));
+        b += w;
+        n -= (size_t)w;
     }
-    Coll &c = cl.colls[seq];
-    if (c.in.empty()) {
-        c.in.resize(cl.n);
-        c.present.assign(cl.n, 0);
-    }
+}
+
+/* dir/name = head + data, appearing whole (a temporary file renamed); dies on an I/O error:
+ * the peers could not go on either */
+void write_file(const std::string &dir, const std::string &name, const void *head,
+                size_t hbytes, const void *data, size_t bytes) {
+    std::string tmp = dir + "/.tmp." + name, path = dir + "/" + name;
+    int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0) cuemu::fatal("nccl: cannot create %s: %s", tmp.c_str(), strerror(errno));
+    write_all(fd, head, hbytes, tmp);
+    if (bytes) write_all(fd, data, bytes, tmp);
+    close(fd);
+    if (rename(tmp.c_str(), path.c_str()))
+        cuemu::fatal("nccl: cannot rename %s: %s", tmp.c_str(), strerror(errno));
+}
+
+/* Local rank r's input of #seq, for the other processes (without the lock). */
+void put_part(const Clique &cl, long seq, int r, const Args &a) {
+    bool sends = a.kind != K_BROADCAST || r == a.root;
+    size_t bytes = sends ? a.count * type_size(a.type) : 0;
+    if (bytes) recheck(cl, seq, r, "sendbuff", a.send, bytes);
+    PartHead h;
+    memset(&h, 0, sizeof h);
+    memcpy(h.magic, "cuemuNC", 8);
+    h.kind = a.kind;
+    h.type = a.type;
+    h.op = a.op;
+    h.root = a.root;
+    h.rank = r;
+    h.count = a.count;
+    h.bytes = bytes;
+    write_file(cl.xp->dir, part_name(seq, r), &h, sizeof h, a.send, bytes);
+}
+
+/* Rank r (of this process, or another's whose file was found) has reached #seq with `a`; a
+ * collective that differs from one already there is the asynchronous error ncclInvalidUsage
+ * on every communicator of the clique (over processes, each process finds it itself). */
+void arrive(Clique &cl, Coll &c, long seq, int r, const Args &a) {
     if (!c.mismatch) {
         for (int o = 0; o < cl.n; o++) {
             if (!c.present[o] || same_collective(c.in[o], a)) continue;
@@ -441,16 +538,95 @@ void run_op(Clique &cl, int r, long seq, const Args &a) {
     c.in[r] = a;
     c.present[r] = 1;
     c.arrived++;
-    if (c.arrived == cl.n && c.withdrawn == 0) {
-        c.computing = true;
+}
+
+/* Under the lock: the other processes' files of #seq not seen yet; each one found arrives
+ * (its input read in place from the mapped file). */
+void poll_parts(Clique &cl, Coll &c, long seq) {
+    for (int r = 0; r < cl.n; r++) {
+        if (cl.local[r] || c.present[r]) continue;
+        std::string path = cl.xp->dir + "/" + part_name(seq, r);
+        int fd = open(path.c_str(), O_RDONLY);
+        if (fd < 0) {
+            if (errno == ENOENT) continue;
+            cuemu::fatal("nccl: cannot open %s: %s", path.c_str(), strerror(errno));
+        }
+        PartHead h;
+        struct stat st;
+        if (pread(fd, &h, sizeof h, 0) != (ssize_t)sizeof h || fstat(fd, &st) ||
+            memcmp(h.magic, "cuemuNC", 8) || h.rank != r ||
+            (uint64_t)st.st_size != sizeof h + h.bytes)
+            cuemu::fatal("nccl: %s is not rank %d's part of collective #%ld", path.c_str(), r,
+                         seq);
+        std::unique_ptr<Mapped> m(new Mapped);
+        if (h.bytes) {
+            m->len = (size_t)st.st_size;
+            m->p = mmap(nullptr, m->len, PROT_READ, MAP_PRIVATE, fd, 0);
+            if (m->p == MAP_FAILED)
+                cuemu::fatal("nccl: cannot map %s: %s", path.c_str(), strerror(errno));
+        }
+        close(fd);
+        const void *data = h.bytes ? (const char *)m->p + sizeof h : nullptr;
+        c.maps.push_back(std::move(m));
+        arrive(cl, c, seq, r,
+               Args{(Kind)h.kind, data, nullptr, (size_t)h.count, (ncclDataType_t)h.type, h.op,
+                    h.root});
+    }
+}
+
+/* every rank has arrived and none left: the collective can complete */
+bool ready(const Clique &cl, const Coll &c) {
+    return c.arrived == cl.n && c.withdrawn == 0 && !c.done && !c.computing;
+}
+
+/* Completes a ready collective (computes it unless mismatched), without the lock. */
+void finish(Clique &cl, Coll &c, long seq, std::unique_lock<std::mutex> &lk) {
+    c.computing = true;
+    lk.unlock();
+    if (!c.mismatch) compute(cl, c, seq);
+    if (cl.xp && seq > 0) /* every rank reached #seq: #seq-1's files were read by all */
+        for (int r = 0; r < cl.n; r++)
+            if (cl.local[r]) unlink((cl.xp->dir + "/" + part_name(seq - 1, r)).c_str());
+    lk.lock();
+    c.computing = false;
+    c.done = true;
+    cl.cv.notify_all();
+}
+
+/* The stream operation of rank r's collective #seq (runs on the stream's worker). */
+void run_op(Clique &cl, int r, long seq, const Args &a) {
+    std::unique_lock<std::mutex> lk(cl.mu);
+    /* NCCL orders a communicator's kernels across streams: #seq starts after #seq-1 ended */
+    wait_or_die(cl, lk, [&] { return cl.finished[r] >= seq || cl.aborted[r]; }, [&] {
+        char m[300];
+        snprintf(m, sizeof m, "nccl collective #%ld on rank %d waited %g s: the previous "
+                 "collective of this communicator (queued on another stream) never ended",
+                 seq, r, hang_seconds());
+        return std::string(m);
+    });
+    if (cl.xp && !cl.aborted[r]) { /* the other processes need this rank's input */
         lk.unlock();
-        if (!c.mismatch) compute(cl, c, seq);
+        put_part(cl, seq, r, a);
         lk.lock();
-        c.computing = false;
-        c.done = true;
+    }
+    if (cl.aborted[r]) { /* kernels of an aborted communicator do nothing */
+        cl.finished[r]++;
+        cl.cv.notify_all();
+        return;
+    }
+    Coll &c = cl.colls[seq];
+    if (c.in.empty()) {
+        c.in.resize(cl.n);
+        c.present.assign(cl.n, 0);
+    }
+    arrive(cl, c, seq, r, a);
+    if (cl.xp) poll_parts(cl, c, seq);
+    if (ready(cl, c)) {
+        finish(cl, c, seq, lk);
     } else {
         /* a real kernel spins until its peers arrive; only this rank's abort stops it (a
-         * peer's abort does not). If the result is being written, it waits for that. */
+         * peer's abort does not). If the result is being written, it waits for that. Over
+         * processes the waiting ranks look for the other processes' files meanwhile. */
         wait_or_die(cl, lk, [&] { return c.done || (cl.aborted[r] && !c.computing); }, [&] {
             std::string missing = rank_list(c, cl.n, false), m;
             char b[400];
@@ -463,10 +639,16 @@ void run_op(Clique &cl, int r, long seq, const Args &a) {
                 m += "a rank that reached it left when its communicator was aborted";
             m += " (a rank waits for its peers until ncclCommAbort on its own communicator)";
             return m;
+        }, [&] {
+            if (!cl.xp || c.done || c.computing || cl.aborted[r]) return false;
+            poll_parts(cl, c, seq);
+            if (!ready(cl, c)) return false;
+            finish(cl, c, seq, lk);
+            return true;
         });
         if (!c.done) c.withdrawn++; /* aborted: outputs left untouched */
     }
-    if (++c.departed == cl.n) cl.colls.erase(seq);
+    if (++c.departed == cl.nlocal) cl.colls.erase(seq);
     cl.finished[r]++;
     cl.cv.notify_all();
 }
@@ -603,9 +785,10 @@ const char *ncclGetLastError(ncclComm_t comm) {
 namespace cuemu_nccl {
 
 /* A clique of dev.size() ranks (rank i on dev[i]); *out[i] = rank i's handle. `what` names
- * the call in CAMO_CUEMU_REPORT's line. */
+ * the call in CAMO_CUEMU_REPORT's line. Over processes (xp): out[i] is null and dev[i] -1 for
+ * the ranks of other processes. */
 void make_clique(const std::vector<ncclComm_t *> &out, const std::vector<int> &dev,
-                 const char *what) {
+                 const char *what, std::unique_ptr<Xproc> xp = nullptr) {
     int ndev = (int)dev.size();
     auto cl = std::make_shared<Clique>();
     Registry &g = REG();
@@ -618,25 +801,191 @@ void make_clique(const std::vector<ncclComm_t *> &out, const std::vector<int> &d
     cl->finalized.assign(ndev, 0);
     cl->async_err.assign(ndev, ncclSuccess);
     cl->issue_mu.reset(new std::mutex[ndev]);
+    cl->local.assign(ndev, 0);
+    for (int i = 0; i < ndev; i++) {
+        cl->local[i] = out[i] != nullptr;
+        cl->nlocal += cl->local[i];
+    }
+    std::string devs, where;
+    for (int i = 0; i < ndev; i++)
+        if (out[i]) devs += (devs.empty() ? "" : ",") + std::to_string(dev[i]);
+    if (xp) {
+        where = " processes=" + std::to_string(xp->procs) + " local_ranks=";
+        for (int i = 0, k = 0; i < ndev; i++)
+            if (out[i]) where += (k++ ? "," : "") + std::to_string(i);
+    }
+    cl->xp = std::move(xp);
     {
         std::lock_guard<std::mutex> l(g.mu);
         for (int i = 0; i < ndev; i++) {
+            if (!out[i]) continue;
             *out[i] = new ncclComm{cl, i, dev[i]};
             g.live.insert(*out[i]);
         }
     }
-    std::string devs;
-    for (int i = 0; i < ndev; i++) devs += (i ? "," : "") + std::to_string(dev[i]);
     const char *rc = getenv("NCCL_RUNTIME_CONNECT");
-    report("%s clique=%d ranks=%d devices=%s launch_mode=%s runtime_connect=%s", what,
-           cl->id, ndev, devs.c_str(), launch_mode(), rc && *rc ? rc : "unset");
+    report("%s clique=%d ranks=%d devices=%s%s launch_mode=%s runtime_connect=%s", what,
+           cl->id, ndev, devs.c_str(), where.c_str(), launch_mode(), rc && *rc ? rc : "unset");
     if (debug_on())
-        fprintf(stderr, "cuemu nccl: INFO clique %d: %d ranks on devices %s, NCCL_LAUNCH_MODE "
-                "%s\n", cl->id, ndev, devs.c_str(), launch_mode());
+        fprintf(stderr, "cuemu nccl: INFO clique %d: %d ranks, here on devices %s%s, "
+                "NCCL_LAUNCH_MODE %s\n", cl->id, ndev, devs.c_str(), where.c_str(),
+                launch_mode());
 }
 
-/* The outermost ncclGroupEnd: the cliques of the ncclCommInitRank calls of the group. Each
- * id's ranks must all be here (one process), on distinct devices. */
+/* ---- cliques over processes: joining and leaving ----
+ * ncclCommInitRank calls of a group that cover only some ranks of an id: this process's
+ * ranks are the local part of a clique whose other parts are other processes on this
+ * machine. The parts meet in the directory $TMPDIR/cuemu-nccl-<id> (TMPDIR, else /tmp):
+ * each process writes join.<r0> (r0: its lowest rank) with its ranks, their GPUs and its
+ * pid, and waits until the join files cover every rank. Leaving (the clique's last handle
+ * and operation gone), a process writes left.<r0>; the last to leave removes the directory.
+ * A process that dies leaves it behind (tests give each run its own TMPDIR).
+ *
+ * GPUs of other processes: NCCL refuses two ranks on one physical GPU ("Duplicate GPU
+ * detected"), comparing bus ids. Emulated GPUs have none; a rank's GPU is its ordinal as
+ * CUDA_VISIBLE_DEVICES maps it (entry i of the list; the ordinal itself when unset), so two
+ * processes that both use ordinal 0 without CUDA_VISIBLE_DEVICES share "GPU 0" and are
+ * refused, as on a real machine, and CUDA_VISIBLE_DEVICES=<local rank> per process (or
+ * distinct ordinals) gives each its own. */
+
+int physical_device(int dev) {
+    const char *vis = getenv("CUDA_VISIBLE_DEVICES");
+    if (!vis) return dev;
+    int i = 0;
+    for (const char *q = vis; *q; i++) {
+        char *end;
+        long d = strtol(q, &end, 10);
+        if (end == q) break;
+        if (i == dev) return (int)d;
+        if (*end != ',') break;
+        q = end + 1;
+    }
+    return dev;
+}
+
+/* the names in dir that start with `prefix` */
+std::vector<std::string> list_dir(const std::string &dir, const char *prefix) {
+    std::vector<std::string> v;
+    DIR *d = opendir(dir.c_str());
+    if (!d) return v;
+    size_t k = strlen(prefix);
+    for (struct dirent *e; (e = readdir(d));)
+        if (!strncmp(e->d_name, prefix, k)) v.push_back(e->d_name);
+    closedir(d);
+    return v;
+}
+
+Xproc::~Xproc() {
+    std::string left = dir + "/left." + std::to_string(me);
+    int fd = open(left.c_str(), O_WRONLY | O_CREAT, 0600);
+    if (fd >= 0) close(fd);
+    if ((int)list_dir(dir, "left.").size() < procs) return;
+    for (const std::string &f : list_dir(dir, "")) /* the last to leave: all have read all */
+        if (f != "." && f != "..") unlink((dir + "/" + f).c_str());
+    rmdir(dir.c_str());
+}
+
+/* one process's join file: its ranks of an n-rank clique, their GPUs, its pid */
+struct Joined {
+    int n = 0, pid = 0;
+    std::vector<int> ranks, gpus;
+};
+
+bool read_join(const std::string &path, Joined *j) {
+    FILE *f = fopen(path.c_str(), "r");
+    if (!f) return false;
+    bool ok = fscanf(f, "%d %d", &j->n, &j->pid) == 2;
+    int r, gpu;
+    while (ok && fscanf(f, "%d %d", &r, &gpu) == 2) {
+        j->ranks.push_back(r);
+        j->gpus.push_back(gpu);
+    }
+    fclose(f);
+    return ok && !j->ranks.empty();
+}
+
+/* Waits until the join files of dir cover all n ranks (0), or finds them inconsistent (an
+ * NCCL error); *procs = the processes seen. Dies after CAMO_CUEMU_HANG_S. */
+ncclResult_t await_joins(const std::string &dir, int n, int *procs) {
+    auto t0 = std::chrono::steady_clock::now();
+    for (;;) {
+        std::vector<int> owner(n, -1), gpu(n, -1);
+        std::vector<std::string> files = list_dir(dir, "join.");
+        *procs = (int)files.size();
+        int covered = 0;
+        for (const std::string &f : files) {
+            Joined j;
+            if (!read_join(dir + "/" + f, &j))
+                cuemu::fatal("nccl: %s/%s is not a join file of cuemu", dir.c_str(), f.c_str());
+            for (size_t k = 0; k < j.ranks.size(); k++) {
+                int r = j.ranks[k];
+                if (j.n != n || r < 0 || r >= n)
+                    return warn(ncclInvalidArgument, true, "ncclCommInitRank: process %d joined "
+                                "as rank %d of %d, this one as a rank of %d", j.pid, r, j.n, n);
+                if (owner[r] >= 0)
+                    return warn(ncclInvalidArgument, true, "ncclCommInitRank: rank %d joined "
+                                "in two processes (pids %d and %d)", r, owner[r], j.pid);
+                owner[r] = j.pid;
+                gpu[r] = j.gpus[k];
+                covered++;
+            }
+        }
+        if (covered == n) {
+            for (int a = 0; a < n; a++)
+                for (int b = a + 1; b < n; b++)
+                    if (gpu[a] == gpu[b])
+                        return warn(ncclInvalidUsage, true, "ncclCommInitRank: Duplicate GPU "
+                                    "detected: rank %d (pid %d) and rank %d (pid %d) both on "
+                                    "CUDA device %d (CUDA_VISIBLE_DEVICES index: give each "
+                                    "process its own GPUs)", a, owner[a], b, owner[b], gpu[a]);
+            return ncclSuccess;
+        }
+        std::chrono::duration<double> waited = std::chrono::steady_clock::now() - t0;
+        if (waited.count() > hang_seconds()) {
+            std::string missing;
+            for (int r = 0; r < n; r++)
+                if (owner[r] < 0) missing += (missing.empty() ? "" : ",") + std::to_string(r);
+            cuemu::fatal("nccl: ncclCommInitRank waited %g s for rank(s) %s of %d to join (%s)",
+                         hang_seconds(), missing.c_str(), n, dir.c_str());
+        }
+        struct timespec ts = {0, 1000000}; /* 1 ms */
+        nanosleep(&ts, nullptr);
+    }
+}
+
+/* This process's ranks `v` of an id whose other ranks are in other processes. */
+ncclResult_t join_processes(const std::string &id, const std::vector<const PendingInit *> &v,
+                            int n) {
+    std::string name(id.c_str()); /* the id is NUL-padded */
+    if (name.compare(0, 6, "cuemu-") ||
+        name.find_first_not_of("0123456789abcdefghijklmnopqrstuvwxyz-") != std::string::npos)
+        return warn(ncclInvalidArgument, true, "ncclCommInitRank: the unique id was not made by "
+                    "cuemu's ncclGetUniqueId");
+    const char *t = getenv("TMPDIR");
+    std::unique_ptr<Xproc> x(new Xproc);
+    x->dir = std::string(t && *t ? t : "/tmp") + "/cuemu-nccl-" + name.substr(6);
+    if (mkdir(x->dir.c_str(), 0700) && errno != EEXIST)
+        return warn(ncclSystemError, true, "ncclCommInitRank: cannot create %s: %s",
+                    x->dir.c_str(), strerror(errno));
+    std::vector<ncclComm_t *> out(n, nullptr);
+    std::vector<int> dev(n, -1);
+    x->me = n;
+    std::string text = std::to_string(n) + " " + std::to_string((int)getpid()) + "\n";
+    for (const PendingInit *p : v) {
+        out[p->rank] = p->out;
+        dev[p->rank] = p->dev;
+        x->me = std::min(x->me, p->rank);
+        text += std::to_string(p->rank) + " " + std::to_string(physical_device(p->dev)) + "\n";
+    }
+    write_file(x->dir, "join." + std::to_string(x->me), text.data(), text.size(), nullptr, 0);
+    ncclResult_t r = await_joins(x->dir, n, &x->procs);
+    if (r != ncclSuccess) return r; /* x leaves the directory */
+    make_clique(out, dev, "nccl_comm_init_rank", std::move(x));
+    return ncclSuccess;
+}
+
+/* The outermost ncclGroupEnd: the cliques of the ncclCommInitRank calls of the group. An
+ * id's ranks here must be on distinct devices; ranks missing are other processes' ranks. */
 ncclResult_t join_inits(std::vector<PendingInit> &inits) {
     std::map<std::string, std::vector<const PendingInit *>> by_id;
     for (const PendingInit &p : inits) by_id[p.id].push_back(&p);
@@ -657,11 +1006,9 @@ ncclResult_t join_inits(std::vector<PendingInit> &inits) {
             out[p->rank] = p->out;
             dev[p->rank] = p->dev;
         }
-        if ((int)v.size() != n)
-            return warn(ncclInvalidUsage, true, "ncclCommInitRank: %zu of the %d ranks joined in "
-                        "this process; cuemu is one process and cannot emulate the ranks of "
-                        "others (a multi-process run needs real NCCL)", v.size(), n);
-        make_clique(out, dev, "nccl_comm_init_rank");
+        ncclResult_t r = (int)v.size() == n ? ncclSuccess : join_processes(kv.first, v, n);
+        if (r != ncclSuccess) return r;
+        if ((int)v.size() == n) make_clique(out, dev, "nccl_comm_init_rank");
     }
     return ncclSuccess;
 }
@@ -694,8 +1041,10 @@ ncclResult_t ncclGetUniqueId(ncclUniqueId *uniqueId) {
     if (!uniqueId) return warn(ncclInvalidArgument, false, "ncclGetUniqueId: NULL");
     static std::atomic<unsigned long> next{1};
     memset(uniqueId, 0, sizeof *uniqueId);
-    snprintf(uniqueId->internal, sizeof uniqueId->internal, "cuemu-%d-%lu", (int)getpid(),
-             next++);
+    struct timespec ts; /* with the pid: unique on this machine, also against stale files */
+    clock_gettime(CLOCK_REALTIME, &ts);
+    snprintf(uniqueId->internal, sizeof uniqueId->internal, "cuemu-%d-%lu-%lx-%lx",
+             (int)getpid(), next++, (unsigned long)ts.tv_sec, (unsigned long)ts.tv_nsec);
     return ncclSuccess;
 }
 
@@ -703,13 +1052,14 @@ ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId commId,
     if (!comm || nranks < 1 || rank < 0 || rank >= nranks)
         return group_err(warn(ncclInvalidArgument, false, "ncclCommInitRank: rank %d of %d",
                               rank, nranks));
-    if (t_group.depth == 0)
-        return warn(ncclInvalidUsage, true, "ncclCommInitRank outside a group: cuemu joins "
-                    "ranks only inside ncclGroupStart/End (one process)");
-    int dev = cuemu::current_device();
-    t_group.inits.push_back(PendingInit{comm, nranks, rank, dev,
-                                        std::string(commId.internal, sizeof commId.internal)});
-    return ncclSuccess;
+    PendingInit p{comm, nranks, rank, cuemu::current_device(),
+                  std::string(commId.internal, sizeof commId.internal)};
+    if (t_group.depth > 0) {
+        t_group.inits.push_back(p);
+        return ncclSuccess;
+    }
+    std::vector<PendingInit> one{p}; /* blocks until the other ranks' processes join */
+    return join_inits(one);
 }
 
 ncclResult_t ncclAllReduce(const void *sendbuff, void *recvbuff, size_t count,

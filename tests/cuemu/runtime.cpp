@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <deque>
@@ -90,6 +91,19 @@ void report_line(const char *line) {
         cuemu::fatal("CAMO_CUEMU_REPORT=%s: cannot append: %s", path, strerror(errno));
 }
 
+/* Calls on which the host waits for device work, by kind: CAMO_CUEMU_REPORT gets their
+ * totals at exit ("host_waits ..."), so that tests can see how often a run drains a stream
+ * (tests/test_gpu_paths.sh: no full-stream wait per training step). */
+std::atomic<long> n_stream_sync{0}, n_device_sync{0}, n_event_sync{0}, n_blocking_copy{0};
+
+void report_host_waits() {
+    char line[200];
+    snprintf(line, sizeof line, "host_waits stream_sync=%ld device_sync=%ld event_sync=%ld "
+             "blocking_copy=%ld", n_stream_sync.load(), n_device_sync.load(),
+             n_event_sync.load(), n_blocking_copy.load());
+    report_line(line);
+}
+
 /* The driver's initialisation, at the process's first device call: it reads the
  * environment then, so a variable set later (CUDA_MODULE_LOADING, which camotrain sets in
  * src/parallel/devices.c only for NCCL runs) has no effect. The report records what it saw. */
@@ -100,6 +114,7 @@ void init_devices_locked(globals &g) {
     snprintf(line, sizeof line, "cuda_init module_loading=%s",
              loading && *loading ? loading : "unset");
     report_line(line);
+    atexit(report_host_waits);
     const char *env = getenv("CAMO_CUEMU_DEVICES");
     g.n_devices = env && *env ? atoi(env) : 1;
     if (g.n_devices < 0) g.n_devices = 0;
@@ -350,6 +365,7 @@ cudaError_t cudaDeviceEnablePeerAccess(int peer, unsigned flags) {
 
 cudaError_t cudaDeviceSynchronize(void) {
     if (n_devices() == 0) return fail(cudaErrorNoDevice);
+    n_device_sync++;
     sync_device(t_device);
     return cudaSuccess;
 }
@@ -548,13 +564,17 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaM
         /* pinned or device source: read when the stream gets there, not now */
         push(s, [dst, src, bytes] { memcpy(dst, src, bytes); });
     }
-    if (dk == RANGE_PAGEABLE) drain(s); /* a copy into pageable memory returns when done */
+    if (dk == RANGE_PAGEABLE) { /* a copy into pageable memory returns when done */
+        n_blocking_copy++;
+        drain(s);
+    }
     return cudaSuccess;
 }
 
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind) {
     cudaError_t e = cudaMemcpyAsync(dst, src, bytes, kind, 0);
     if (e != cudaSuccess) return e;
+    n_blocking_copy++;
     stream_state *s = resolve(0);
     if (s) drain(s);
     return cudaSuccess;
@@ -624,6 +644,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t h) {
 cudaError_t cudaStreamSynchronize(cudaStream_t h) {
     stream_state *s = resolve(h);
     if (!s) return fail(cudaErrorInvalidResourceHandle);
+    n_stream_sync++;
     drain(s);
     return cudaSuccess;
 }
@@ -705,6 +726,7 @@ cudaError_t cudaEventQuery(cudaEvent_t e) {
 cudaError_t cudaEventSynchronize(cudaEvent_t e) {
     if (!e) return fail(cudaErrorInvalidResourceHandle);
     std::shared_ptr<event_state> st = ((event_handle *)e)->st;
+    n_event_sync++;
     globals &g = G();
     std::unique_lock<std::mutex> l(g.ev_mu);
     uint64_t gen = st->recorded;

@@ -62,6 +62,8 @@ static void cpu_zero(camo_backend *be, void *dst, size_t bytes) {
 
 static void cpu_sync(camo_backend *be) { (void)be; }
 
+static void cpu_fence(camo_backend *be, int k) { (void)be; (void)k; }
+
 static void cpu_destroy(camo_backend *be) {
     if (!be) return;
     if (be->ctx) cpu_workspace_free(be);
@@ -89,6 +91,9 @@ camo_backend *camo_backend_cpu_create(int threads) {
     be->copy = cpu_memcpy;
     be->zero = cpu_zero;
     be->sync = cpu_sync;
+    be->fence = cpu_fence;
+    be->fence_wait = cpu_fence;
+    be->download_async = cpu_memcpy;
     be->destroy = cpu_destroy;
     cpu_register_conv(be);
     cpu_register_norm(be);

@@ -80,6 +80,24 @@ static void cpu_adamw_step(camo_backend *be, size_t n, float *w, const float *g,
     }
 }
 
+static void cpu_clip_factor(camo_backend *be, int n, const float *sumsq, double clip,
+                            double loss_scale, float *factor, double *norm_out) {
+    double total = 0;
+    (void)be;
+    for (int i = 0; i < n; i++) total += sumsq[i];
+    double norm = sqrt(total) / loss_scale, scale = 1.0;
+    if (clip > 0 && norm > clip) scale = clip / (norm + 1e-6);
+    *factor = (float)(scale / loss_scale);
+    *norm_out = norm;
+}
+
+static void cpu_scale_by(camo_backend *be, size_t n, const float *alpha, float *x) {
+    float a = alpha[0];
+    (void)be;
+#pragma omp parallel for if (n >= CPU_OPT_PAR_MIN) num_threads(cpu_threads(be))
+    for (size_t i = 0; i < n; i++) x[i] *= a;
+}
+
 /* ema (n) = decay*ema + (1-decay)*w */
 static void cpu_ema_update(camo_backend *be, size_t n, float *ema, const float *w,
                            float decay) {
@@ -91,6 +109,8 @@ static void cpu_ema_update(camo_backend *be, size_t n, float *ema, const float *
 
 void cpu_register_optim(camo_backend *be) {
     be->sumsq = cpu_sumsq;
+    be->clip_factor = cpu_clip_factor;
+    be->scale_by = cpu_scale_by;
     be->sgd_step = cpu_sgd_step;
     be->adamw_step = cpu_adamw_step;
     be->ema_update = cpu_ema_update;
