@@ -151,8 +151,21 @@ static int nccl_check(camo_comm *c) {
     return 1;
 }
 
+/* 1 once this rank's compute stream has reached its latest collective (nccl_begin's mark),
+ * 0 while it is still on the work queued before it, -1 on an error (recorded). */
+static int own_work_reached(camo_comm *c) {
+    cudaError_t q = cudaEventQuery(NR(c)->ev_ready);
+    if (q == cudaSuccess) return 1;
+    if (q == cudaErrorNotReady) return 0;
+    CUDA_CHECK(q);
+    return -1;
+}
+
 /* Polls until everything this rank queued on its comm stream has completed, NCCL reports an
- * asynchronous error, another rank aborts the group, or the timeout passes. */
+ * asynchronous error, another rank aborts the group, or the timeout passes. The host runs
+ * ahead of its GPU (docs/cuda.md "Host waits in a training step"), so the clock starts only
+ * once this rank's own GPU has reached the collective: a long forward and backward still
+ * queued here is not a late peer. */
 static int nccl_poll(camo_comm *c) {
     nccl_rank *r = NR(c);
     double timeout_s = camo_barrier_timeout(NG(c)->base.bar);
@@ -161,11 +174,14 @@ static int nccl_poll(camo_comm *c) {
         CUDA_CHECK(cudaEventRecord(r->ev_done, r->side)))
         return nccl_fail(c);
     double t0 = camo_now();
+    int reached = 0;
     for (;;) {
         int rc = nccl_check(c);
         if (rc == 0) break;
         if (rc < 0) return nccl_fail(c);
         if (comm_aborted(c)) return nccl_aborted(c);
+        if (!reached && (reached = own_work_reached(c)) < 0) return nccl_fail(c);
+        if (!reached) t0 = camo_now();
         if (timeout_s > 0 && camo_now() - t0 > timeout_s) return nccl_timed_out(c);
         struct timespec ts = {0, 50000}; /* 50 us */
         nanosleep(&ts, NULL);

@@ -227,6 +227,18 @@ if [ $MODE = cuemu ]; then
     [ $rc = 1 ] && echo "$out" | grep -q 'timed out after 2 s: replica 1 did not join' \
         && pass cuemu_stall_names_replica || fail cuemu_stall_names_replica "exit $rc: $(echo "$out" | tail -1)"
 
+    # a slow GPU (3 ms more per kernel: a step's queued work outlasts the 1 s timeout) is not
+    # a late peer: the host runs ahead, and a replica's wait for a collective is timed only
+    # from when its own GPU reached it (cuda/comm_nccl.cu nccl_poll). DDP, and DP with sync-BN
+    got=""
+    for mode in "ddp" "dp --set parallel.sync_bn=true"; do
+        CAMO_CUEMU_KERNEL_US=3000 $B $C --devices 0,1 --parallel $mode --set parallel.timeout_s=1 \
+            --set train.max_steps=2 --out "$TMP/slow_gpu" > "$TMP/slow_gpu.log" 2>&1
+        got="$got ${mode%% *}:$?"
+    done
+    [ "$got" = " ddp:0 dp:0" ] && pass cuemu_slow_gpu_no_false_timeout \
+        || fail cuemu_slow_gpu_no_false_timeout "exit codes$got: $(tail -1 "$TMP/slow_gpu.log")"
+
     # training steps never drain the stream (docs/cuda.md "Host waits"): the host waits on
     # fences only, for a batch's uploads and for the previous step's loss, so the GPU always
     # has the next step queued. Runs of 3 and 9 steps (11 a epoch, same start and end) make

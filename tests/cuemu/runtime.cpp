@@ -1015,6 +1015,17 @@ uint64_t shfl(uint64_t bits, int src_lane) {
     return r.fibers[r.current].shfl_out;
 }
 
+/* CAMO_CUEMU_KERNEL_US=N: every kernel takes N microseconds more, as on a slow GPU, so
+ * that the host runs far ahead of its device (tests/test_gpu_paths.sh: a timeout must not
+ * count the queued work of the waiting replica itself) */
+static long kernel_extra_us() {
+    static const long us = [] {
+        const char *e = getenv("CAMO_CUEMU_KERNEL_US");
+        return e && *e ? atol(e) : 0L;
+    }();
+    return us;
+}
+
 void launch_grid(const launch_cfg &c, std::function<void()> body) {
     const dim3 &g = c.grid, &b = c.block;
     unsigned long long threads = (unsigned long long)b.x * b.y * b.z;
@@ -1023,7 +1034,9 @@ void launch_grid(const launch_cfg &c, std::function<void()> body) {
         fail(cudaErrorInvalidConfiguration);
         return;
     }
-    cudaError_t e = enqueue(c.stream, [g, b, body] {
+    long extra_us = kernel_extra_us();
+    cudaError_t e = enqueue(c.stream, [g, b, body, extra_us] {
+        if (extra_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(extra_us));
         block_runner &r = runner();
         r.body = &body;
         t_grid_dim = g;
