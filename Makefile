@@ -54,14 +54,21 @@ LDLIBS   += $(PKG_LIBS) -lpthread -lm
 # MPI (docs/parallel.md "Several processes"): OpenMPI from pkg-config (ompi-c), else mpicc,
 # unless MPI=0. src/core/mpi.c wraps it; without it src/core/mpi_stub.c stands in (one
 # process; such a build started by mpirun as several processes refuses to run).
+# .devdeps/env.sh's PKG_CONFIG_SYSROOT_DIR maps the paths of the packages unpacked under it;
+# an OpenMPI installed on the machine itself (its .pc file outside the sysroot) keeps its
+# real paths, or <mpi.h> would be looked for under the sysroot.
+# (pkgconf's --path names the .pc file without the sysroot.)
+MPI_PC_FILE := $(shell pkg-config --path ompi-c 2>/dev/null)
+MPI_PKG_CONFIG := PKG_CONFIG_SYSROOT_DIR=$(if $(PKG_CONFIG_SYSROOT_DIR),$(if $(filter \
+                  $(PKG_CONFIG_SYSROOT_DIR)/%,$(MPI_PC_FILE)),$(PKG_CONFIG_SYSROOT_DIR))) pkg-config
 ifeq ($(origin MPI),undefined)
   MPI    := $(if $(or $(shell pkg-config --exists ompi-c 2>/dev/null && echo 1),$(shell \
               command -v mpicc 2>/dev/null)),1,0)
 endif
 ifeq ($(MPI),1)
-  MPI_CFLAGS := $(or $(shell pkg-config --cflags ompi-c 2>/dev/null),$(shell \
+  MPI_CFLAGS := $(or $(shell $(MPI_PKG_CONFIG) --cflags ompi-c 2>/dev/null),$(shell \
                   mpicc --showme:compile))
-  LDLIBS += $(or $(shell pkg-config --libs ompi-c 2>/dev/null),$(shell mpicc --showme:link))
+  LDLIBS += $(or $(shell $(MPI_PKG_CONFIG) --libs ompi-c 2>/dev/null),$(shell mpicc --showme:link))
 endif
 OPENMP   := -fopenmp
 

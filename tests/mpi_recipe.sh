@@ -11,6 +11,12 @@ MPI="mpirun --allow-run-as-root --oversubscribe"
 if ldd "$RB" 2> /dev/null | grep -q libasan; then
     export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
 fi
+# A ThreadSanitizer build (make test TSAN=1): OpenMPI's own lock order and atomics are
+# reported from its uninstrumented libraries; tests/tsan_openmpi.supp names those, and only
+# those
+if ldd "$RB" 2> /dev/null | grep -q libtsan; then
+    export TSAN_OPTIONS="${TSAN_OPTIONS:+$TSAN_OPTIONS }suppressions=$PWD/tests/tsan_openmpi.supp"
+fi
 
 # mpi_recipe NAME: synthetic data in $DATA, the recipe in $TMP/unet.cfg, its options in $C;
 # on failure a FAIL line named NAME and status 1

@@ -150,6 +150,17 @@ elif ! readelf -d "$BIN" | grep -q 'NEEDED.*libcudart'; then skip cuda_rpath "bu
 elif readelf -d "$BIN" | grep -Eq 'R(UN)?PATH.*cuda'; then pass cuda_rpath
 else fail cuda_rpath "no rpath to the CUDA libraries: $(readelf -d "$BIN" | grep -i path)"; fi
 
+# on a GPU machine without apt (.devdeps/env.sh: packages unpacked under
+# PKG_CONFIG_SYSROOT_DIR), an OpenMPI installed on the machine keeps its real include path
+if ! pkg-config --exists ompi-c 2> /dev/null; then skip mpi_flags_sysroot "no ompi-c for pkg-config"
+else
+    real=$(pkg-config --cflags-only-I ompi-c | awk '{print $1}')
+    got=$(PKG_CONFIG_SYSROOT_DIR=$TMP/devroot make -n --no-print-directory CAMO_DEPS_OK=1 CUDA=0 \
+          BUILD="$TMP/flags" "$TMP/flags/src/core/mpi.o" 2>&1 | grep -o -- '-I[^ ]*openmpi[^ ]*' | head -1)
+    [ -n "$real" ] && [ "$got" = "$real" ] && pass mpi_flags_sysroot \
+        || fail mpi_flags_sysroot "under a sysroot: '$got', the machine's: '$real'"
+fi
+
 # tools/gpu_check.sh (the GPU acceptance) on a machine without a GPU: exit 2, one clear line
 # (its checks run on cuemu with CAMO_GPU_CHECK_CUEMU=1; too long for every make test)
 if nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
