@@ -68,7 +68,7 @@ int camo_replica_init(camo_replica *r, const camo_replica_opts *opts, const camo
     for (int k = 0; k < 2; k++) /* pinned only on GPUs: no CUDA context for CPU runs */
         r->stats_host[k] = camo_backend_on_gpu(be) ? camo_cuda_host_alloc(STATS_BYTES)
                                                    : camo_malloc(STATS_BYTES);
-    return r->target && r->labels && r->loss_dev ? 0 : -1;
+    return r->target && r->labels && r->loss_dev && r->stats_host[0] && r->stats_host[1] ? 0 : -1;
 }
 
 /* net->bn_sync: global BN sums (and row count) across replicas. A ghost pass (a replica
@@ -407,10 +407,10 @@ int camo_replica_step(camo_replica *r, double lr, double *grad_norm) {
 void camo_replica_free(camo_replica *r) {
     if (r->ddp_on) camo_ddp_free(&r->ddp);
     if (r->be) {
+        r->be->sync(r->be); /* no download from loss_dev into the blocks still in flight */
         if (r->target) r->be->free(r->be, r->target);
         if (r->labels) r->be->free(r->be, r->labels);
         if (r->loss_dev) r->be->free(r->be, r->loss_dev);
-        r->be->sync(r->be); /* no download into the blocks still in flight */
         for (int k = 0; k < 2; k++) {
             if (camo_backend_on_gpu(r->be)) camo_cuda_host_free(r->stats_host[k]);
             else free(r->stats_host[k]);
